@@ -1,0 +1,324 @@
+"""The training program: `train_and_evaluate(config, workdir) -> AMAState`.
+
+Order: writer -> data -> state -> restore -> pmaps -> loop (train, validate,
+select, checkpoint) -> final evaluation of the best and last states ->
+results.json and figures. Model selection uses the validation split only;
+the test split is scored once, at the end.
+"""
+import json
+import os
+import pathlib
+import time
+from typing import Any, Optional
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import ml_collections
+import numpy as np
+
+from ama_jax import checkpointing
+from ama_jax import figures
+from ama_jax import input_pipeline
+from ama_jax import models
+from ama_jax import scoring
+from ama_jax import train
+
+PRNGKey = jax.Array
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss became NaN/Inf; the last good checkpoint is left untouched."""
+
+
+def _plan(config: ml_collections.ConfigDict, num_train: int,
+          num_devices: int) -> tuple[int, int]:
+  """(per-device batch, steps per epoch), with clear errors."""
+  batch = config.train.batch_size
+  if batch % num_devices:
+    raise ValueError(
+        f'train.batch_size={batch} does not divide evenly over '
+        f'{num_devices} devices; use a multiple of {num_devices}.')
+  steps = num_train // batch  # drop_last, as the official code.
+  if steps == 0:
+    raise ValueError(
+        f'train.batch_size={batch} is larger than the training set '
+        f'({num_train} images); lower it.')
+  if config.train.max_steps_per_epoch:
+    steps = min(steps, config.train.max_steps_per_epoch)
+  return batch // num_devices, steps
+
+
+def _calibrate(scorer, data, config, *, max_train=None) -> scoring.Calibration:
+  """mu, sigma over training normals; threshold on validation normals."""
+  normal_train = data.train.images[data.train.labels == 0]
+  if max_train is not None and len(normal_train) > max_train:
+    # Deterministic subsample for per-epoch selection (speed); the final
+    # calibration uses every training normal.
+    rows = np.random.default_rng(config.seed).choice(
+        len(normal_train), max_train, replace=False)
+    normal_train = normal_train[np.sort(rows)]
+  val_normal = data.val.images[data.val.labels == 0]
+  return scoring.calibrate(scorer(normal_train), scorer(val_normal),
+                           config.eval.threshold_fpr)
+
+
+def _evaluate_split(scorer, split, calibration) -> tuple[dict, np.ndarray]:
+  r = scorer(split.images)
+  return scoring.evaluate(r, split.labels, calibration), r
+
+
+def _meta(config, state, epoch, calibration, image_shape,
+          val_auroc, best_val_auroc) -> dict[str, Any]:
+  return {'config': checkpointing.config_to_dict(config),
+          'step': int(jax.device_get(state.step)), 'epoch': epoch,
+          'image_shape': list(image_shape), 'val_auroc': float(val_auroc),
+          'best_val_auroc': float(best_val_auroc),
+          **(calibration.to_dict() if calibration else {})}
+
+
+def _write_scalars(writer, step: int, prefix: str, values: dict) -> None:
+  writer.write_scalars(step, {f'{prefix}/{k}': float(v)
+                              for k, v in values.items()
+                              if np.isscalar(v) or np.ndim(v) == 0})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> train.AMAState:
+  """Trains AMA per `config`, selects on validation, tests the best and last.
+
+  A workdir that already holds a checkpoint is resumed from it.
+  """
+  t_start = time.time()
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(
+      str(workdir), just_logging=not is_chief)
+  writer.write_hparams(checkpointing.flat_hparams(config))
+
+  data = input_pipeline.load_protocol(config.data, config.seed)
+  image_shape = tuple(data.image_shape)
+  devices = jax.local_devices()
+  local_batch, steps_per_epoch = _plan(config, len(data.train.images),
+                                       len(devices))
+  num_epochs = config.train.num_epochs
+  total_steps = steps_per_epoch * num_epochs
+  logging.info('Training on %d images: %d device(s) x %d per device = %d '
+               'per step, %d steps/epoch, %d epochs, %d process(es).',
+               len(data.train.images), len(devices), local_batch,
+               config.train.batch_size, steps_per_epoch, num_epochs,
+               jax.process_count())
+
+  init_rng, train_rng, data_rng = jax.random.split(
+      jax.random.key(config.seed), 3)
+  state = train.create_train_state(init_rng, config, image_shape, total_steps)
+  ckpts = checkpointing.CheckpointManagers(workdir)
+  best_val_auroc = -np.inf
+  restored = ckpts.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    best_val_auroc = meta.get('best_val_auroc', -np.inf)
+    logging.info('Resumed from step %d of %s.', int(state.step), workdir)
+  start_step = int(jax.device_get(state.step))
+
+  ae_model, critic_model = models.create_models(
+      config.model, image_shape, axis_name=train.AXIS)
+  eval_ae, eval_critic = models.create_models(config.model, image_shape)
+  settings = train.StepSettings.from_config(
+      config, local_batch=local_batch, steps_per_epoch=steps_per_epoch,
+      num_train=len(data.train.images))
+  # Built once per (phase, steps per call) variant, then reused.
+  p_steps: dict[tuple[bool, int], Any] = {}
+
+  def p_step(negatives: bool, num_steps: int):
+    key = (negatives, num_steps)
+    if key not in p_steps:
+      p_steps[key] = train.make_p_train_step(
+          ae_model, critic_model, settings, negatives=negatives,
+          num_steps=num_steps, devices=devices)
+    return p_steps[key]
+
+  train_data = train.replicate_data(data.train.images, data.train.labels,
+                                    devices)
+  rngs = (train_rng, data_rng)
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                           writer=writer)
+  hooks = [report]
+  calibration = None
+  val_auroc = -np.inf
+  k = max(1, config.train.steps_per_call)
+  pending: list[tuple[int, dict]] = []  # Device-side metrics, not yet read.
+  step = start_step
+  t_train, steps_timed = 0.0, 0
+
+  def flush(step: int) -> None:
+    """Reads pending metrics (one host sync), checks finiteness, logs."""
+    if not pending:
+      return
+    host = jax.device_get([m for _, m in pending])
+    first = pending[0][0]
+    pending.clear()
+    for i, m in enumerate(host):
+      if not bool(m['finite']):
+        raise NonFiniteLossError(
+            f'Non-finite loss between steps {first} and {step} (first bad '
+            f'call ends at step {first + i}); the last good checkpoint in '
+            f'{workdir / "checkpoints"} is intact. Lower optim.lr or enable '
+            'loss.lambda_gp / model.spectral_norm.')
+    mean = {key: float(np.mean([m[key] for m in host]))
+            for key in host[0] if key != 'finite'}
+    _write_scalars(writer, step, 'train', mean)
+
+  for epoch in range(start_step // steps_per_epoch, num_epochs):
+    negatives = (epoch >= config.sampling.start_epoch
+                 and config.sampling.style != 'none')
+    epoch_end = (epoch + 1) * steps_per_epoch
+    t0, s0 = time.time(), step
+    while step < epoch_end:
+      n = k if step + k <= epoch_end else 1
+      state, metrics = p_step(negatives, n)(state, train_data, rngs)
+      step += n
+      pending.append((step, metrics))
+      for hook in hooks:
+        hook(step)
+      if step % config.log.every_steps < n or step == epoch_end:
+        flush(step)
+      if step % config.log.checkpoint_every_steps < n:
+        flush(step)  # Never save a state whose losses were not checked.
+        ckpts.save_latest(step, state, _meta(
+            config, state, epoch, calibration, image_shape, val_auroc,
+            best_val_auroc))
+      if config.train.halt_after_steps and step >= config.train.halt_after_steps:
+        flush(step)
+        ckpts.save_latest(step, state, _meta(
+            config, state, epoch, calibration, image_shape, val_auroc,
+            best_val_auroc))
+        ckpts.wait_until_finished()
+        logging.info('Halting at step %d (train.halt_after_steps).', step)
+        return state
+    jax.block_until_ready(state)
+    t_train += time.time() - t0
+    steps_timed += step - s0
+
+    if (epoch + 1 >= config.eval.first_epoch
+        and (epoch + 1) % config.eval.every_epochs == 0):
+      with report.timed('eval'):
+        scorer = scoring.scorer_from_state(state, eval_ae, eval_critic,
+                                           config.eval.batch_size, devices)
+        calibration = _calibrate(scorer, data, config,
+                                 max_train=config.eval.calibration_size)
+        val_metrics, _ = _evaluate_split(scorer, data.val, calibration)
+      val_auroc = val_metrics['auroc']
+      _write_scalars(writer, step, 'val', val_metrics)
+      logging.info('epoch %d step %d: val AUROC %.4f (raw R %.4f)', epoch + 1,
+                   step, val_auroc, val_metrics['raw_auroc'])
+      if val_auroc > best_val_auroc:
+        best_val_auroc = val_auroc
+        ckpts.save_best(step, state, _meta(
+            config, state, epoch, calibration, image_shape, val_auroc,
+            best_val_auroc))
+  flush(step)
+  ckpts.save_latest(step, state, _meta(config, state, num_epochs - 1,
+                                       calibration, image_shape, val_auroc,
+                                       best_val_auroc))
+  ckpts.wait_until_finished()
+
+  results = _final_evaluation(config, workdir, data, state, ckpts, eval_ae,
+                              eval_critic, devices, writer, step)
+  results.update(
+      wall_time_s=time.time() - t_start,
+      train_images_per_s=(steps_timed * config.train.batch_size / t_train
+                          if t_train else None),
+      steps=step, steps_per_epoch=steps_per_epoch, epochs=num_epochs,
+      devices=len(devices), processes=jax.process_count())
+  if is_chief:
+    _write_json(workdir / 'results.json', results)
+  writer.flush()
+  ckpts.close()
+  return state
+
+
+def _final_evaluation(config, workdir, data, state, ckpts, eval_ae,
+                      eval_critic, devices, writer, step) -> dict[str, Any]:
+  """Test metrics for the best-validation state and for the last state."""
+  results = {'config': checkpointing.config_to_dict(config),
+             'seed': config.seed, 'counts': data.counts, 'test': {}}
+  candidates = [('last', state)]
+  best = ckpts.restore_best(state)
+  if best is not None:
+    candidates.insert(0, ('best', best[0]))
+    results['best_step'] = best[1]['step']
+    results['best_val_auroc'] = best[1]['val_auroc']
+  for name, st in candidates:
+    scorer = scoring.scorer_from_state(st, eval_ae, eval_critic,
+                                       config.eval.batch_size, devices)
+    calibration = _calibrate(scorer, data, config)
+    test_metrics, r_test = _evaluate_split(scorer, data.test, calibration)
+    val_metrics, _ = _evaluate_split(scorer, data.val, calibration)
+    results['test'][name] = test_metrics
+    results.setdefault('val', {})[name] = val_metrics
+    results.setdefault('calibration', {})[name] = calibration.to_dict()
+    _write_scalars(writer, step, f'test_{name}', test_metrics)
+    logging.info('test (%s state): AUROC %.4f AUPRC %.4f FPR80 %.4f '
+                 '(raw R AUROC %.4f)', name, test_metrics['auroc'],
+                 test_metrics['auprc_anomaly'], test_metrics['fpr80'],
+                 test_metrics['raw_auroc'])
+    if name == candidates[0][0] and config.log.figures and (
+        jax.process_index() == 0):
+      _figures(workdir, data, scorer, st, eval_ae, calibration, r_test,
+               config)
+  return results
+
+
+def _figures(workdir, data, scorer, state, eval_ae, calibration, r_test,
+             config) -> None:
+  """The paper's Fig. 3, 4-5 and 10 for the selected state."""
+  r_train = scorer(data.train.images[data.train.labels == 0][:10000])
+  test = data.test
+  for name, transform in (('raw_r', lambda r: r),
+                          ('score', lambda r: scoring.calibrated_scores(
+                              r, calibration.mu, calibration.sigma))):
+    figures.score_histograms(
+        str(workdir / f'hist_{name}.png'), train=transform(r_train),
+        test_normal=transform(r_test[test.labels == 0]),
+        test_anomaly=transform(r_test[test.labels == 1]),
+        title=f'{name} (best-validation state)', xlabel=name)
+  figures.roc_curves(
+      str(workdir / 'roc.png'), test.labels,
+      {'calibrated': scoring.calibrated_scores(r_test, calibration.mu,
+                                               calibration.sigma),
+       'raw R': r_test}, title='Test ROC')
+  ae_vars = {'params': state.ae.params, 'batch_stats': state.ae.batch_stats}
+  rows = np.concatenate([np.flatnonzero(test.labels == 0)[:8],
+                         np.flatnonzero(test.labels == 1)[:8]])
+  x = test.images[rows]
+  x_rec, _ = jax.jit(lambda v, x: eval_ae.apply(v, x, train=False))(ae_vars, x)
+  figures.reconstructions(str(workdir / 'reconstructions.png'), x,
+                          np.asarray(x_rec), n=len(rows),
+                          title='Test images (8 normal, 8 anomalous) and '
+                          'reconstructions')
+  negatives = models.sample_negatives(
+      eval_ae, ae_vars, jax.random.key(config.seed), x, config.sampling)
+  if negatives is not None:
+    figures.image_grid(str(workdir / 'negatives.png'), np.asarray(negatives),
+                       n=len(negatives), title='Synthetic negatives '
+                       f'({config.sampling.style})')
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+  """Atomic JSON write (a crash never leaves a partial file)."""
+  tmp = path.with_suffix('.json.tmp')
+  tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+  os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  raise TypeError(f'Not JSON serializable: {type(o)}')

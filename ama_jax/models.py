@@ -1,0 +1,477 @@
+"""Encoder, generator and critic of AMA (paper appendix Tables 3 and 4).
+
+Two architectures, chosen by `config.model.arch`:
+
+* `mnist` (Table 4): 28x28xC images, latent 64, a DCGAN-like encoder and
+  generator (two stride-2 convolutions / transposed convolutions around two
+  dense layers) and a critic of the same shape on the channel-stacked pair.
+* `cifar` (Table 3, official `cifar_models_bNorm.py`): 32x32xC images, latent
+  128, a DCGAN encoder with BatchNorm, the SNGAN ResNet generator and the
+  SNGAN ResNet critic (optionally spectral-normalized) on the stacked pair.
+
+Images are NHWC. Layers match `shared/bench/torch_ref.py` (the PyTorch
+reference) layer for layer: kernel sizes, paddings, biases and, where
+practical, initialisers. Flattening is in NHWC order, a fixed permutation of
+PyTorch's NCHW order, so the function class is the same.
+
+Variables: `params`, and `batch_stats` holding BatchNorm statistics (cifar
+encoder/generator) or spectral-norm `u`/`sigma` (critic with
+`spectral_norm=True`). Train-mode calls need `mutable=['batch_stats']`.
+"""
+from collections.abc import Sequence
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+
+Array = jax.Array
+Initializer = Any
+
+# PyTorch's default Conv2d/Linear weight init, kaiming_uniform(a=sqrt(5)),
+# is U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+_TORCH_KERNEL_INIT = nn.initializers.variance_scaling(
+    1 / 3, 'fan_in', 'uniform'
+)
+# PyTorch's ConvTranspose2d takes fan_in from its *output* channels.
+_TORCH_TRANSPOSE_KERNEL_INIT = nn.initializers.variance_scaling(
+    1 / 3, 'fan_in', 'uniform', in_axis=-1, out_axis=-2
+)
+_LEAK = 0.2  # LeakyReLU slope of the paper and the official code.
+
+
+def _torch_bias_init(fan_in: int) -> Initializer:
+  """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _xavier(gain: float) -> Initializer:
+  """`torch.nn.init.xavier_uniform_(w, gain)` as a flax initializer."""
+  return nn.initializers.variance_scaling(gain**2, 'fan_avg', 'uniform')
+
+
+def _layer(
+    layer: nn.Module, x: Array, *, spectral_norm: bool, train: bool
+) -> Array:
+  """Applies `layer`, spectral-normalized if asked (critic layers only).
+
+  One power iteration per call, as the official code; `u`/`sigma` live in
+  `batch_stats` and advance only when `train` (then it must be mutable).
+  """
+  if spectral_norm:
+    return nn.SpectralNorm(layer, name=f'{layer.name}_sn')(
+        x, update_stats=train
+    )
+  return layer(x)
+
+
+def _batch_norm(train: bool, axis_name: Optional[str], name: str):
+  # momentum 0.9 == PyTorch's momentum 0.1; axis_name makes batch statistics
+  # global across devices inside pmap. (PyTorch's running variance is the
+  # unbiased one; flax keeps the biased one: a negligible difference.)
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      axis_name=axis_name,
+      name=name,
+  )
+
+
+def _avg_pool2(x: Array) -> Array:
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def _upsample2(x: Array) -> Array:
+  """Nearest-neighbour x2 upsampling (`F.interpolate(scale_factor=2)`)."""
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+  return x.reshape(b, 2 * h, 2 * w, c)
+
+
+# ---------------------------------------------------------------------------
+# Shared blocks.
+# ---------------------------------------------------------------------------
+def conv_transpose_4x4_s2(x: Array, kernel: Array, impl: str) -> Array:
+  """PyTorch `ConvTranspose2d(k=4, stride=2, padding=1)` without bias.
+
+  out[2i - 1 + ky, 2j - 1 + kx] += x[i, j] @ kernel[ky, kx] (H -> 2H), i.e.
+  PyTorch's weight `W[c_in, c_out, ky, kx]` is `kernel = W.permute(2, 3, 0,
+  1)`.
+
+  Args:
+    x: [batch, H, W, c_in].
+    kernel: [4, 4, c_in, c_out].
+    impl: 'dilated' (the textbook form: correlate the 2x-dilated input,
+      padded by k - 1 - p = 2, with the spatially flipped kernel) or
+      'subpixel' (the same sums as one stride-1 2x2 convolution giving the
+      four output phases as channels, then depth-to-space; no dilated input,
+      whose gradient XLA on CPU handles slowly).
+
+  Returns:
+    [batch, 2H, 2W, c_out].
+  """
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  if impl == 'dilated':
+    return lax.conv_general_dilated(
+        x,
+        kernel[::-1, ::-1],
+        window_strides=(1, 1),
+        padding=((2, 2), (2, 2)),
+        lhs_dilation=(2, 2),
+        dimension_numbers=dn,
+    )
+  if impl != 'subpixel':
+    raise ValueError(
+        f"Unknown conv-transpose impl {impl!r}; choose 'dilated' or"
+        " 'subpixel'."
+    )
+  # With x padded by 1 (xp[t] = x[t - 1]), output row 2m + r is
+  #   r = 0: xp[m] @ k[3] + xp[m + 1] @ k[1]   (window start t = m)
+  #   r = 1: xp[m + 1] @ k[2] + xp[m + 2] @ k[0]   (window start t = m + 1)
+  # so tap a of phase r is k[3 - 2a - r] = k[::-1][2a + r], in both axes.
+  b, h, w, c_in = x.shape
+  c_out = kernel.shape[-1]
+  k = kernel[::-1, ::-1].reshape(2, 2, 2, 2, c_in, c_out)  # a, r, b, s, i, o
+  k = k.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, c_in, 4 * c_out)
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  z = lax.conv_general_dilated(xp, k, (1, 1), 'VALID', dimension_numbers=dn)
+  z = z.reshape(b, h + 1, w + 1, 2, 2, c_out)
+  # out[2m + r, 2n + s] = z[m + r, n + s, r, s].
+  rows = [
+      jnp.stack([z[:, r : r + h, s : s + w, r, s] for s in (0, 1)], axis=3)
+      for r in (0, 1)
+  ]  # each [b, h, w, 2 (s), c_out]
+  y = jnp.stack(rows, axis=2)  # [b, h, 2 (r), w, 2 (s), c_out]
+  return y.reshape(b, 2 * h, 2 * w, c_out)
+
+
+class ConvTranspose4x4(nn.Module):
+  """`torch.nn.ConvTranspose2d(c_in, features, 4, 2, 1)`: H x W -> 2H x 2W.
+
+  Table 4 writes padding 2, which would give 26x26 from 7x7 -> 14x14 -> ...;
+  PyTorch padding 1 gives the 7 -> 14 -> 28 the table's shapes need.
+  """
+
+  features: int
+  impl: str = 'subpixel'  # See `conv_transpose_4x4_s2`; both are exact.
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param(
+        'kernel',
+        _TORCH_TRANSPOSE_KERNEL_INIT,
+        (4, 4, x.shape[-1], self.features),
+    )
+    bias = self.param('bias', _torch_bias_init(16 * self.features),
+                      (self.features,))
+    return conv_transpose_4x4_s2(x, kernel, self.impl) + bias
+
+
+class ResBlockUp(nn.Module):
+  """SNGAN generator block: BN-ReLU-up-conv3-BN-ReLU-conv3 + up-conv1."""
+
+  features: int
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    def conv(k, gain, name):
+      # Official Gblock: biases start at zero, xavier gains sqrt(2) and 1.
+      return nn.Conv(self.features, (k, k), padding='SAME',
+                     kernel_init=_xavier(gain),
+                     bias_init=nn.initializers.zeros, name=name)
+
+    h = nn.relu(_batch_norm(train, self.axis_name, 'bn1')(x))
+    h = conv(3, math.sqrt(2), 'conv1')(_upsample2(h))
+    h = nn.relu(_batch_norm(train, self.axis_name, 'bn2')(h))
+    h = conv(3, math.sqrt(2), 'conv2')(h)
+    return h + conv(1, 1.0, 'shortcut')(_upsample2(x))
+
+
+class ResBlockDown(nn.Module):
+  """SNGAN critic block (official `Block(optimized=True)` / `Dblock`).
+
+  `first=True` (the optimized first block): conv3-ReLU-conv3-pool +
+  pool-conv1, no leading ReLU. Otherwise ReLU-conv3-ReLU-conv3[-pool] +
+  shortcut, the shortcut a 1x1 conv only when downsampling (as the official
+  code, which passes `downsample` as `optimized`).
+  """
+
+  features: int
+  downsample: bool
+  first: bool = False
+  spectral_norm: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    def conv(h, k, g, n):
+      layer = nn.Conv(self.features, (k, k), padding='SAME',
+                      kernel_init=_xavier(g), bias_init=nn.initializers.zeros,
+                      name=n)
+      return _layer(layer, h, spectral_norm=self.spectral_norm, train=train)
+
+    h = x if self.first else nn.relu(x)
+    h = conv(nn.relu(conv(h, 3, math.sqrt(2), 'conv1')), 3, math.sqrt(2),
+             'conv2')
+    if self.first:
+      return _avg_pool2(h) + conv(_avg_pool2(x), 1, 1.0, 'shortcut')
+    if not self.downsample:
+      return h + x
+    return _avg_pool2(h) + _avg_pool2(conv(x, 1, 1.0, 'shortcut'))
+
+
+# ---------------------------------------------------------------------------
+# mnist architecture (Table 4).
+# ---------------------------------------------------------------------------
+def _torch_conv(features: int, c_in: int, name: str, *,
+                zero_bias: bool = False) -> nn.Conv:
+  """PyTorch `Conv2d(c_in, features, 4, 2, 1)` with PyTorch's default init."""
+  return nn.Conv(
+      features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+      kernel_init=_TORCH_KERNEL_INIT,
+      bias_init=(nn.initializers.zeros if zero_bias
+                 else _torch_bias_init(16 * c_in)),
+      name=name)
+
+
+def _torch_dense(features: int, fan_in: int, name: str, *,
+                 zero_bias: bool = False, use_bias: bool = True) -> nn.Dense:
+  """PyTorch `Linear(fan_in, features)` with PyTorch's default init."""
+  return nn.Dense(
+      features, use_bias=use_bias, kernel_init=_TORCH_KERNEL_INIT,
+      bias_init=(nn.initializers.zeros if zero_bias
+                 else _torch_bias_init(fan_in)),
+      name=name)
+
+
+class MnistEncoder(nn.Module):
+  """x [B, 28, 28, C] -> z [B, latent]: conv(w)-conv(2w)-dense(16w)-dense."""
+
+  latent_dim: int = 64
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    del train  # No normalization layers.
+    h = nn.relu(_torch_conv(self.width, x.shape[-1], 'conv1')(x))
+    h = nn.relu(_torch_conv(2 * self.width, self.width, 'conv2')(h))
+    h = h.reshape(h.shape[0], -1)
+    h = nn.relu(_torch_dense(16 * self.width, h.shape[-1], 'fc1')(h))
+    return _torch_dense(self.latent_dim, 16 * self.width, 'fc2')(h)
+
+
+class MnistGenerator(nn.Module):
+  """z [B, latent] -> x [B, 28, 28, C] in [-1, 1]."""
+
+  channels: int = 1
+  width: int = 64
+  conv_transpose_impl: str = 'subpixel'
+
+  @nn.compact
+  def __call__(self, z: Array, train: bool) -> Array:
+    del train  # No normalization layers.
+    w = self.width
+    h = nn.relu(_torch_dense(16 * w, z.shape[-1], 'fc1')(z))
+    h = nn.relu(_torch_dense(7 * 7 * 2 * w, 16 * w, 'fc2')(h))
+    h = h.reshape(h.shape[0], 7, 7, 2 * w)
+    impl = self.conv_transpose_impl
+    h = nn.relu(ConvTranspose4x4(w, impl, name='deconv1')(h))  # 7 -> 14
+    h = ConvTranspose4x4(self.channels, impl, name='deconv2')(h)  # -> 28
+    return jnp.tanh(h)
+
+
+class MnistCritic(nn.Module):
+  """Stacked pair [B, 28, 28, 2C] -> (logits [B], features [B, 16w])."""
+
+  width: int = 64
+  spectral_norm: bool = False
+
+  @nn.compact
+  def __call__(self, xy: Array, train: bool) -> tuple[Array, Array]:
+    # Official SN layers start biases at zero (torch_ref.SNConv2d/SNLinear).
+    sn = dict(spectral_norm=self.spectral_norm, train=train)
+    w = self.width
+    h = _layer(_torch_conv(w, xy.shape[-1], 'conv1', zero_bias=True), xy, **sn)
+    h = nn.leaky_relu(h, _LEAK)
+    h = _layer(_torch_conv(2 * w, w, 'conv2', zero_bias=True), h, **sn)
+    h = nn.leaky_relu(h, _LEAK)
+    h = h.reshape(h.shape[0], -1)
+    h = _layer(_torch_dense(16 * w, h.shape[-1], 'fc', zero_bias=True), h,
+               **sn)
+    features = nn.leaky_relu(h, _LEAK)
+    logits = _layer(_torch_dense(1, 16 * w, 'out', zero_bias=True), features,
+                    **sn)
+    return logits[:, 0], features
+
+
+# ---------------------------------------------------------------------------
+# cifar architecture (Table 3; official cifar_models_bNorm.py).
+# ---------------------------------------------------------------------------
+class CifarEncoder(nn.Module):
+  """x [B, 32, 32, C] -> z [B, latent]: 3 x (conv4 s2, BN, LReLU), conv4."""
+
+  latent_dim: int = 128
+  width: int = 64
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    h = x
+    for i, mult in enumerate((1, 2, 4)):  # 32 -> 16 -> 8 -> 4
+      h = nn.Conv(mult * self.width, (4, 4), strides=(2, 2),
+                  padding=((1, 1), (1, 1)), use_bias=False,
+                  kernel_init=_TORCH_KERNEL_INIT, name=f'conv{i + 1}')(h)
+      h = _batch_norm(train, self.axis_name, f'bn{i + 1}')(h)
+      h = nn.leaky_relu(h, _LEAK)
+    h = nn.Conv(self.latent_dim, (4, 4), padding='VALID', use_bias=False,
+                kernel_init=_TORCH_KERNEL_INIT, name='conv4')(h)  # 4 -> 1
+    return h.reshape(h.shape[0], self.latent_dim)
+
+
+class CifarGenerator(nn.Module):
+  """SNGAN ResnetGenerator32: z [B, latent] -> x [B, 32, 32, C]."""
+
+  channels: int = 3
+  width: int = 256  # Channels of every block (the official `ch`).
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, z: Array, train: bool) -> Array:
+    h = nn.Dense(4 * 4 * self.width, kernel_init=_xavier(1.0),
+                 bias_init=_torch_bias_init(z.shape[-1]), name='fc')(z)
+    h = h.reshape(h.shape[0], 4, 4, self.width)
+    for i in range(3):  # 4 -> 8 -> 16 -> 32
+      h = ResBlockUp(self.width, self.axis_name, name=f'block{i + 1}')(h, train)
+    h = nn.relu(_batch_norm(train, self.axis_name, 'bn')(h))
+    h = nn.Conv(self.channels, (3, 3), padding='SAME', kernel_init=_xavier(1.0),
+                bias_init=_torch_bias_init(9 * self.width), name='conv')(h)
+    return jnp.tanh(h)
+
+
+class CifarCritic(nn.Module):
+  """SNGAN ResnetDiscriminator32 on the stacked pair [B, 32, 32, 2C].
+
+  Returns (logits [B], features [B, width]); features are the ReLU'd,
+  globally *sum*-pooled activations, as the official `feature()`.
+  """
+
+  width: int = 128
+  spectral_norm: bool = True
+
+  @nn.compact
+  def __call__(self, xy: Array, train: bool) -> tuple[Array, Array]:
+    kw = dict(features=self.width, spectral_norm=self.spectral_norm)
+    h = ResBlockDown(downsample=True, first=True, name='block1', **kw)(
+        xy, train)  # 32 -> 16
+    h = ResBlockDown(downsample=True, name='block2', **kw)(h, train)  # -> 8
+    h = ResBlockDown(downsample=False, name='block3', **kw)(h, train)
+    h = ResBlockDown(downsample=False, name='block4', **kw)(h, train)
+    features = jnp.sum(nn.relu(h), axis=(1, 2))
+    out = nn.Dense(1, use_bias=False, kernel_init=_xavier(1.0), name='out')
+    logits = _layer(out, features, spectral_norm=self.spectral_norm,
+                    train=train)
+    return logits[:, 0], features
+
+
+# ---------------------------------------------------------------------------
+# Public wrappers.
+# ---------------------------------------------------------------------------
+class Autoencoder(nn.Module):
+  """Encoder E and generator G; params {'encoder': ..., 'generator': ...}."""
+
+  encoder: nn.Module
+  generator: nn.Module
+
+  def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
+    """Returns (x_rec [B, H, W, C], z [B, latent]) with x_rec = G(E(x))."""
+    z = self.encoder(x, train)
+    return self.generator(z, train), z
+
+  def encode(self, x: Array, train: bool) -> Array:
+    """x [B, H, W, C] in [-1, 1] -> z [B, latent]."""
+    return self.encoder(x, train)
+
+  def decode(self, z: Array, train: bool) -> Array:
+    """z [B, latent] -> x [B, H, W, C] in [-1, 1]."""
+    return self.generator(z, train)
+
+
+class Critic(nn.Module):
+  """D on image pairs stacked on the channel axis; params {'network': ...}."""
+
+  network: nn.Module
+
+  def __call__(self, x: Array, y: Array, train: bool) -> tuple[Array, Array]:
+    """D(x, y).
+
+    Args:
+      x: [B, H, W, C] in [-1, 1] (the real image).
+      y: [B, H, W, C] (x itself, or a reconstruction).
+      train: advance spectral-norm vectors (`batch_stats` must be mutable).
+
+    Returns:
+      (logits [B], features [B, F]); features are the penultimate layer f.
+    """
+    return self.network(jnp.concatenate([x, y], axis=-1), train)
+
+  def stacked(self, xy: Array, train: bool) -> tuple[Array, Array]:
+    """D on an already stacked pair xy [B, H, W, 2C] (gradient penalty)."""
+    return self.network(xy, train)
+
+
+_SHAPES = {'mnist': (28, 28), 'cifar': (32, 32)}
+
+
+def create_models(
+    model_config: ml_collections.ConfigDict,
+    image_shape: Sequence[int],
+    axis_name: Optional[str] = None,
+) -> tuple[Autoencoder, Critic]:
+  """Builds (Autoencoder, Critic) for `model_config.arch`.
+
+  Args:
+    model_config: `config.model`: `arch`, `latent_dim`, `width` (mnist: base
+      width, 64 in Table 4; cifar: encoder w, 2w, 4w, generator 4w, critic
+      2w, 64 for Table 3), `spectral_norm` (critic).
+    image_shape: (H, W, C) of the images.
+    axis_name: pmap axis for global BatchNorm statistics; None outside pmap.
+
+  Returns:
+    (autoencoder, critic) modules.
+
+  Raises:
+    ValueError: unknown arch, or an image shape the arch cannot take.
+  """
+  arch = model_config.arch
+  if arch not in _SHAPES:
+    raise ValueError(
+        f'Unknown model.arch {arch!r}; choose one of {sorted(_SHAPES)}.')
+  image_shape = tuple(image_shape)
+  if len(image_shape) != 3 or image_shape[:2] != _SHAPES[arch] or (
+      image_shape[2] < 1):
+    h, w = _SHAPES[arch]
+    raise ValueError(
+        f'model.arch={arch!r} needs images of shape ({h}, {w}, C), got'
+        f' {image_shape}; valid: ' + ', '.join(
+            f'{a}: {s[0]}x{s[1]}xC' for a, s in _SHAPES.items())
+        + ' (set data.image_shape to convert).')
+  channels, w = image_shape[2], model_config.width
+  latent_dim, sn = model_config.latent_dim, model_config.spectral_norm
+  if arch == 'mnist':
+    encoder = MnistEncoder(latent_dim, w)
+    generator = MnistGenerator(channels, w)
+    network = MnistCritic(w, sn)
+  else:
+    encoder = CifarEncoder(latent_dim, w, axis_name)
+    generator = CifarGenerator(channels, 4 * w, axis_name)
+    network = CifarCritic(2 * w, sn)
+  return Autoencoder(encoder, generator), Critic(network)

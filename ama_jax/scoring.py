@@ -1,0 +1,141 @@
+"""Anomaly scores: R(x) (eq. 6), its Gaussian calibration (eq. 7), metrics.
+
+R(x) = ||f(x, x) - f(x, G(E(x)))||_1 with f the critic's penultimate
+features, everything in evaluation mode (BatchNorm running statistics,
+spectral-norm vectors frozen), so a score never depends on what else is in
+the batch. The calibrated score is -log A(x) up to a constant,
+(R - mu)^2 / (2 sigma^2) with mu, sigma the mean and standard deviation of R
+over the training set's normal images: ranking by it equals ranking by A(x)
+(low likelihood = anomalous) without the ties at A = 0 that far-out images
+would otherwise all share.
+"""
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ama_jax import evaluation
+
+AXIS = 'batch'
+
+
+def raw_scores(ae_model, critic_model, ae_vars, critic_vars,
+               images: jax.Array) -> jax.Array:
+  """R(x) for a batch.
+
+  Args:
+    ae_model, critic_model: the flax modules.
+    ae_vars, critic_vars: their variables ({'params', 'batch_stats'}).
+    images: [batch, H, W, C] in [-1, 1].
+
+  Returns:
+    [batch] float32, higher = less like the training data's reconstructions.
+  """
+  x_rec, _ = ae_model.apply(ae_vars, images, train=False)
+  _, f_real = critic_model.apply(critic_vars, images, images, train=False)
+  _, f_fake = critic_model.apply(critic_vars, images, x_rec, train=False)
+  return jnp.sum(jnp.abs(f_real - f_fake), axis=-1)
+
+
+def calibrated_scores(r: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+  """-log A(x) + const = (R - mu)^2 / (2 sigma^2); higher = more anomalous."""
+  return (np.asarray(r, np.float64) - mu) ** 2 / (2.0 * sigma ** 2)
+
+
+def fit_gaussian(r: np.ndarray) -> tuple[float, float]:
+  """mu, sigma of R over normal training images (eq. 7), sigma > 0."""
+  r = np.asarray(r, np.float64)
+  if r.size < 2 or not np.all(np.isfinite(r)):
+    raise ValueError(f'Cannot calibrate on {r.size} scores (need >= 2, all '
+                     'finite).')
+  return float(r.mean()), float(max(r.std(), 1e-12))
+
+
+@dataclasses.dataclass
+class Scorer:
+  """Scores arrays of any length, padded and sharded over local devices.
+
+  Every image is scored exactly once: the last, ragged batch is padded with
+  zeros and the padded rows are dropped (no image is scored twice, none is
+  dropped).
+  """
+  ae_model: Any
+  critic_model: Any
+  ae_vars: Any
+  critic_vars: Any
+  batch_size: int = 500  # Global batch; rounded up to the device count.
+  devices: Any = None
+
+  def __post_init__(self):
+    self.devices = self.devices or jax.local_devices()
+    n = len(self.devices)
+    self.per_device = max(1, -(-self.batch_size // n))
+    fn = functools.partial(raw_scores, self.ae_model, self.critic_model)
+    self._p_scores = jax.pmap(fn, axis_name=AXIS, in_axes=(None, None, 0),
+                              devices=self.devices)
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    """R(x) for images [N, H, W, C] in [-1, 1] -> [N] float32 (numpy)."""
+    images = np.asarray(images, np.float32)
+    n_dev, per_dev = len(self.devices), self.per_device
+    chunk = n_dev * per_dev
+    out = []
+    for start in range(0, len(images), chunk):
+      batch = images[start:start + chunk]
+      valid = len(batch)
+      if valid < chunk:  # Pad the ragged last batch; padded rows dropped.
+        pad = np.zeros((chunk - valid, *images.shape[1:]), np.float32)
+        batch = np.concatenate([batch, pad])
+      r = self._p_scores(self.ae_vars, self.critic_vars,
+                         batch.reshape(n_dev, per_dev, *images.shape[1:]))
+      out.append(np.asarray(r).reshape(-1)[:valid])
+    if not out:
+      return np.zeros((0,), np.float32)
+    return np.concatenate(out)
+
+
+def scorer_from_state(state, ae_model, critic_model, batch_size: int = 500,
+                      devices=None) -> Scorer:
+  """A `Scorer` over the (host or device) variables of a training state."""
+  ae_vars = {'params': state.ae.params, 'batch_stats': state.ae.batch_stats}
+  critic_vars = {'params': state.critic.params,
+                 'batch_stats': state.critic.batch_stats}
+  return Scorer(ae_model, critic_model, ae_vars, critic_vars,
+                batch_size=batch_size, devices=devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+  """What scoring new data needs besides the networks."""
+  mu: float
+  sigma: float
+  threshold: float  # On the calibrated score; above it = anomaly.
+  threshold_fpr: float  # Target false-positive rate it was chosen for.
+
+  def to_dict(self) -> dict[str, float]:
+    return dataclasses.asdict(self)
+
+
+def calibrate(r_train_normal: np.ndarray, r_heldout_normal: np.ndarray,
+              threshold_fpr: float) -> Calibration:
+  """Fits mu, sigma on training normals; threshold on held-out normals."""
+  mu, sigma = fit_gaussian(r_train_normal)
+  threshold = evaluation.threshold_at_fpr(
+      calibrated_scores(r_heldout_normal, mu, sigma), threshold_fpr)
+  return Calibration(mu=mu, sigma=sigma, threshold=float(threshold),
+                     threshold_fpr=threshold_fpr)
+
+
+def evaluate(r: np.ndarray, labels: np.ndarray,
+             calibration: Calibration) -> dict[str, float]:
+  """Metrics of the calibrated score and of raw R (prefix `raw_`)."""
+  metrics = evaluation.compute_metrics(
+      labels, calibrated_scores(r, calibration.mu, calibration.sigma))
+  raw = evaluation.compute_metrics(labels, r)
+  metrics.update({f'raw_{k}': v for k, v in raw.items()
+                  if not k.startswith('num_')})
+  return metrics

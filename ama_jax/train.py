@@ -1,0 +1,441 @@
+"""AMA training state and the pure, pmapped training step.
+
+One call of `train_step` is one AMA iteration (paper eqs. 1-5; official
+code's `train.py`): synthetic negatives, `n_critic` critic updates on the
+same batch, then one encoder/generator update.
+
+Multi-device contract: the state is passed unreplicated (`in_axes=None`) and
+every leaf of the returned state is identical on all devices. Each device
+gathers its share of the global batch by index from the training set, which
+lives on the devices. Every random draw is keyed by the global example index
+(never by the device), and losses are sums over local rows divided by global
+counts whose gradients are `psum`med, so a run on n devices computes exactly
+what one device computes on the same global batch (up to float summation
+order). Interpolation partners are drawn from the whole global batch through
+`all_gather`; its transpose (a reduce-scatter) routes their gradients back.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax
+from flax.training import train_state
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ama_jax import losses
+from ama_jax import models
+from ama_jax import sampling
+
+AXIS = 'batch'
+PRNGKey = jax.Array
+Metrics = dict[str, jax.Array]
+
+
+class PlayerState(train_state.TrainState):
+  """Params, optimizer state and normalization statistics of one player."""
+  batch_stats: Any  # BatchNorm stats (AE) or spectral-norm u/sigma (critic).
+
+
+@flax.struct.dataclass
+class AMAState:
+  """Everything training updates; a pytree, so pmap and orbax see all of it."""
+  ae: PlayerState  # params == {'encoder': ..., 'generator': ...}
+  critic: PlayerState
+
+  @property
+  def step(self) -> jax.Array:
+    return self.ae.step
+
+
+@flax.struct.dataclass
+class TrainData:
+  """The training set, kept on the devices for the whole run."""
+  images: jax.Array  # [N, H, W, C] float32 in [-1, 1].
+  labels: jax.Array  # [N] int32: 0 normal, 1 labelled anomaly.
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """Static (compile-time) settings of `train_step`, hashable."""
+  local_batch: int
+  steps_per_epoch: int
+  num_train: int
+  n_critic: int = 1
+  lambda_inter: float = 0.5
+  num_inter: int = 3
+  detach_inter: bool = False
+  lambda_neg: float = 5.0
+  lambda_reg: float = 1.0
+  reg_squared: bool = False
+  lambda_gp: float = 0.0
+  gp_style: str = 'per_sample'
+  negative_style: str = 'outward'
+  radial_direction: str = 'inward'
+  delta: float = 0.5
+  negative_fraction: float = 0.1
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, *, local_batch: int,
+                  steps_per_epoch: int, num_train: int) -> 'StepSettings':
+    return cls(
+        local_batch=local_batch, steps_per_epoch=steps_per_epoch,
+        num_train=num_train, n_critic=config.train.n_critic,
+        lambda_inter=config.loss.lambda_inter,
+        num_inter=config.loss.num_inter,
+        detach_inter=config.loss.detach_inter,
+        lambda_neg=config.loss.lambda_neg,
+        lambda_reg=config.loss.lambda_reg,
+        reg_squared=config.loss.reg_squared,
+        lambda_gp=config.loss.lambda_gp, gp_style=config.loss.gp_style,
+        negative_style=config.sampling.style,
+        radial_direction=config.sampling.radial_direction,
+        delta=config.sampling.delta,
+        negative_fraction=config.sampling.fraction)
+
+  @property
+  def negative_rows(self) -> np.ndarray:
+    """Local rows replaced by synthetic negatives (static, evenly spread)."""
+    if self.negative_style == 'none' or self.negative_fraction <= 0:
+      return np.zeros((0,), np.int32)
+    mask = sampling.negative_mask(np.arange(self.local_batch),
+                                  self.local_batch, self.negative_fraction)
+    return np.flatnonzero(mask).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------
+# State and optimizers.
+# ----------------------------------------------------------------------------
+def lr_schedule(config: ml_collections.ConfigDict,
+                total_updates: int) -> optax.Schedule:
+  """Paper: lr x `decay` at 30%, 60% and 90% of training (MultiStepLR)."""
+  boundaries = {max(1, int(round(f * total_updates))): config.optim.decay
+                for f in config.optim.decay_at}
+  return optax.piecewise_constant_schedule(config.optim.lr, boundaries)
+
+
+def make_optimizers(config: ml_collections.ConfigDict, total_steps: int
+                    ) -> tuple[optax.GradientTransformation,
+                               optax.GradientTransformation]:
+  """Adam for E, G (one state, two betas) and for the critic."""
+  optim = config.optim
+  ae_lr = lr_schedule(config, total_steps)
+  # The critic takes n_critic updates per step: its schedule counts those.
+  critic_lr = lr_schedule(config, total_steps * config.train.n_critic)
+  ae_tx = optax.multi_transform(
+      {'encoder': optax.adam(ae_lr, b1=optim.b1_encoder, b2=optim.b2),
+       'generator': optax.adam(ae_lr, b1=optim.b1_generator, b2=optim.b2)},
+      lambda params: {k: k for k in params})
+  critic_tx = optax.adam(critic_lr, b1=optim.b1_critic, b2=optim.b2)
+  return ae_tx, critic_tx
+
+
+def create_train_state(rng: PRNGKey, config: ml_collections.ConfigDict,
+                       image_shape: tuple[int, int, int], total_steps: int
+                       ) -> AMAState:
+  """Initializes both players (under jit) with their optimizers."""
+  ae_model, critic_model = models.create_models(config.model, image_shape)
+  ae_tx, critic_tx = make_optimizers(config, total_steps)
+  x = jnp.zeros((2, *image_shape), jnp.float32)
+
+  @jax.jit
+  def init(rng):
+    ae_rng, critic_rng = jax.random.split(rng)
+    ae_vars = ae_model.init(ae_rng, x, train=False)
+    critic_vars = critic_model.init(critic_rng, x, x, train=False)
+    return AMAState(
+        ae=PlayerState.create(apply_fn=ae_model.apply,
+                              params=ae_vars['params'], tx=ae_tx,
+                              batch_stats=ae_vars.get('batch_stats', {})),
+        critic=PlayerState.create(
+            apply_fn=critic_model.apply, params=critic_vars['params'],
+            tx=critic_tx, batch_stats=critic_vars.get('batch_stats', {})))
+
+  return init(rng)
+
+
+def _variables(player: PlayerState, params=None) -> dict[str, Any]:
+  return {'params': player.params if params is None else params,
+          'batch_stats': player.batch_stats}
+
+
+# ----------------------------------------------------------------------------
+# The step.
+# ----------------------------------------------------------------------------
+def _row_keys(step_rng: PRNGKey, global_rows: jax.Array, name: int
+              ) -> jax.Array:
+  """One key per example for purpose `name`: f(step, global row, purpose)."""
+  purpose_rng = jax.random.fold_in(step_rng, name)
+  return jax.vmap(jax.random.fold_in, (None, 0))(purpose_rng, global_rows)
+
+
+# Purposes of per-example keys (never reuse a number).
+_NEGATIVES, _ALPHA, _PARTNERS, _GP = 0, 1, 2, 3
+
+
+def _gather_batch(data: TrainData, data_rng: PRNGKey, step: jax.Array,
+                  s: StepSettings) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """This device's rows of the global batch, by index, inside compiled code."""
+  num_devices = lax.psum(1, AXIS)
+  global_batch = s.local_batch * num_devices
+  epoch, i = step // s.steps_per_epoch, step % s.steps_per_epoch
+  perm = jax.random.permutation(jax.random.fold_in(data_rng, epoch),
+                                s.num_train)
+  global_rows = lax.axis_index(AXIS) * s.local_batch + jnp.arange(
+      s.local_batch)
+  idx = perm[i * global_batch + global_rows]
+  return data.images[idx], data.labels[idx], global_rows
+
+
+def _add_negatives(ae_model, ae: PlayerState, x: jax.Array,
+                   weights: jax.Array, keys: jax.Array, s: StepSettings
+                   ) -> tuple[jax.Array, jax.Array]:
+  """Replaces the static negative rows by G(z_neg) (E, G in eval mode)."""
+  rows = s.negative_rows
+  variables = _variables(ae)
+  z = ae_model.apply(variables, x[rows], train=False, method='encode')
+  # 'cube' scales by min |z| over the negative rows of the global batch.
+  cube_scale = lax.pmin(jnp.min(jnp.abs(z)), AXIS)
+  z_neg = sampling.negative_latents(
+      keys[rows], z, style=s.negative_style, delta=s.delta,
+      radial_direction=s.radial_direction, cube_scale=cube_scale)
+  x_neg = ae_model.apply(variables, z_neg, train=False, method='decode')
+  # The official code makes negatives without gradients (no_grad, eval).
+  x = x.at[rows].set(lax.stop_gradient(x_neg))
+  weights = weights.at[rows].set(-s.lambda_neg)
+  return x, weights
+
+
+def _interpolation_plan(weights: jax.Array, global_rows: jax.Array,
+                        step_rng: PRNGKey, s: StepSettings
+                        ) -> tuple[jax.Array, jax.Array]:
+  """Simplex weights [b, m] and global anchor rows [b, m] (own row first).
+
+  Partners are drawn with replacement from the normal rows of the global
+  batch, one key per example (the official code uses batch permutations).
+  """
+  is_normal = lax.all_gather(weights > 0, AXIS, tiled=True)  # [B]
+  alpha = sampling.simplex_weights(
+      _row_keys(step_rng, global_rows, _ALPHA), s.num_inter)
+  logits = jnp.where(is_normal, 0.0, -jnp.inf)
+  partners = jax.vmap(
+      lambda k: jax.random.categorical(k, logits, shape=(s.num_inter - 1,)))(
+          _row_keys(step_rng, global_rows, _PARTNERS))
+  anchors = jnp.concatenate([global_rows[:, None], partners], axis=1)
+  return alpha, anchors
+
+
+def _ae_forward(ae_model, params, batch_stats, x, alpha, anchors,
+                s: StepSettings):
+  """x -> (x_rec, z, x_inter) in train mode; returns new batch stats too."""
+
+  def forward(module, x):
+    z = module.encode(x, train=True)
+    x_rec = module.decode(z, train=True)
+    if s.lambda_inter == 0:
+      return x_rec, z, None
+    z_all = lax.all_gather(z, AXIS, tiled=True)  # [B, d]
+    z_inter = jnp.einsum('bm,bmd->bd', alpha, z_all[anchors])
+    return x_rec, z, module.decode(z_inter, train=True)
+
+  (x_rec, z, x_inter), updates = ae_model.apply(
+      {'params': params, 'batch_stats': batch_stats}, x, method=forward,
+      mutable=['batch_stats'])
+  return (x_rec, z, x_inter), updates.get('batch_stats', batch_stats)
+
+
+def _critic_pairs(x, x_all, x_rec, x_inter, anchors, with_real: bool):
+  """Stacks every (left, right) pair the losses need into one batch."""
+  lefts, rights = [x], [x_rec]
+  if with_real:
+    lefts.append(x)
+    rights.append(x)
+  if x_inter is not None:
+    m = anchors.shape[1]
+    lefts.append(jnp.concatenate([x_all[anchors[:, k]] for k in range(m)]))
+    rights.append(jnp.concatenate([x_inter] * m))
+  return jnp.concatenate(lefts), jnp.concatenate(rights)
+
+
+def train_step(state: AMAState, data: TrainData, rngs: tuple[PRNGKey, PRNGKey],
+               *, ae_model, critic_model, settings: StepSettings,
+               negatives: bool) -> tuple[AMAState, Metrics]:
+  """One AMA iteration on this device's share of the global batch.
+
+  Args:
+    state: the unreplicated training state (identical on all devices).
+    data: the training set (this device's copy).
+    rngs: (train_rng, data_rng) base keys from the config seed.
+    ae_model, critic_model: the flax modules (static).
+    settings: static settings (`StepSettings`).
+    negatives: static; True once atypical selection has started.
+
+  Returns:
+    (new state, metrics) where every metric is a global value.
+  """
+  s = settings
+  train_rng, data_rng = rngs
+  step = state.step
+  step_rng = jax.random.fold_in(train_rng, step)
+  x, labels, global_rows = _gather_batch(data, data_rng, step, s)
+  b = s.local_batch
+  # Official code's labels: +1 normal, -lambda_neg for (real or synthetic)
+  # anomalies; the sign flip turns "reconstruct" into "don't reconstruct".
+  weights = jnp.where(labels == 1, -s.lambda_neg, 1.0)
+  if negatives and len(s.negative_rows):
+    x, weights = _add_negatives(
+        ae_model, state.ae, x, weights,
+        _row_keys(step_rng, global_rows, _NEGATIVES), s)
+  normal = (weights > 0).astype(jnp.float32)
+  num_rows = lax.psum(jnp.float32(b), AXIS)
+  num_normal = lax.psum(normal.sum(), AXIS)
+
+  use_inter = s.lambda_inter != 0
+  alpha = anchors = None
+  if use_inter:
+    alpha, anchors = _interpolation_plan(weights, global_rows, step_rng, s)
+  x_all = lax.all_gather(x, AXIS, tiled=True) if use_inter else None
+
+  # E and G do not change during the critic updates, so their forward pass
+  # is run once; its VJP gives the AE gradient after the critic updates.
+  (x_rec, z, x_inter), ae_vjp, new_ae_stats = jax.vjp(
+      lambda p: _ae_forward(ae_model, p, state.ae.batch_stats, x, alpha,
+                            anchors, s),
+      state.ae.params, has_aux=True)
+  # The critic sees reconstructions as constants (PyTorch's .detach()).
+  left, right = _critic_pairs(
+      x, x_all, lax.stop_gradient(x_rec),
+      None if x_inter is None else lax.stop_gradient(x_inter), anchors,
+      with_real=True)
+
+  def critic_loss_fn(params, batch_stats, gp_keys):
+    (logits, _), updates = critic_model.apply(
+        {'params': params, 'batch_stats': batch_stats}, left, right,
+        train=True, mutable=['batch_stats'])
+    fake, real = logits[:b], logits[b:2 * b]
+    loss = losses.critic_loss(real_logits=real, fake_logits=fake,
+                              weights=weights, denominator=num_rows)
+    aux = {'wasserstein': jnp.sum(normal * (real - fake)) / num_normal}
+    if use_inter:
+      real_all = lax.all_gather(real, AXIS, tiled=True)
+      inter = losses.interpolation_critic_loss(
+          anchor_real_logits=real_all[anchors],  # [b, m]
+          inter_logits=logits[2 * b:].reshape(-1, b).T, mask=normal,
+          denominator=num_normal)
+      loss += s.lambda_inter * inter
+      aux['critic_inter'] = inter
+    if s.lambda_gp:
+      gp_alpha = jax.vmap(jax.random.uniform)(gp_keys)
+      critic_vars = {'params': params, 'batch_stats': batch_stats}
+      gp = losses.gradient_penalty(
+          lambda xy: critic_model.apply(critic_vars, xy, train=False,
+                                        method='stacked')[0],
+          x, lax.stop_gradient(x_rec), gp_alpha, style=s.gp_style)
+      gp *= b / num_rows  # Local mean -> this device's share of the mean.
+      loss += s.lambda_gp * gp
+      aux['gradient_penalty'] = gp
+    new_stats = updates.get('batch_stats', batch_stats)
+    return loss, (aux, new_stats)
+
+  gp_keys = _row_keys(step_rng, global_rows, _GP)
+
+  def critic_update(critic: PlayerState, i):
+    keys = jax.vmap(jax.random.fold_in, (0, None))(gp_keys, i)
+    (loss, (aux, stats)), grads = jax.value_and_grad(
+        critic_loss_fn, has_aux=True)(critic.params, critic.batch_stats, keys)
+    grads = lax.psum(grads, AXIS)
+    critic = critic.apply_gradients(grads=grads,
+                                    batch_stats=lax.pmean(stats, AXIS))
+    # Loss pieces are local sums over global counts: psum gives the value.
+    aux = lax.psum(dict(aux, critic_loss=loss), AXIS)
+    return critic, dict(aux, critic_grad_norm=optax.global_norm(grads))
+
+  critic, critic_aux = lax.scan(critic_update, state.critic,
+                                jnp.arange(s.n_critic))
+  critic_aux = jax.tree.map(lambda a: a[-1], critic_aux)
+
+  # Encoder/generator loss as a function of the AE outputs.
+  def ae_loss_fn(outputs):
+    x_rec, z, x_inter = outputs
+    left, right = _critic_pairs(
+        x, x_all, x_rec,
+        None if x_inter is None else (
+            lax.stop_gradient(x_inter) if s.detach_inter else x_inter),
+        anchors, with_real=False)
+    logits, _ = critic_model.apply(_variables(critic), left, right,
+                                   train=False)
+    adv = losses.ae_adversarial_loss(fake_logits=logits[:b], weights=weights,
+                                     denominator=num_rows)
+    reg = losses.latent_norm(z, mask=normal, squared=s.reg_squared,
+                             denominator=num_normal)
+    loss = adv + s.lambda_reg * reg
+    aux = {'ae_adversarial': adv, 'latent_norm': reg}
+    if use_inter:
+      inter = losses.interpolation_ae_loss(
+          inter_logits=logits[b:].reshape(-1, b).T, mask=normal,
+          denominator=num_normal)
+      loss += s.lambda_inter * inter
+      aux['ae_inter'] = inter
+    return loss, aux
+
+  outputs = (x_rec, z, x_inter)
+  (ae_loss, ae_aux), out_grads = jax.value_and_grad(
+      ae_loss_fn, has_aux=True)(outputs)
+  (ae_grads,) = ae_vjp(out_grads)
+  ae_grads = lax.psum(ae_grads, AXIS)
+  ae = state.ae.apply_gradients(grads=ae_grads,
+                                batch_stats=lax.pmean(new_ae_stats, AXIS))
+
+  metrics = lax.psum(dict(ae_aux, ae_loss=ae_loss,
+                          num_negatives=jnp.sum(weights < 0)), AXIS)
+  metrics.update(critic_aux, ae_grad_norm=optax.global_norm(ae_grads))
+  metrics['finite'] = jnp.isfinite(metrics['critic_loss'] + metrics['ae_loss'])
+  return AMAState(ae=ae, critic=critic), metrics
+
+
+def train_steps(state: AMAState, data: TrainData,
+                rngs: tuple[PRNGKey, PRNGKey], *, num_steps: int,
+                **kwargs) -> tuple[AMAState, Metrics]:
+  """`num_steps` train steps in one compiled call; metrics averaged."""
+  if num_steps == 1:
+    return train_step(state, data, rngs, **kwargs)
+
+  def body(state, _):
+    return train_step(state, data, rngs, **kwargs)
+
+  state, metrics = lax.scan(body, state, None, length=num_steps)
+  finite = jnp.all(metrics.pop('finite'))
+  return state, dict(jax.tree.map(lambda m: m.mean(0), metrics),
+                     finite=finite)
+
+
+def make_p_train_step(ae_model, critic_model, settings: StepSettings, *,
+                      negatives: bool, num_steps: int = 1, devices=None,
+                      per_device_state: bool = False) -> Callable:
+  """Builds the pmapped (and donated) training call; build once per variant.
+
+  The returned function takes (state, data, rngs): the state and keys
+  unreplicated, the data from `replicate_data`; it returns (state, metrics),
+  both unreplicated. `per_device_state=True` returns each device's copy of
+  the state instead (leading device axis), for tests of the contract that
+  they are identical.
+  """
+  step = functools.partial(
+      train_steps, num_steps=num_steps, ae_model=ae_model,
+      critic_model=critic_model, settings=settings, negatives=negatives)
+  return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, None),
+                  out_axes=(0 if per_device_state else None, None),
+                  donate_argnums=(0,), devices=devices)
+
+
+def replicate_data(images: np.ndarray, labels: np.ndarray,
+                   devices=None) -> TrainData:
+  """Puts one copy of the training set on each local device, once."""
+  devices = devices or jax.local_devices()
+  data = TrainData(images=np.asarray(images, np.float32),
+                   labels=np.asarray(labels, np.int32))
+  return flax.jax_utils.replicate(data, devices=devices)

@@ -1,0 +1,168 @@
+r"""Every field of an ama_jax experiment, with the paper's values.
+
+Default experiment: Fashion-MNIST is normal, MNIST is the OOD anomaly set
+(the paper's Table 2a), MNIST architecture (appendix Table 4).
+
+  python -m ama_jax.main --config=configs/default.py --workdir=/tmp/ama
+  python -m ama_jax.main --config=configs/default.py:runlocal --workdir=/tmp/t
+
+The `:arg` suffix is a comma-separated list parsed by `parse_arg`: `runlocal`
+shrinks everything for a smoke run on a CPU; other tokens are interpreted by
+the variant config files (e.g. a class index for one-class configs).
+
+Units: steps unless a name ends in `_epochs`; ratios are fractions in [0, 1).
+"""
+from typing import Optional
+
+import ml_collections
+
+
+def parse_arg(arg: Optional[str]) -> tuple[set[str], list[str]]:
+  """Splits a config `:arg` string into ({'runlocal', ...}, [other tokens])."""
+  tokens = [t.strip() for t in (arg or '').split(',') if t.strip()]
+  flags = {t for t in tokens if t in ('runlocal',)}
+  return flags, [t for t in tokens if t not in flags]
+
+
+def parse_classes(tokens: list[str]) -> tuple:
+  """Normal classes from `:arg` tokens: `3`, `3+5`, `ship` -> (3,), (3, 5)...
+
+  Names are kept as strings; the input pipeline resolves and validates them.
+  """
+  if not tokens:
+    return (0,)
+  if len(tokens) > 1:
+    raise ValueError(f'Expected one class token in the config arg, got '
+                     f'{tokens}; join several classes with "+", e.g. 3+5.')
+  return tuple(int(t) if t.isdigit() else t for t in tokens[0].split('+'))
+
+
+def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  """Returns the default (Fashion-MNIST -> MNIST, OOD) configuration."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Root of every PRNG key and of the data splits.
+
+  # --- Data and experiment protocol (paper, "Experiments" + appendix). ---
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'fashion_mnist'  # TFDS name of the normal dataset.
+  data.protocol = 'ood'  # 'one_class' | 'ood'.
+  # One-class: normal class(es) of `dataset`, as indices or names.
+  data.normal_classes = (0,)
+  data.ood_dataset = 'mnist'  # OOD: TFDS name of the anomaly dataset.
+  # Validation: normals held out of train + anomalies (never in train).
+  # Paper: 100 + 10 (one-class), 500 + 50 (OOD).
+  data.num_val_normal = 500
+  data.num_val_anomaly = 50
+  data.num_test_anomaly = 1000  # OOD: anomaly-dataset test images in test.
+  # Semi-supervised (appendix Table 6): labelled anomalies added to train,
+  # as a fraction of the number of normal training images.
+  data.semi_supervised_ratio = 0.0
+  # Corruption (appendix Fig. 8): anomalies added to train labelled normal,
+  # as a fraction of the number of normal training images.
+  data.corruption_ratio = 0.0
+  # Explicit shape conversion when paired datasets differ, e.g. (32, 32, 3):
+  # images are zero-padded / resized and channels repeated or averaged.
+  # None: shapes must match (else a clear error).
+  data.image_shape = None
+  data.data_dir = None  # TFDS data_dir; None: <repo>/data/tfds.
+  data.raw_dir = None  # Offline IDX files; None: <repo>/data/raw.
+
+  # --- Model (appendix Tables 3-4). ---
+  config.model = model = ml_collections.ConfigDict()
+  model.arch = 'mnist'  # 'mnist' (Table 4, 28x28) | 'cifar' (Table 3, 32x32).
+  model.latent_dim = 64  # Paper: 64 (mnist), 128 (cifar).
+  model.width = 64  # Base width; Table 4: 64 (mnist); Table 3 uses 64/128/256.
+  model.spectral_norm = False  # Spectral norm in the critic (paper: cifar).
+
+  # --- Losses (eqs. 1-5). ---
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.lambda_inter = 0.5  # Simplex interpolation weight (eq. 4).
+  loss.num_inter = 3  # m, number of encodings mixed per interpolant.
+  # Official code detaches the interpolation term from E and G (only the
+  # critic learns from it). Paper: gradients reach E and G (False).
+  loss.detach_inter = False
+  loss.lambda_neg = 5.0  # Negatives weight (eq. 2).
+  loss.lambda_reg = 1.0  # Latent norm regulariser weight.
+  loss.reg_squared = False  # False: mean ||E(x)||_2 (official code).
+  loss.lambda_gp = 0.0  # WGAN-GP weight (0 = off); official code: 10.
+  # 'per_sample' (WGAN-GP) | 'per_pixel' (official code's channel-wise norm).
+  loss.gp_style = 'per_sample'
+
+  # --- Atypical selection: synthetic negatives (eq. 5). ---
+  config.sampling = sampling = ml_collections.ConfigDict()
+  # 'outward' | 'inward' (paper: shell sqrt(d) +- delta), 'radial' (official
+  # code: alpha * E(x) or E(x) / alpha), 'cube' (Sipple 2020), 'none'.
+  sampling.style = 'outward'  # Paper: outward for MNIST/FMNIST.
+  sampling.radial_direction = 'inward'  # For 'radial': 'inward' | 'outward'.
+  sampling.delta = 0.5
+  sampling.start_epoch = 10  # Negatives from this epoch on (paper: 10).
+  sampling.fraction = 0.1  # Fraction of each batch replaced by negatives.
+
+  # --- Optimisation (appendix). ---
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.lr = 3e-4
+  optim.b1_encoder = 0.5
+  optim.b1_generator = 0.0
+  optim.b1_critic = 0.0
+  optim.b2 = 0.999  # Paper: 0.999; official code: 0.9.
+  optim.decay_at = (0.3, 0.6, 0.9)  # Fractions of training; lr x decay.
+  optim.decay = 0.1
+
+  # --- Training loop. ---
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 256  # Global batch, split evenly over all devices.
+  train.num_epochs = 100
+  # Critic updates per encoder/generator update, all on the same batch.
+  # The paper gives none (one alternating update is implied); the official
+  # code uses 5 (`--update_ratio`).
+  train.n_critic = 1
+  train.steps_per_call = 1  # Steps fused per compiled call (lax.scan).
+  # Stop (after saving a checkpoint) once this step is reached; None: never.
+  # For time-boxed jobs and resume tests: the same command resumes.
+  train.halt_after_steps = None
+
+  # --- Evaluation, scoring, model selection. ---
+  config.eval = evaluation = ml_collections.ConfigDict()
+  evaluation.batch_size = 500
+  evaluation.first_epoch = 1  # Validation-based selection from this epoch.
+  evaluation.every_epochs = 1
+  evaluation.threshold_fpr = 0.05  # Target false-positive rate of threshold.
+  # Training normals scored for the per-epoch calibration used in model
+  # selection (None: all). The final calibration always uses all of them.
+  evaluation.calibration_size = 10000
+
+  # --- Logging and checkpoints. ---
+  config.log = log = ml_collections.ConfigDict()
+  log.every_steps = 50
+  log.checkpoint_every_steps = 1000
+  log.figures = True
+
+  # Smoke-run caps (None = no cap); set by `:runlocal`.
+  config.data.max_train = None  # Cap on normal training images.
+  config.data.max_test = None  # Cap on test images.
+  config.train.max_steps_per_epoch = None
+
+  flags, _ = parse_arg(arg)
+  if 'runlocal' in flags:
+    apply_runlocal(config)
+  return config
+
+
+def apply_runlocal(config: ml_collections.ConfigDict) -> None:
+  """Shrinks a config in place for a smoke run of seconds on a CPU."""
+  config.model.width = 8
+  config.model.latent_dim = 8
+  config.train.batch_size = 16
+  config.train.num_epochs = 2
+  config.train.max_steps_per_epoch = 4
+  config.sampling.start_epoch = 1
+  config.data.num_val_normal = 20
+  config.data.num_val_anomaly = 10
+  config.data.num_test_anomaly = 20
+  config.data.max_train = 128
+  config.data.max_test = 64
+  config.eval.batch_size = 32
+  config.eval.first_epoch = 1
+  config.eval.calibration_size = 64
+  config.log.every_steps = 2
+  config.log.checkpoint_every_steps = 4

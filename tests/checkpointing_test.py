@@ -1,0 +1,223 @@
+"""Tests of the latest/best checkpoint managers and read-only restore."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+from absl.testing import absltest
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ama_jax import checkpointing
+from ama_jax import train
+from configs import default
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tiny_state(config, seed: int = 0) -> train.AMAState:
+  """An AMAState with the real optimizers, tiny params and non-zero moments."""
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  ae_tx, critic_tx = train.make_optimizers(config, total_steps=10)
+  ae = train.PlayerState.create(
+      apply_fn=None, tx=ae_tx,
+      params={'encoder': {'w': normal(3, 2)}, 'generator': {'b': normal(2)}},
+      batch_stats={'bn': {'mean': normal(2), 'var': normal(2) ** 2}})
+  critic = train.PlayerState.create(
+      apply_fn=None, tx=critic_tx, params={'dense': {'w': normal(4, 1)}},
+      batch_stats={})
+  ae = ae.apply_gradients(grads=jax.tree.map(jnp.ones_like, ae.params))
+  critic = critic.apply_gradients(
+      grads=jax.tree.map(jnp.ones_like, critic.params))
+  return train.AMAState(ae=ae, critic=critic)
+
+
+def _at_step(state: train.AMAState, step: int) -> train.AMAState:
+  """The state with its step set and the AE params shifted by `step`."""
+  ae = state.ae.replace(
+      step=jnp.asarray(step, jnp.int32),
+      params=jax.tree.map(lambda p: p + step, state.ae.params))
+  return state.replace(ae=ae)
+
+
+class CheckpointingTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.config = default.get_config('runlocal')
+    cls.state = _tiny_state(cls.config)
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = pathlib.Path(self.create_tempdir().full_path)
+
+  def _meta(self, step, val_auroc=0.5):
+    return {'config': checkpointing.config_to_dict(self.config),
+            'step': step, 'epoch': 1, 'mu': 1.5, 'sigma': 0.25,
+            'threshold': 3.0, 'threshold_fpr': 0.05,
+            'image_shape': (28, 28, 1), 'val_auroc': val_auroc}
+
+  def _save(self, kind, steps_and_aurocs):
+    ckpts = checkpointing.CheckpointManagers(self.workdir)
+    saved = []
+    for step, auroc in steps_and_aurocs:
+      save = ckpts.save_best if kind == 'best' else ckpts.save_latest
+      saved.append(save(step, _at_step(self.state, step),
+                        self._meta(step, auroc)))
+    ckpts.close()
+    return saved
+
+  def test_round_trip_restores_state_optimizer_step_and_meta(self):
+    state = _at_step(self.state, 7)
+    self._save('latest', [(7, 0.5)])
+    ckpts = checkpointing.CheckpointManagers(self.workdir)
+    restored, meta = ckpts.restore_latest(self.state)
+    ckpts.close()
+    chex.assert_trees_all_equal(restored, jax.device_get(state))
+    self.assertEqual(int(restored.step), 7)
+    self.assertEqual(int(restored.ae.opt_state.inner_states['encoder']
+                         .inner_state[0].count), 1)
+    # Tuples come back as lists in JSON and as tuples in the config.
+    expected = {**self._meta(7), 'image_shape': [28, 28, 1]}
+    del expected['config']
+    self.assertEqual({k: v for k, v in meta.items() if k != 'config'},
+                     expected)
+    config = checkpointing.config_from_dict(meta['config'])
+    self.assertEqual(config.to_dict(), self.config.to_dict())
+
+  def test_restore_into_eval_shape_tree_gives_host_arrays(self):
+    self._save('latest', [(3, 0.5)])
+    abstract = jax.eval_shape(lambda: self.state)
+    restored, _ = checkpointing.restore(self.workdir, abstract, kind='latest')
+    self.assertIsInstance(restored.ae.params['encoder']['w'], np.ndarray)
+    chex.assert_trees_all_close(restored,
+                                jax.device_get(_at_step(self.state, 3)))
+
+  def test_latest_keeps_two_newest_steps(self):
+    self.assertEqual(self._save('latest', [(1, 0.), (2, 0.), (3, 0.)]),
+                     [True] * 3)
+    self.assertEqual(checkpointing.available_steps(self.workdir, 'latest'),
+                     [2, 3])
+
+  def test_best_keeps_higher_val_auroc(self):
+    saved = self._save('best', [(1, 0.6), (2, 0.8), (3, 0.7),
+                                (4, float('nan')), (5, 0.8)])
+    self.assertEqual(saved, [True, True, False, False, False])
+    self.assertEqual(checkpointing.available_steps(self.workdir, 'best'), [2])
+    restored, meta = checkpointing.restore(self.workdir, self.state,
+                                           kind='best')
+    self.assertEqual(meta['val_auroc'], 0.8)
+    chex.assert_trees_all_close(restored,
+                                jax.device_get(_at_step(self.state, 2)))
+    # Reopened (as when training resumes), the kept value still counts.
+    self.assertEqual(self._save('best', [(6, 0.75), (7, 0.9)]), [False, True])
+    self.assertEqual(checkpointing.available_steps(self.workdir, 'best'), [7])
+
+  def test_best_from_an_abandoned_run_is_replaced_by_a_better_earlier_step(
+      self):
+    self._save('best', [(10, 0.6)])
+    # Training resumed from an earlier latest step reaches step 8 again.
+    self.assertEqual(self._save('best', [(8, 0.7)]), [True])
+    self.assertEqual(checkpointing.available_steps(self.workdir, 'best'), [8])
+
+  def test_restore_and_read_meta_by_kind_and_step(self):
+    self._save('latest', [(1, 0.), (2, 0.), (3, 0.)])
+    self._save('best', [(2, 0.9)])
+    self.assertEqual(checkpointing.read_meta(self.workdir)['step'], 2)
+    self.assertEqual(
+        checkpointing.read_meta(self.workdir, kind='latest')['step'], 3)
+    restored, meta = checkpointing.restore(self.workdir, self.state,
+                                           kind='latest', step=2)
+    self.assertEqual(meta['step'], 2)
+    self.assertEqual(int(restored.step), 2)
+    with self.assertRaisesRegex(FileNotFoundError, r'step 1 .*steps \[2, 3\]'):
+      checkpointing.read_meta(self.workdir, kind='latest', step=1)
+    with self.assertRaisesRegex(ValueError, 'Unknown checkpoint kind'):
+      checkpointing.read_meta(self.workdir, kind='final')
+    with self.assertRaisesRegex(FileNotFoundError, 'does not exist'):
+      checkpointing.read_meta(self.workdir / 'nowhere')
+
+  def test_restore_into_a_different_state_is_a_clear_error(self):
+    self._save('latest', [(1, 0.)])
+    other = self.state.replace(critic=self.state.critic.replace(
+        params={'dense': {'w': jnp.zeros((5, 1))}}))
+    with self.assertRaisesRegex(ValueError, 'does not match'):
+      checkpointing.restore(self.workdir, other, kind='latest')
+
+  def test_meta_step_must_match_saved_step(self):
+    ckpts = checkpointing.CheckpointManagers(self.workdir)
+    with self.assertRaisesRegex(ValueError, 'differs'):
+      ckpts.save_latest(5, self.state, self._meta(4))
+    ckpts.close()
+
+  def test_unfinished_save_is_never_latest_and_is_cleaned_up(self):
+    self._save('latest', [(1, 0.)])
+    # What a crash mid-save leaves: the step's files under a tmp name.
+    tmp = self.workdir / 'checkpoints' / '2.orbax-checkpoint-tmp'
+    (tmp / 'state.orbax-checkpoint-tmp').mkdir(parents=True)
+    (tmp / 'meta.orbax-checkpoint-tmp' / 'metadata').parent.mkdir()
+    (tmp / 'meta.orbax-checkpoint-tmp' / 'metadata').write_text('{"st')
+    self.assertEqual(checkpointing.available_steps(self.workdir, 'latest'),
+                     [1])
+    ckpts = checkpointing.CheckpointManagers(self.workdir)
+    self.assertEqual(ckpts.latest_step(), 1)
+    restored, meta = ckpts.restore_latest(self.state)
+    ckpts.close()
+    self.assertEqual(meta['step'], 1)
+    chex.assert_trees_all_close(restored,
+                                jax.device_get(_at_step(self.state, 1)))
+    self.assertFalse(tmp.exists())
+
+  def test_process_killed_mid_save_keeps_last_good_step(self):
+    # A child saves step 1, starts saving step 2 (asynchronously) and is
+    # SIGKILLed as soon as `save` returns, before the rename that commits it.
+    script = textwrap.dedent("""
+        import os, signal, sys
+        import numpy as np
+        from ama_jax import checkpointing
+        ckpts = checkpointing.CheckpointManagers(sys.argv[1])
+        big = {'w': np.ones((512, 1024), np.float32)}
+        ckpts.save_latest(1, big, {'step': 1})
+        ckpts.wait_until_finished()
+        ckpts.save_latest(2, {'w': big['w'] * 2}, {'step': 2})
+        os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    proc = subprocess.run([sys.executable, '-c', script, str(self.workdir)],
+                          cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False)
+    self.assertEqual(proc.returncode, -signal.SIGKILL, proc.stderr[-2000:])
+    directory = self.workdir / 'checkpoints'
+    leftovers = [p for p in directory.iterdir() if 'tmp' in p.name]
+    steps = checkpointing.available_steps(self.workdir, 'latest')
+    # Either the kill came first (tmp left, step 1 is the latest) or the
+    # commit did (step 2 complete); never a half-written step 2.
+    self.assertEqual(steps, [1] if leftovers else [1, 2])
+    target = {'w': jax.ShapeDtypeStruct((512, 1024), jnp.float32)}
+    tree, meta = checkpointing.restore(self.workdir, target, kind='latest')
+    self.assertEqual(meta['step'], steps[-1])
+    np.testing.assert_array_equal(tree['w'], float(steps[-1]))
+    checkpointing.CheckpointManagers(self.workdir).close()
+    self.assertEqual([p for p in directory.iterdir() if 'tmp' in p.name], [])
+
+  def test_to_json_converts_tuples_numpy_and_keeps_non_finite(self):
+    out = checkpointing.to_json({'a': (1, np.float32(0.5), None),
+                                 'b': np.arange(2), 'c': -np.inf})
+    self.assertEqual(out, {'a': [1, 0.5, None], 'b': [0, 1], 'c': -np.inf})
+    with self.assertRaisesRegex(TypeError, r'meta\.x'):
+      checkpointing.to_json({'x': object()})
+
+  def test_flat_hparams_are_scalars(self):
+    hparams = checkpointing.flat_hparams(self.config)
+    self.assertEqual(hparams['model.width'], 8)
+    self.assertEqual(hparams['data.image_shape'], 'None')
+    self.assertEqual(hparams['optim.decay_at'], '[0.3, 0.6, 0.9]')
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,196 @@
+"""Tests for ama_jax.models: shapes, variables, spectral norm, transpose conv."""
+import functools
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ama_jax import models
+
+_HW = {'mnist': 28, 'cifar': 32}
+_BATCH = 2
+
+
+def _config(arch, spectral_norm=False):
+  return ml_collections.ConfigDict(
+      dict(arch=arch, latent_dim=8, width=8, spectral_norm=spectral_norm)
+  )
+
+
+def _images(arch, channels, seed):
+  hw = _HW[arch]
+  return jax.random.uniform(
+      jax.random.key(seed), (_BATCH, hw, hw, channels), minval=-1, maxval=1
+  )
+
+
+@functools.lru_cache(maxsize=None)
+def _autoencoder(arch, channels):
+  """(model, variables, x, (x_rec, z)) in eval mode, built once."""
+  x = _images(arch, channels, 0)
+  ae, _ = models.create_models(_config(arch), x.shape[1:])
+  outputs, variables = ae.init_with_output(jax.random.key(1), x, False)
+  return ae, variables, x, outputs
+
+
+@functools.lru_cache(maxsize=None)
+def _critic(arch, channels, spectral_norm=False):
+  """(model, variables, x, (logits, features)) of D(x, y), built once."""
+  x = _images(arch, channels, 0)
+  _, critic = models.create_models(_config(arch, spectral_norm), x.shape[1:])
+  y = _images(arch, channels, 3)
+  outputs, variables = critic.init_with_output(jax.random.key(2), x, y, False)
+  return critic, variables, x, outputs
+
+
+def _numpy_conv_transpose(x, kernel):
+  """Scatter form of torch ConvTranspose2d(k=4, s=2, p=1), NHWC / HWIO."""
+  b, h, w, _ = x.shape
+  y = np.zeros((b, 2 * h + 2, 2 * w + 2, kernel.shape[-1]))
+  for i in range(h):
+    for j in range(w):
+      for ky in range(4):
+        for kx in range(4):
+          # Output row 2i - 1 + ky, stored shifted by +1.
+          y[:, 2 * i + ky, 2 * j + kx] += x[:, i, j] @ kernel[ky, kx]
+  return y[:, 1 : 2 * h + 1, 1 : 2 * w + 1]
+
+
+class ModelsTest(parameterized.TestCase):
+
+  @parameterized.product(arch=('mnist', 'cifar'), channels=(1, 3))
+  def test_output_shapes_and_param_keys(self, arch, channels):
+    _, ae_vars, x, (x_rec, z) = _autoencoder(arch, channels)
+    _, critic_vars, _, (logits, features) = _critic(arch, channels)
+    self.assertEqual(x_rec.shape, x.shape)
+    self.assertEqual(z.shape, (_BATCH, 8))
+    self.assertLessEqual(float(jnp.max(jnp.abs(x_rec))), 1.0)  # tanh
+    self.assertEqual(logits.shape, (_BATCH,))
+    # mnist: Dense(16 w); cifar: critic width 2 w, sum-pooled.
+    feature_dim = 16 * 8 if arch == 'mnist' else 2 * 8
+    self.assertEqual(features.shape, (_BATCH, feature_dim))
+    self.assertEqual(set(ae_vars['params']), {'encoder', 'generator'})
+    self.assertEqual(set(critic_vars), {'params'})  # No SN: no stats.
+    # BatchNorm only in the cifar encoder/generator.
+    self.assertEqual('batch_stats' in ae_vars, arch == 'cifar')
+
+  @parameterized.product(arch=('mnist', 'cifar'), spectral_norm=(False, True))
+  def test_features_feed_the_last_dense_layer(self, arch, spectral_norm):
+    _, variables, _, (logits, features) = _critic(arch, 1, spectral_norm)
+    out = variables['params']['network']['out']
+    kernel = out['kernel']  # [F, 1]
+    if spectral_norm:
+      # One power iteration on a [F, 1] matrix gives sigma = ||kernel||.
+      kernel = kernel / jnp.linalg.norm(kernel)
+    expected = features @ kernel[:, 0] + out.get('bias', 0.0)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    self.assertEqual('bias' in out, arch == 'mnist')  # Official: no bias.
+
+  def test_encode_decode_methods_compose_to_call(self):
+    ae, v, x, (x_rec, z) = _autoencoder('mnist', 1)
+    np.testing.assert_allclose(ae.apply(v, x, False, method=ae.encode), z,
+                               atol=1e-6)
+    np.testing.assert_allclose(ae.apply(v, z, False, method=ae.decode),
+                               x_rec, atol=1e-6)
+
+  def test_batch_norm_stats_move_only_in_train_mode(self):
+    ae, v, x, _ = _autoencoder('cifar', 3)
+    _, eval_vars = ae.apply(v, x, False, mutable=['batch_stats'])
+    _, train_vars = ae.apply(v, x, True, mutable=['batch_stats'])
+    changed = jax.tree.map(
+        lambda a, c: bool(jnp.any(a != c)),
+        v['batch_stats'], train_vars['batch_stats'])
+    jax.tree.map(np.testing.assert_array_equal, v['batch_stats'],
+                 eval_vars['batch_stats'])
+    self.assertTrue(all(jax.tree.leaves(changed)))
+
+  @parameterized.parameters('mnist', 'cifar')
+  def test_spectral_stats_move_only_in_train_mode(self, arch):
+    critic, v, x, _ = _critic(arch, 1, True)
+    _, eval_vars = critic.apply(v, x, x, False, mutable=['batch_stats'])
+    _, train_vars = critic.apply(v, x, x, True, mutable=['batch_stats'])
+    jax.tree.map(np.testing.assert_array_equal, v['batch_stats'],
+                 eval_vars['batch_stats'])
+    changed = jax.tree.map(lambda a, c: bool(jnp.any(a != c)),
+                           v['batch_stats'], train_vars['batch_stats'])
+    self.assertTrue(any(jax.tree.leaves(changed)))
+
+  @parameterized.parameters('mnist', 'cifar')
+  def test_spectral_norm_normalizes_top_singular_value(self, arch):
+    critic, v, x, _ = _critic(arch, 1, True)
+
+    @jax.jit
+    def update(stats):
+      _, new = critic.apply({'params': v['params'], 'batch_stats': stats},
+                            x, x, True, mutable=['batch_stats'])
+      return new['batch_stats']
+
+    stats = v['batch_stats']
+    # The rank-2 [2, 16] cifar shortcut kernel has a small singular gap;
+    # 50 single-step power iterations converge for every kernel here.
+    for _ in range(50):
+      stats = update(stats)
+    # Each wrapper `<name>_sn` holds `<name>/kernel/sigma`; the kernel sits
+    # beside it in params at `<name>/kernel`.
+    flat_stats = jax.tree_util.tree_flatten_with_path(stats)[0]
+    sigmas = {tuple(k.key for k in path): s for path, s in flat_stats
+              if path[-1].key.endswith('/sigma')}
+    self.assertLen(sigmas, 4 if arch == 'mnist' else 11)
+    for path, sigma in sigmas.items():
+      name = path[-1].split('/')[0]
+      kernel = v['params']
+      for key in path[:-2] + (name,):
+        kernel = kernel[key]
+      kernel = kernel['kernel']
+      top = np.linalg.svd(np.reshape(kernel, (-1, kernel.shape[-1])),
+                          compute_uv=False)[0]
+      self.assertAlmostEqual(top / float(sigma), 1.0, delta=1e-2, msg=path)
+
+  @parameterized.parameters('dilated', 'subpixel')
+  def test_conv_transpose_matches_pytorch_semantics(self, impl):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
+    kernel = rng.normal(size=(4, 4, 3, 2)).astype(np.float32)
+    y = models.conv_transpose_4x4_s2(jnp.asarray(x), jnp.asarray(kernel),
+                                     impl)
+    self.assertEqual(y.shape, (2, 10, 8, 2))
+    np.testing.assert_allclose(y, _numpy_conv_transpose(x, kernel),
+                               rtol=1e-5, atol=1e-5)
+
+  def test_conv_transpose_impls_agree_with_gradients(self):
+    layer = lambda impl: models.ConvTranspose4x4(4, impl)
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 5))
+    params = layer('dilated').init(jax.random.key(1), x)
+    self.assertEqual(params['params']['kernel'].shape, (4, 4, 5, 4))
+
+    def value_and_grads(impl):
+      f = lambda p, x: jnp.sum(jnp.sin(layer(impl).apply(p, x)))
+      return jax.value_and_grad(f, argnums=(0, 1))(params, x)
+
+    jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
+        value_and_grads('dilated'), value_and_grads('subpixel'))
+    with self.assertRaisesRegex(ValueError, 'subpixel'):
+      models.conv_transpose_4x4_s2(x, params['params']['kernel'], 'fft')
+
+  def test_create_models_passes_axis_name_to_batch_norm(self):
+    ae, _ = models.create_models(_config('cifar'), (32, 32, 3), 'batch')
+    self.assertEqual(ae.encoder.axis_name, 'batch')
+    self.assertEqual(ae.generator.axis_name, 'batch')
+
+  def test_create_models_rejects_unknown_arch(self):
+    with self.assertRaisesRegex(ValueError, r"'cifar', 'mnist'"):
+      models.create_models(_config('resnet'), (28, 28, 1))
+
+  @parameterized.parameters(('mnist', (32, 32, 3)), ('cifar', (28, 28, 1)),
+                            ('mnist', (28, 28)))
+  def test_create_models_rejects_wrong_image_shape(self, arch, shape):
+    with self.assertRaisesRegex(ValueError, 'mnist: 28x28xC, cifar: 32x32xC'):
+      models.create_models(_config(arch), shape)
+
+
+if __name__ == '__main__':
+  absltest.main()
