@@ -95,7 +95,8 @@ def run_ours() -> dict:
                                    negatives=True,
                                    num_steps=FLAGS.steps_per_call,
                                    devices=devices)
-  rngs = (jax.random.key(1), jax.random.key(2))
+  state, rngs = train.replicate(
+      (state, (jax.random.key(1), jax.random.key(2))), devices)
   t0 = time.perf_counter()
   state, metrics = p_step(state, data, rngs)
   jax.block_until_ready((state, metrics))
@@ -148,13 +149,6 @@ def run_torch() -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _torch_figure(result: dict, *keys: str) -> float:
-  for key in keys:
-    if key in result:
-      return float(result[key])
-  raise KeyError(f'None of {keys} in the reference output {sorted(result)}')
-
-
 def main(argv):
   del argv
   ours, ref = [], []
@@ -169,9 +163,9 @@ def main(argv):
       r['score_img_per_s'] for r in ours)
   result['rounds'] = FLAGS.rounds
   if ref:
-    t = statistics.median(_torch_figure(r, 'train_img_s_median')
+    t = statistics.median(r['train_img_s_median']
                           for r in ref)
-    s = statistics.median(_torch_figure(r, 'score_img_s_median')
+    s = statistics.median(r['score_img_s_median']
                           for r in ref)
     result.update(torch_train_img_per_s=t, torch_score_img_per_s=s,
                   torch_args=FLAGS.torch_args,

@@ -27,6 +27,15 @@ so a run killed mid-save never leaves a half-written step as the latest one:
 `CheckpointManagers` removes such leftovers when it opens a workdir. Saves are
 asynchronous: call `wait_until_finished()` (or `close()`) before exiting.
 Every process of a multi-host run must make the same calls.
+
+  ckpts = checkpointing.CheckpointManagers(workdir)   # training
+  restored = ckpts.restore_latest(state)              # None, or (state, meta)
+  ckpts.save_latest(step, state, meta)
+  ckpts.save_best(step, state, meta)                  # only if val_auroc beats
+  ckpts.close()
+
+  meta = checkpointing.read_meta(workdir, kind='best')  # scoring
+  state, meta = checkpointing.restore(workdir, abstract_state, kind='best')
 """
 import math
 import os
@@ -167,15 +176,20 @@ def _abstract(tree: PyTree) -> PyTree:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _save_args(step: int, state: PyTree, meta: Mapping[str, Any]
-               ) -> tuple[ocp.args.Composite, Meta]:
+def _meta_json(step: int, meta: Mapping[str, Any]) -> Meta:
+  """JSON-safe meta whose `step` is the saved step."""
   meta = to_json(dict(meta))
   if meta.setdefault('step', int(step)) != int(step):
     raise ValueError(f'meta["step"]={meta["step"]} differs from the saved '
                      f'step {step}.')
-  args = ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(state)),
+  return meta
+
+
+def _save_args(state: PyTree, meta: Meta) -> ocp.args.Composite:
+  # A host copy: the arrays are small, and no device buffer is held (or
+  # donated away) while the asynchronous save writes them.
+  return ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(state)),
                             meta=ocp.args.JsonSave(meta))
-  return args, meta
 
 
 def _check_fits(manager: ocp.CheckpointManager, step: int,
@@ -244,8 +258,8 @@ class CheckpointManagers:
   def save_latest(self, step: int, state: PyTree,
                   meta: Mapping[str, Any]) -> bool:
     """Saves `step` (asynchronously); False if it is not after the latest."""
-    args, _ = _save_args(step, state, meta)
-    saved = self.latest.save(int(step), args=args)
+    meta = _meta_json(step, meta)
+    saved = self.latest.save(int(step), args=_save_args(state, meta))
     if not saved:
       logging.info('Latest checkpoint not written at step %d (latest is %s).',
                    step, self.latest.latest_step())
@@ -272,7 +286,7 @@ class CheckpointManagers:
     Returns:
       Whether a checkpoint was written.
     """
-    args, meta = _save_args(step, state, meta)
+    meta = _meta_json(step, meta)
     value = meta.get(BEST_METRIC)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
       logging.warning('Not saving a best checkpoint at step %d: %s=%r.', step,
@@ -286,7 +300,7 @@ class CheckpointManagers:
     for old in self.best.all_steps():
       if old >= step:
         self.best.delete(old)
-    return self.best.save(int(step), args=args,
+    return self.best.save(int(step), args=_save_args(state, meta),
                           metrics={BEST_METRIC: float(value)})
 
   def latest_step(self) -> Optional[int]:

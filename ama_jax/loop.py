@@ -5,6 +5,7 @@ select, checkpoint) -> final evaluation of the best and last states ->
 results.json and figures. Model selection uses the validation split only;
 the test split is scored once, at the end.
 """
+import functools
 import json
 import os
 import pathlib
@@ -72,7 +73,7 @@ def _evaluate_split(scorer, split, calibration) -> tuple[dict, np.ndarray]:
 def _meta(config, state, epoch, calibration, image_shape,
           val_auroc, best_val_auroc) -> dict[str, Any]:
   return {'config': checkpointing.config_to_dict(config),
-          'step': int(jax.device_get(state.step)), 'epoch': epoch,
+          'step': int(state.step), 'epoch': epoch,
           'image_shape': list(image_shape), 'val_auroc': float(val_auroc),
           'best_val_auroc': float(best_val_auroc),
           **(calibration.to_dict() if calibration else {})}
@@ -121,6 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state, meta = restored
     best_val_auroc = meta.get('best_val_auroc', -np.inf)
     logging.info('Resumed from step %d of %s.', int(state.step), workdir)
+  state = train.replicate(state, devices)
   start_step = int(jax.device_get(state.step))
 
   ae_model, critic_model = models.create_models(
@@ -142,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   train_data = train.replicate_data(data.train.images, data.train.labels,
                                     devices)
-  rngs = (train_rng, data_rng)
+  rngs = train.replicate((train_rng, data_rng), devices)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                            writer=writer)
   hooks = [report]
@@ -171,6 +173,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             for key in host[0] if key != 'finite'}
     _write_scalars(writer, step, 'train', mean)
 
+  def save_latest(epoch: int) -> None:
+    flush(step)  # Never save a state whose losses were not checked.
+    ckpts.save_latest(step, state, _meta(
+        config, state, epoch, calibration, image_shape, val_auroc,
+        best_val_auroc))
+
   for epoch in range(start_step // steps_per_epoch, num_epochs):
     negatives = (epoch >= config.sampling.start_epoch
                  and config.sampling.style != 'none')
@@ -186,15 +194,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if step % config.log.every_steps < n or step == epoch_end:
         flush(step)
       if step % config.log.checkpoint_every_steps < n:
-        flush(step)  # Never save a state whose losses were not checked.
-        ckpts.save_latest(step, state, _meta(
-            config, state, epoch, calibration, image_shape, val_auroc,
-            best_val_auroc))
-      if config.train.halt_after_steps and step >= config.train.halt_after_steps:
-        flush(step)
-        ckpts.save_latest(step, state, _meta(
-            config, state, epoch, calibration, image_shape, val_auroc,
-            best_val_auroc))
+        save_latest(epoch)
+      halt = config.train.halt_after_steps
+      if halt and step >= halt:
+        save_latest(epoch)
         ckpts.wait_until_finished()
         logging.info('Halting at step %d (train.halt_after_steps).', step)
         return state
@@ -219,10 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         ckpts.save_best(step, state, _meta(
             config, state, epoch, calibration, image_shape, val_auroc,
             best_val_auroc))
-  flush(step)
-  ckpts.save_latest(step, state, _meta(config, state, num_epochs - 1,
-                                       calibration, image_shape, val_auroc,
-                                       best_val_auroc))
+  save_latest(num_epochs - 1)
   ckpts.wait_until_finished()
 
   results = _final_evaluation(config, workdir, data, state, ckpts, eval_ae,
@@ -299,12 +299,38 @@ def _figures(workdir, data, scorer, state, eval_ae, calibration, r_test,
                           np.asarray(x_rec), n=len(rows),
                           title='Test images (8 normal, 8 anomalous) and '
                           'reconstructions')
-  negatives = models.sample_negatives(
-      eval_ae, ae_vars, jax.random.key(config.seed), x, config.sampling)
-  if negatives is not None:
+  if config.sampling.style != 'none':
+    keys = jax.random.split(jax.random.key(config.seed), len(x))
+    negatives = jax.jit(functools.partial(
+        train.synthetic_negatives, eval_ae, style=config.sampling.style,
+        delta=config.sampling.delta,
+        radial_direction=config.sampling.radial_direction))(ae_vars, x, keys)
     figures.image_grid(str(workdir / 'negatives.png'), np.asarray(negatives),
-                       n=len(negatives), title='Synthetic negatives '
+                       n=len(x), title='Synthetic negatives '
                        f'({config.sampling.style})')
+
+
+def summary(workdir: str) -> str:
+  """A short human-readable summary of `<workdir>/results.json`."""
+  results = json.loads((pathlib.Path(workdir) / 'results.json').read_text())
+  data = results['config']['data']
+  what = (f"{data['dataset']} -> {data['ood_dataset']} (OOD)"
+          if data['protocol'] == 'ood' else
+          f"{data['dataset']} one-class, normal {data['normal_classes']}")
+  lines = [f"ama_jax: {what}, {results['epochs']} epochs, "
+           f"{results['counts']['train']['total']} training images, "
+           f"{results['wall_time_s']:.0f} s"]
+  if 'best_step' in results:
+    lines.append(f"best validation AUROC {results['best_val_auroc']:.4f} at "
+                 f"step {results['best_step']}")
+  for name, m in results['test'].items():
+    lines.append(
+        f"test ({name} state): AUROC {m['auroc']:.4f}  "
+        f"AUPRC(anomaly+) {m['auprc_anomaly']:.4f}  "
+        f"AUPRC(normal+) {m['auprc_normal']:.4f}  FPR80 {m['fpr80']:.4f}  "
+        f"| raw R: AUROC {m['raw_auroc']:.4f}")
+  lines.append(f'results: {pathlib.Path(workdir) / "results.json"}')
+  return '\n'.join(lines)
 
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:

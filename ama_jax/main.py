@@ -38,6 +38,8 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if jax.process_index() == 0:
+    print(loop.summary(FLAGS.workdir), flush=True)
 
 
 if __name__ == '__main__':

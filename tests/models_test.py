@@ -1,4 +1,4 @@
-"""Tests for ama_jax.models: shapes, variables, spectral norm, transpose conv."""
+"""Tests for ama_jax.models: shapes, variables, spectral norm, deconv."""
 import functools
 
 from absl.testing import absltest
@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ama_jax import losses
 from ama_jax import models
 
 _HW = {'mnist': 28, 'cifar': 32}
@@ -88,6 +89,28 @@ class ModelsTest(parameterized.TestCase):
     expected = features @ kernel[:, 0] + out.get('bias', 0.0)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     self.assertEqual('bias' in out, arch == 'mnist')  # Official: no bias.
+
+  def test_stacked_pair_and_gradient_penalty_on_the_critic(self):
+    critic, v, x, (logits, features) = _critic('mnist', 1, True)
+    y = _images('mnist', 1, 3)
+    xy = jnp.concatenate([x, y], axis=-1)
+    # Eval mode needs nothing mutable and reproduces the init outputs.
+    stacked_logits, stacked_features = critic.apply(
+        v, xy, False, method=critic.stacked)
+    np.testing.assert_allclose(stacked_logits, logits, atol=1e-6)
+    np.testing.assert_allclose(stacked_features, features, atol=1e-6)
+
+    def penalty(params):
+      critic_fn = lambda h: critic.apply(
+          {**v, 'params': params}, h, False, method=critic.stacked)[0]
+      return losses.gradient_penalty(critic_fn, x, y, jnp.full((2,), 0.5),
+                                     style='per_pixel')
+
+    grads = jax.grad(penalty)(v['params'])
+    self.assertTrue(all(bool(jnp.all(jnp.isfinite(g)))
+                        for g in jax.tree.leaves(grads)))
+    self.assertGreater(float(jnp.abs(grads['network']['conv1']['kernel'])
+                             .sum()), 0.0)
 
   def test_encode_decode_methods_compose_to_call(self):
     ae, v, x, (x_rec, z) = _autoencoder('mnist', 1)

@@ -39,7 +39,8 @@ def run(devices, per_device_state, steps=3):
                                    devices=devices,
                                    per_device_state=per_device_state)
   data = train.replicate_data(images, labels, devices)
-  rngs = (jax.random.key(1), jax.random.key(2))
+  state, rngs = train.replicate(
+      (state, (jax.random.key(1), jax.random.key(2))), devices)
   history = []
   for _ in range(steps):
     out, metrics = p_step(state, data, rngs)

@@ -1,0 +1,60 @@
+"""Every config builds, with and without `:runlocal`, and documents itself."""
+import importlib
+import pathlib
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from configs import default
+
+_CONFIGS = {
+    'default': None, 'fmnist_mnist': None, 'mnist_oneclass': '3',
+    'fmnist_oneclass': 'trouser', 'cifar_svhn': None,
+    'cifar_oneclass': 'ship',
+}
+
+
+class ConfigsTest(parameterized.TestCase):
+
+  @parameterized.parameters(*_CONFIGS.items())
+  def test_config_builds_and_documents_its_command(self, name, arg):
+    module = importlib.import_module(f'configs.{name}')
+    self.assertIn('python -m ama_jax.main', module.__doc__)
+    for variant in (arg, ','.join(filter(None, [arg, 'runlocal']))):
+      config = module.get_config(variant or None)
+      self.assertEqual(config.train.batch_size % 2, 0)
+      self.assertIn(config.model.arch, ('mnist', 'cifar'))
+
+  def test_paper_hyper_parameters(self):
+    mnist, cifar = default.get_config(), importlib.import_module(
+        'configs.cifar_svhn').get_config()
+    for config in (mnist, cifar):
+      self.assertEqual(config.optim.lr, 3e-4)
+      self.assertEqual(config.train.batch_size, 256)
+      self.assertEqual(config.train.num_epochs, 100)
+      self.assertEqual(config.loss.lambda_inter, 0.5)
+      self.assertEqual(config.loss.lambda_neg, 5)
+      self.assertEqual(config.loss.lambda_reg, 1)
+      self.assertEqual(config.sampling.delta, 0.5)
+      self.assertEqual(config.sampling.start_epoch, 10)
+    self.assertEqual((mnist.model.arch, mnist.model.latent_dim,
+                      mnist.sampling.style), ('mnist', 64, 'outward'))
+    self.assertEqual((cifar.model.arch, cifar.model.latent_dim,
+                      cifar.sampling.style, cifar.model.spectral_norm),
+                     ('cifar', 128, 'inward', True))
+
+  def test_class_arguments(self):
+    oneclass = importlib.import_module('configs.mnist_oneclass')
+    self.assertEqual(oneclass.get_config('3+5').data.normal_classes, (3, 5))
+    self.assertEqual(oneclass.get_config('3').data.num_val_normal, 100)
+    with self.assertRaisesRegex(ValueError, 'one class token'):
+      oneclass.get_config('3,4')
+
+  def test_every_config_file_is_tested(self):
+    files = {p.stem for p in pathlib.Path(default.__file__).parent.glob(
+        '*.py') if p.stem != '__init__'}
+    self.assertEqual(files, set(_CONFIGS))
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,130 @@
+"""End-to-end tests of the training program (`ama_jax.main` / `loop`)."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ama_jax import checkpointing
+from ama_jax import loop
+from ama_jax import train
+from configs import cifar_oneclass
+from configs import cifar_svhn
+from configs import fmnist_oneclass
+from configs import mnist_oneclass
+
+_REPO = pathlib.Path(__file__).resolve().parent.parent
+_FIGURES = ('hist_raw_r.png', 'hist_score.png', 'roc.png',
+            'reconstructions.png', 'negatives.png')
+
+
+def _check_outputs(test, workdir: pathlib.Path) -> dict:
+  results = json.loads((workdir / 'results.json').read_text())
+  for name in ('best', 'last'):
+    for key in ('auroc', 'auprc_anomaly', 'auprc_normal', 'fpr80', 'fpr95',
+                'raw_auroc'):
+      test.assertBetween(results['test'][name][key], 0.0, 1.0)
+  test.assertTrue(list((workdir / 'checkpoints').iterdir()))
+  test.assertTrue(list((workdir / 'best').iterdir()))
+  test.assertTrue(list(workdir.glob('events.out.tfevents.*')))
+  for fig in _FIGURES:
+    test.assertGreater((workdir / fig).stat().st_size, 1000, fig)
+  meta = checkpointing.read_meta(str(workdir), kind='best')
+  for key in ('mu', 'sigma', 'threshold', 'config'):
+    test.assertIn(key, meta)
+  return results
+
+
+class MainTest(parameterized.TestCase):
+
+  def test_command_line_trains_then_scores_new_images(self):
+    workdir = pathlib.Path(self.create_tempdir().full_path)
+    out = subprocess.run(
+        [sys.executable, '-m', 'ama_jax.main',
+         '--config=configs/default.py:runlocal', f'--workdir={workdir}',
+         '--config.eval.threshold_fpr=0.1'],
+        cwd=_REPO, capture_output=True, text=True, timeout=900)
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    self.assertRegex(out.stdout, r'test \(best state\): AUROC 0\.\d+')
+    results = _check_outputs(self, workdir)
+    self.assertEqual(results['config']['eval']['threshold_fpr'], 0.1)
+    self.assertEqual(results['counts']['test']['total'], 64)
+
+    # The trained model scores new images with nothing but the workdir.
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28),
+                                               dtype=np.uint8)
+    npy, csv = workdir / 'new.npy', workdir / 'scores.csv'
+    np.save(npy, images)
+    out = subprocess.run(
+        [sys.executable, '-m', 'ama_jax.score', f'--workdir={workdir}',
+         f'--input={npy}', f'--output={csv}'],
+        cwd=_REPO, capture_output=True, text=True, timeout=600)
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    rows = csv.read_text().strip().splitlines()
+    self.assertEqual(rows[0], 'id,r,score,is_anomaly')
+    self.assertLen(rows, 6)
+
+  @parameterized.named_parameters(
+      ('mnist_oneclass', mnist_oneclass, '3,runlocal', False),
+      ('fmnist_oneclass', fmnist_oneclass, 'trouser,runlocal', False),
+      ('cifar_svhn', cifar_svhn, 'runlocal', True),
+      ('cifar_oneclass', cifar_oneclass, 'ship,runlocal', True),
+  )
+  def test_runlocal_config_writes_everything(self, module, arg, mock):
+    config = module.get_config(arg)
+    workdir = pathlib.Path(self.create_tempdir().full_path)
+    if mock:  # CIFAR-10 / SVHN cannot be downloaded here.
+      with tfds.testing.mock_data(num_examples=1024):
+        loop.train_and_evaluate(config, str(workdir))
+    else:
+      loop.train_and_evaluate(config, str(workdir))
+    _check_outputs(self, workdir)
+
+
+class ResumeTest(absltest.TestCase):
+
+  def test_halted_run_resumes_to_the_uninterrupted_parameters(self):
+    config = mnist_oneclass.get_config('1,runlocal')
+    full_dir = self.create_tempdir().full_path
+    full = jax.device_get(loop.train_and_evaluate(config, full_dir))
+    self.assertEqual(int(full.step), 8)  # 2 epochs x 4 steps.
+
+    resumed_dir = self.create_tempdir().full_path
+    with config.unlocked():
+      config.train.halt_after_steps = 3  # Mid-epoch, between checkpoints.
+    halted = loop.train_and_evaluate(config, resumed_dir)
+    self.assertEqual(int(halted.step), 3)
+    with config.unlocked():
+      config.train.halt_after_steps = None
+    resumed = jax.device_get(loop.train_and_evaluate(config, resumed_dir))
+    self.assertEqual(int(resumed.step), 8)
+    chex.assert_trees_all_equal(resumed.ae.params, full.ae.params)
+    chex.assert_trees_all_equal(resumed.critic.params, full.critic.params)
+    chex.assert_trees_all_equal(resumed.ae.opt_state, full.ae.opt_state)
+
+  def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(self):
+    config = mnist_oneclass.get_config('1,runlocal')
+    workdir = self.create_tempdir().full_path
+    with config.unlocked():
+      config.train.halt_after_steps = 4
+    loop.train_and_evaluate(config, workdir)
+    with config.unlocked():
+      config.train.halt_after_steps = None
+      config.optim.lr = 1e38  # Parameters overflow on the next update.
+    with self.assertRaisesRegex(loop.NonFiniteLossError,
+                                r'steps? \d+.*last good checkpoint'):
+      loop.train_and_evaluate(config, workdir)
+    meta = checkpointing.read_meta(workdir, kind='latest')
+    self.assertEqual(meta['step'], 4)
+
+
+if __name__ == '__main__':
+  absltest.main()
