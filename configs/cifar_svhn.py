@@ -21,7 +21,8 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.data.dataset = 'cifar10'
   config.data.ood_dataset = 'svhn_cropped'
   config.model.arch = 'cifar'
-  config.model.spectral_norm = True
+  config.model.spectral_norm = True  # The paper's Lipschitz control here.
+  config.loss.lambda_gp = 0.0  # Official code: 10 on top of spectral norm.
   config.sampling.style = 'inward'
   if 'runlocal' not in default.parse_arg(arg)[0]:
     config.model.latent_dim = 128

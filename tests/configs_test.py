@@ -38,10 +38,11 @@ class ConfigsTest(parameterized.TestCase):
       self.assertEqual(config.sampling.delta, 0.5)
       self.assertEqual(config.sampling.start_epoch, 10)
     self.assertEqual((mnist.model.arch, mnist.model.latent_dim,
-                      mnist.sampling.style), ('mnist', 64, 'outward'))
+                      mnist.sampling.style, mnist.loss.lambda_gp),
+                     ('mnist', 64, 'outward', 10.0))
     self.assertEqual((cifar.model.arch, cifar.model.latent_dim,
-                      cifar.sampling.style, cifar.model.spectral_norm),
-                     ('cifar', 128, 'inward', True))
+                      cifar.sampling.style, cifar.model.spectral_norm,
+                      cifar.loss.lambda_gp), ('cifar', 128, 'inward', True, 0))
 
   def test_class_arguments(self):
     oneclass = importlib.import_module('configs.mnist_oneclass')
