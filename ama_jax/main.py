@@ -28,6 +28,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from ama_jax import malloc_tuning  # pylint: disable=g-import-not-at-top
+  malloc_tuning.tune()  # Before JAX's first computation (CPU speed).
   # TFDS must not take accelerator memory from JAX.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')

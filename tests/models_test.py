@@ -3,6 +3,7 @@ import functools
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,6 +20,13 @@ def _config(arch, spectral_norm=False):
   return ml_collections.ConfigDict(
       dict(arch=arch, latent_dim=8, width=8, spectral_norm=spectral_norm)
   )
+
+
+def _assert_close(actual, expected):
+  """Equal up to float32 rounding: rtol 1e-5 of each value or of the max."""
+  expected = np.asarray(expected)
+  np.testing.assert_allclose(actual, expected, rtol=1e-5,
+                             atol=1e-5 * np.abs(expected).max())
 
 
 def _images(arch, channels, seed):
@@ -198,6 +206,67 @@ class ModelsTest(parameterized.TestCase):
         value_and_grads('dilated'), value_and_grads('subpixel'))
     with self.assertRaisesRegex(ValueError, 'subpixel'):
       models.conv_transpose_4x4_s2(x, params['params']['kernel'], 'fft')
+
+  # The mnist encoder/critic layer shapes (28 -> 14 with 1 or 2 channels,
+  # 14 -> 7 with 64), an odd size (7 -> 3) and a non-square one.
+  @parameterized.parameters(((3, 28, 28, 1), 8), ((3, 28, 28, 2), 64),
+                            ((3, 14, 14, 64), 128), ((2, 7, 7, 5), 3),
+                            ((2, 9, 6, 3), 4))
+  def test_conv_impls_match_lax_conv_with_gradients(self, shape, c_out):
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], shape)
+    # Unit-scale outputs, so that float32 rounding stays ~1e-6.
+    kernel = jax.random.normal(keys[1], (4, 4, shape[-1], c_out)) / (
+        4 * np.sqrt(shape[-1]))
+    reference = lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (2, 2), ((1, 1), (1, 1)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y_ref = reference(x, kernel)
+    self.assertEqual(y_ref.shape, (shape[0], shape[1] // 2, shape[2] // 2,
+                                   c_out))
+    g = jax.random.normal(keys[2], y_ref.shape)
+
+    def value_and_grads(f):
+      return jax.value_and_grad(
+          lambda x, k: jnp.sum(g * jnp.sin(f(x, k))), argnums=(0, 1))(
+              x, kernel)
+
+    expected = value_and_grads(reference)
+    for impl in ('lax', 'im2col'):
+      with self.subTest(impl):
+        f = functools.partial(models.conv_4x4_s2, impl=impl)
+        _assert_close(f(x, kernel), y_ref)
+        jax.tree.map(_assert_close, value_and_grads(f), expected)
+
+  def test_conv_impls_agree_on_second_derivatives(self):
+    # The gradient penalty differentiates the critic's input gradient.
+    x = jax.random.normal(jax.random.key(0), (2, 14, 14, 16))
+    kernel = jax.random.normal(jax.random.key(1), (4, 4, 16, 8)) / 8
+
+    def penalty_grad(impl):
+      def penalty(k):
+        dx = jax.grad(lambda x: jnp.sum(jnp.tanh(
+            models.conv_4x4_s2(x, k, impl))))(x)
+        return jnp.sum(dx**2)
+      return jax.grad(penalty)(kernel)
+
+    _assert_close(penalty_grad('im2col'), penalty_grad('lax'))
+
+  def test_conv_layer_matches_nn_conv_variables_and_values(self):
+    x = jax.random.normal(jax.random.key(0), (2, 14, 14, 16))
+    kw = dict(kernel_init=models._TORCH_KERNEL_INIT,
+              bias_init=nn.initializers.normal(1.0))
+    ref = nn.Conv(8, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
+    params = ref.init(jax.random.key(1), x)
+    for impl in ('auto', 'lax', 'im2col'):
+      layer = models.Conv4x4S2(8, impl=impl, **kw)
+      with self.subTest(impl):
+        # Same names, shapes and (same keys) initial values as nn.Conv.
+        jax.tree.map(np.testing.assert_array_equal,
+                     layer.init(jax.random.key(1), x), params)
+        _assert_close(layer.apply(params, x), ref.apply(params, x))
+    with self.assertRaisesRegex(ValueError, 'im2col'):
+      models.conv_4x4_s2(x, params['params']['kernel'], 'fft')
 
   def test_create_models_passes_axis_name_to_batch_norm(self):
     ae, _ = models.create_models(_config('cifar'), (32, 32, 3), 'batch')
