@@ -19,11 +19,4 @@ from configs import default
 
 
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
-  config = cifar_svhn.get_config(arg)
-  _, rest = default.parse_arg(arg)
-  config.data.protocol = 'one_class'
-  config.data.normal_classes = default.parse_classes(rest)
-  if 'runlocal' not in default.parse_arg(arg)[0]:
-    config.data.num_val_normal = 100
-    config.data.num_val_anomaly = 10
-  return config
+  return default.set_one_class(cifar_svhn.get_config(arg), arg)

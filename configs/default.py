@@ -39,6 +39,21 @@ def parse_classes(tokens: list[str]) -> tuple:
   return tuple(int(t) if t.isdigit() else t for t in tokens[0].split('+'))
 
 
+def set_one_class(config: ml_collections.ConfigDict,
+                  arg: Optional[str]) -> ml_collections.ConfigDict:
+  """Switches a config to the one-class protocol (paper: 100 + 10 val).
+
+  The `:arg` names the normal class(es); `runlocal` keeps its small split.
+  """
+  flags, rest = parse_arg(arg)
+  config.data.protocol = 'one_class'
+  config.data.normal_classes = parse_classes(rest)
+  if 'runlocal' not in flags:
+    config.data.num_val_normal = 100
+    config.data.num_val_anomaly = 10
+  return config
+
+
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   """Returns the default (Fashion-MNIST -> MNIST, OOD) configuration."""
   config = ml_collections.ConfigDict()

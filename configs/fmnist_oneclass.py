@@ -11,7 +11,6 @@ from typing import Optional
 
 import ml_collections
 
-from configs import default
 from configs import mnist_oneclass
 
 

@@ -18,11 +18,5 @@ from configs import default
 
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config = default.get_config(arg)
-  _, rest = default.parse_arg(arg)
   config.data.dataset = 'mnist'
-  config.data.protocol = 'one_class'
-  config.data.normal_classes = default.parse_classes(rest)
-  if 'runlocal' not in default.parse_arg(arg)[0]:
-    config.data.num_val_normal = 100
-    config.data.num_val_anomaly = 10
-  return config
+  return default.set_one_class(config, arg)
