@@ -51,8 +51,12 @@ def _plan(config: ml_collections.ConfigDict, num_train: int,
   return batch // num_devices, steps
 
 
-def _calibrate(scorer, data, config, *, max_train=None) -> scoring.Calibration:
-  """mu, sigma over training normals; threshold on validation normals."""
+def _calibrate(scorer, data, config, *, max_train=None
+               ) -> tuple[scoring.Calibration, np.ndarray]:
+  """mu, sigma over training normals; threshold on validation normals.
+
+  Returns the calibration and R of the training normals it used.
+  """
   normal_train = data.train.images[data.train.labels == 0]
   if max_train is not None and len(normal_train) > max_train:
     # Deterministic subsample for per-epoch selection (speed); the final
@@ -61,8 +65,9 @@ def _calibrate(scorer, data, config, *, max_train=None) -> scoring.Calibration:
         len(normal_train), max_train, replace=False)
     normal_train = normal_train[np.sort(rows)]
   val_normal = data.val.images[data.val.labels == 0]
-  return scoring.calibrate(scorer(normal_train), scorer(val_normal),
-                           config.eval.threshold_fpr)
+  r_train = scorer(normal_train)
+  return scoring.calibrate(r_train, scorer(val_normal),
+                           config.eval.threshold_fpr), r_train
 
 
 def _evaluate_split(scorer, split, calibration) -> tuple[dict, np.ndarray]:
@@ -210,8 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       with report.timed('eval'):
         scorer = scoring.scorer_from_state(state, eval_ae, eval_critic,
                                            config.eval.batch_size, devices)
-        calibration = _calibrate(scorer, data, config,
-                                 max_train=config.eval.calibration_size)
+        calibration, _ = _calibrate(scorer, data, config,
+                                    max_train=config.eval.calibration_size)
         val_metrics, _ = _evaluate_split(scorer, data.val, calibration)
       val_auroc = val_metrics['auroc']
       _write_scalars(writer, step, 'val', val_metrics)
@@ -254,7 +259,7 @@ def _final_evaluation(config, workdir, data, state, ckpts, eval_ae,
   for name, st in candidates:
     scorer = scoring.scorer_from_state(st, eval_ae, eval_critic,
                                        config.eval.batch_size, devices)
-    calibration = _calibrate(scorer, data, config)
+    calibration, r_train = _calibrate(scorer, data, config)
     test_metrics, r_test = _evaluate_split(scorer, data.test, calibration)
     val_metrics, _ = _evaluate_split(scorer, data.val, calibration)
     results['test'][name] = test_metrics
@@ -267,15 +272,14 @@ def _final_evaluation(config, workdir, data, state, ckpts, eval_ae,
                  test_metrics['raw_auroc'])
     if name == candidates[0][0] and config.log.figures and (
         jax.process_index() == 0):
-      _figures(workdir, data, scorer, st, eval_ae, calibration, r_test,
-               config)
+      _figures(workdir, data, st, eval_ae, calibration, r_train[:10000],
+               r_test, config)
   return results
 
 
-def _figures(workdir, data, scorer, state, eval_ae, calibration, r_test,
+def _figures(workdir, data, state, eval_ae, calibration, r_train, r_test,
              config) -> None:
   """The paper's Fig. 3, 4-5 and 10 for the selected state."""
-  r_train = scorer(data.train.images[data.train.labels == 0][:10000])
   test = data.test
   for name, transform in (('raw_r', lambda r: r),
                           ('score', lambda r: scoring.calibrated_scores(
