@@ -12,11 +12,15 @@ but trains on 10k images for 3 epochs (a few minutes on 2 CPU cores); other
 tokens are interpreted by the variant config files (e.g. a class index for
 one-class configs).
 
+Optional fields are typed placeholders (None by default), so that
+`--config.<field>=<value>` can set them from the command line.
+
 Units: steps unless a name ends in `_epochs`; ratios are fractions in [0, 1).
 """
 from typing import Optional
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def parse_arg(arg: Optional[str]) -> tuple[set[str], list[str]]:
@@ -80,9 +84,9 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # Explicit shape conversion when paired datasets differ, e.g. (32, 32, 3):
   # images are zero-padded / resized and channels repeated or averaged.
   # None: shapes must match (else a clear error).
-  data.image_shape = None
-  data.data_dir = None  # TFDS data_dir; None: <repo>/data/tfds.
-  data.raw_dir = None  # Offline IDX files; None: <repo>/data/raw.
+  data.image_shape = placeholder(tuple)
+  data.data_dir = placeholder(str)  # TFDS data_dir; None: <repo>/data/tfds.
+  data.raw_dir = placeholder(str)  # Offline IDX files; None: <repo>/data/raw.
 
   # --- Model (appendix Tables 3-4). ---
   config.model = model = ml_collections.ConfigDict()
@@ -140,7 +144,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   train.steps_per_call = 1  # Steps fused per compiled call (lax.scan).
   # Stop (after saving a checkpoint) once this step is reached; None: never.
   # For time-boxed jobs and resume tests: the same command resumes.
-  train.halt_after_steps = None
+  train.halt_after_steps = placeholder(int)
 
   # --- Evaluation, scoring, model selection. ---
   config.eval = evaluation = ml_collections.ConfigDict()
@@ -152,7 +156,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # in model selection and stored with the best checkpoint (None: all of
   # them, as eq. 7). A cap speeds up long runs; the final test metrics are
   # always computed with all of them.
-  evaluation.calibration_size = None
+  evaluation.calibration_size = placeholder(int)
 
   # --- Logging and checkpoints. ---
   config.log = log = ml_collections.ConfigDict()
@@ -161,9 +165,9 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   log.figures = True
 
   # Smoke-run caps (None = no cap); set by `:runlocal`.
-  config.data.max_train = None  # Cap on normal training images.
-  config.data.max_test = None  # Cap on test images.
-  config.train.max_steps_per_epoch = None
+  config.data.max_train = placeholder(int)  # Cap on normal training images.
+  config.data.max_test = placeholder(int)  # Cap on test images.
+  config.train.max_steps_per_epoch = placeholder(int)
 
   flags, _ = parse_arg(arg)
   if 'runlocal' in flags:
