@@ -1,0 +1,516 @@
+r"""Runs one of the paper's tables end to end and writes markdown + JSON.
+
+  python -m ama_jax.reproduce --table=fmnist_mnist --seeds=3 --epochs=2
+  python -m ama_jax.reproduce --table=mnist_oneclass --seeds=1 --epochs=4
+  python -m ama_jax.reproduce --table=ablation --base=fmnist_mnist --epochs=2
+  python -m ama_jax.reproduce --table=atypical_vs_sipple --base=fmnist_mnist
+
+Tables (the paper's numbers are in `PAPER`):
+  mnist_oneclass      Table 1, MNIST row: each digit normal, the rest anomalous.
+  cifar_oneclass      Table 1, CIFAR-10 row (needs the TFDS data).
+  fmnist_mnist        Table 2a: Fashion-MNIST normal, MNIST anomalous.
+  cifar_svhn          Table 2b: CIFAR-10 normal, SVHN anomalous.
+  ablation            Figs. 6 / 9: no interpolation, no atypical selection,
+                      neither, beside the full model, on `--base`.
+  atypical_vs_sipple  Table 5: atypical selection vs Sipple (2020) negatives
+                      (our 'cube' style), with and without interpolation.
+
+Every run is `ama_jax.main`'s training on the config of its row, in
+`<out>/<row>/<variant>/e<epochs>_s<seed>/`; a run whose `results.json`
+exists with the same config is reused, so an interrupted reproduction resumes
+(a partly trained run resumes from its checkpoint), and a table can be
+re-reported with `--report_only`. A workdir holding a different config is
+an error, never overwritten. The raw-pixel baselines of `ama_jax.baselines`
+(kNN, PCA, OC-SVM, each hyper-parameter chosen on validation) run on exactly
+the same split (same data config and seed) and are cached beside the runs.
+
+AMA's reported numbers are the test metrics of the checkpoint with the best
+validation AUROC (`results.json['test']['best']`); the test split plays no
+part in any choice. Fewer epochs than the paper's 100 are allowed and stated
+in the output; atypical selection then starts after `--start_epoch` (default:
+the paper's 10% of training, at least one epoch).
+"""
+import ast
+from collections.abc import Mapping, Sequence
+import dataclasses
+import importlib
+import json
+import pathlib
+import time
+from typing import Any, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+import numpy as np
+
+PAPER_EPOCHS = 100
+METRICS = ('auroc', 'auprc_anomaly', 'auprc_normal', 'fpr80')
+METRIC_NAMES = {'auroc': 'AUROC', 'auprc_anomaly': 'AUPRC (anomaly+)',
+                'auprc_normal': 'AUPRC (normal+)', 'fpr80': 'FPR80'}
+BASELINES = ('knn', 'pca', 'ocsvm')
+BASELINE_NAMES = {'knn': 'kNN', 'pca': 'PCA', 'ocsvm': 'OC-SVM'}
+CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                 'frog', 'horse', 'ship', 'truck')
+
+# Config overrides of each variant (flattened config paths).
+VARIANTS = {
+    'full': {},
+    'no_inter': {'loss.lambda_inter': 0.0},
+    'no_neg': {'sampling.style': 'none'},
+    'neither': {'loss.lambda_inter': 0.0, 'sampling.style': 'none'},
+    'sipple': {'sampling.style': 'cube'},
+    'sipple_no_inter': {'sampling.style': 'cube', 'loss.lambda_inter': 0.0},
+}
+VARIANT_NAMES = {
+    'full': 'AMA (interpolation + atypical selection)',
+    'no_inter': 'no interpolation',
+    'no_neg': 'no atypical selection',
+    'neither': 'neither',
+    'sipple': 'Sipple (2020) negatives + interpolation',
+    'sipple_no_inter': 'Sipple (2020) negatives, no interpolation',
+}
+
+# The paper's AMA numbers. AUPRC in Table 2 is `auprc_normal` (normals as the
+# positive class; see RESULTS.md for why). Fig. 6/9 give no numbers, so the
+# ablation's paper column comes from Table 5 where it overlaps.
+PAPER = {
+    'mnist_oneclass': {str(c): {'auroc': a} for c, a in enumerate(
+        (0.986, 0.998, 0.882, 0.891, 0.894, 0.938, 0.981, 0.983, 0.876,
+         0.948))},
+    'cifar_oneclass': {str(c): {'auroc': a} for c, a in enumerate(
+        (0.752, 0.634, 0.696, 0.603, 0.733, 0.650, 0.658, 0.582, 0.754,
+         0.632))},
+    'fmnist_mnist': {'': {'auroc': 0.987, 'auprc_normal': 0.999,
+                          'fpr80': 0.001}},
+    'cifar_svhn': {'': {'auroc': 0.935, 'auprc_normal': 0.992,
+                        'fpr80': 0.086}},
+}
+PAPER_MEAN_AUROC = {'mnist_oneclass': 0.938, 'cifar_oneclass': 0.669}
+PAPER_TABLE5 = {  # AUROC, Table 5 (a) fmnist_mnist, (b) cifar_svhn.
+    'fmnist_mnist': {'no_inter': 0.960, 'full': 0.987,
+                     'sipple_no_inter': 0.778, 'sipple': 0.824},
+    'cifar_svhn': {'no_inter': 0.935, 'full': 0.895,
+                   'sipple_no_inter': 0.852, 'sipple': 0.819},
+}
+BASE_TABLES = ('mnist_oneclass', 'cifar_oneclass', 'fmnist_mnist',
+               'cifar_svhn')
+TABLE_VARIANTS = {'ablation': ('full', 'no_inter', 'no_neg', 'neither'),
+                  'atypical_vs_sipple': ('full', 'no_inter', 'sipple',
+                                         'sipple_no_inter')}
+TABLES = BASE_TABLES + tuple(TABLE_VARIANTS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of a table: a row (config + arg), variant and seed."""
+  base: str  # Config module under configs/ (a base table name).
+  row: str  # The `:arg` class token for one-class tables, '' otherwise.
+  variant: str
+  seed: int
+
+  @property
+  def row_dir(self) -> str:
+    return f'{self.base}_{self.row}' if self.row else self.base
+
+
+def table_runs(table: str, base: str, seeds: Sequence[int],
+               classes: Optional[Sequence[str]] = None) -> list[Run]:
+  """The runs of a table, in the order they are trained."""
+  if table not in TABLES:
+    raise ValueError(f'Unknown table {table!r}; expected one of {TABLES}.')
+  if table in BASE_TABLES:
+    base, variants = table, ('full',)
+  else:
+    if base not in BASE_TABLES:
+      raise ValueError(f'--base={base!r} is not a base table; expected one '
+                       f'of {BASE_TABLES}.')
+    variants = TABLE_VARIANTS[table]
+  rows = ['']
+  if base.endswith('oneclass'):
+    rows = [str(c) for c in (classes if classes else range(10))]
+    bad = [r for r in rows if not (r.isdigit() and 0 <= int(r) <= 9)]
+    if bad:
+      raise ValueError(f'--classes must be digits 0-9, got {bad}.')
+  return [Run(base, r, v, s) for r in rows for v in variants for s in seeds]
+
+
+def default_start_epoch(epochs: int) -> int:
+  """The paper's 10 of 100 epochs, scaled, and at least one epoch."""
+  return max(1, round(epochs * 10 / PAPER_EPOCHS))
+
+
+def build_config(run: Run, *, epochs: Optional[int],
+                 start_epoch: Optional[int], calibration_size: Optional[int],
+                 overrides: Mapping[str, Any], runlocal: bool = False
+                 ) -> ml_collections.ConfigDict:
+  """The run's config: its config file, then the reproduction's overrides."""
+  module = importlib.import_module(f'configs.{run.base}')
+  arg = ','.join(t for t in (run.row, 'runlocal' if runlocal else '') if t)
+  config = module.get_config(arg or None)
+  config.seed = run.seed
+  if epochs is not None:
+    config.train.num_epochs = epochs
+  config.sampling.start_epoch = (
+      start_epoch if start_epoch is not None
+      else default_start_epoch(config.train.num_epochs))
+  if calibration_size is not None:
+    config.eval.calibration_size = calibration_size
+  for key, value in {**VARIANTS[run.variant], **overrides}.items():
+    _set(config, key, value)
+  return config
+
+
+def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  *path, leaf = key.split('.')
+  node = config
+  for p in path:
+    if p not in node:
+      raise ValueError(f'Unknown config field {key!r} (no {p!r}).')
+    node = node[p]
+  if leaf not in node:
+    raise ValueError(f'Unknown config field {key!r}.')
+  node[leaf] = value
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+  """`['loss.lambda_gp=0', 'sampling.style=cube']` -> {path: value}."""
+  out = {}
+  for item in items:
+    key, sep, text = item.partition('=')
+    if not sep or not key:
+      raise ValueError(f'--override {item!r} must look like field=value, '
+                       'e.g. loss.lambda_gp=0.')
+    try:
+      out[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      out[key] = text  # A bare string such as `cube`.
+  return out
+
+
+def _plain(obj: Any) -> Any:
+  """JSON round trip, so tuples and lists (and numpy scalars) compare."""
+  return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+  if isinstance(o, np.integer):
+    return int(o)
+  if isinstance(o, np.floating):
+    return float(o)
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  return str(o)
+
+
+def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix='') -> list[str]:
+  keys = sorted(set(a) | set(b))
+  out = []
+  for k in keys:
+    va, vb = a.get(k, '<missing>'), b.get(k, '<missing>')
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += _diff(va, vb, f'{prefix}{k}.')
+    elif va != vb:
+      out.append(f'{prefix}{k}: {vb!r} (stored) vs {va!r} (requested)')
+  return out
+
+
+def workdir_of(out: pathlib.Path, run: Run, epochs: int) -> pathlib.Path:
+  return out / run.row_dir / run.variant / f'e{epochs}_s{run.seed}'
+
+
+def load_results(workdir: pathlib.Path,
+                 config: ml_collections.ConfigDict) -> Optional[dict]:
+  """The run's results.json if it exists; an error if its config differs."""
+  from ama_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  path = workdir / 'results.json'
+  if not path.exists():
+    return None
+  results = json.loads(path.read_text())
+  diff = _diff(_plain(checkpointing.config_to_dict(config)),
+               results['config'])
+  if diff:
+    raise ValueError(
+        f'{path} was trained with a different config:\n  '
+        + '\n  '.join(diff[:10])
+        + '\nUse another --out, or delete that workdir to retrain it.')
+  return results
+
+
+def run_baselines_cached(out: pathlib.Path, config: ml_collections.ConfigDict,
+                         row_dir: str) -> dict[str, Any]:
+  """Baselines on the run's split; cached per (row, data config, seed)."""
+  from ama_jax import baselines  # pylint: disable=g-import-not-at-top
+  from ama_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  path = out / row_dir / f'baselines_s{config.seed}.json'
+  key = _plain({'data': config.data.to_dict(), 'seed': config.seed,
+                'methods': BASELINES})
+  if path.exists():
+    cached = json.loads(path.read_text())
+    if cached['key'] == key:
+      return cached['results']
+    logging.warning('%s: stale baselines (different split); recomputing.',
+                    path)
+  start = time.time()
+  data = input_pipeline.load_protocol(config.data, config.seed)
+  results = baselines.run_baselines(data, seed=config.seed, methods=BASELINES)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix('.tmp')
+  tmp.write_text(json.dumps({'key': key, 'seconds': time.time() - start,
+                             'results': results}, indent=2,
+                            default=_json_default))
+  tmp.replace(path)
+  return _plain(results)
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+  v = np.asarray(values, np.float64)
+  return {'mean': float(v.mean()), 'std': float(v.std(ddof=1)) if len(v) > 1
+          else 0.0, 'n': int(len(v)), 'values': [float(x) for x in v]}
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Mean/std over seeds of each metric: {(row, method): {metric: stats}}.
+
+  `records` have 'row', 'method' (a variant, or 'baseline:<name>') and
+  'test' (metrics). Rows are returned in first-seen order, plus a 'mean'
+  row over rows (for one-class tables) per method: the mean over rows of
+  each seed's metric, then mean/std over seeds.
+  """
+  groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+  for r in records:
+    groups.setdefault((r['row'], r['method']), []).append(r)
+  out = {}
+  for (row, method), rs in groups.items():
+    out[(row, method)] = {m: _mean_std([r['test'][m] for r in rs])
+                          for m in METRICS}
+  rows = list(dict.fromkeys(r['row'] for r in records))
+  if len(rows) > 1:
+    for method in dict.fromkeys(r['method'] for r in records):
+      by_seed: dict[int, list[Mapping[str, Any]]] = {}
+      for r in records:
+        if r['method'] == method:
+          by_seed.setdefault(r['seed'], []).append(r)
+      complete = [rs for rs in by_seed.values() if len(rs) == len(rows)]
+      if complete:
+        out[('mean', method)] = {
+            m: _mean_std([np.mean([r['test'][m] for r in rs])
+                          for rs in complete]) for m in METRICS}
+  return out
+
+
+def _fmt(stats: Optional[Mapping[str, Any]]) -> str:
+  if stats is None:
+    return '–'
+  if stats['n'] > 1:
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+  return f"{stats['mean']:.3f}"
+
+
+def _row_label(base: str, row: str) -> str:
+  if row == 'mean':
+    return '**mean**'
+  if base == 'cifar_oneclass':
+    return f'{row} ({CIFAR_CLASSES[int(row)]})'
+  return row or base
+
+
+def _paper(table: str, base: str, row: str, method: str) -> dict[str, float]:
+  if table in TABLE_VARIANTS:
+    auroc = PAPER_TABLE5.get(base, {}).get(method)
+    if auroc is not None and not row:
+      return {'auroc': auroc}
+    if method == 'full' and row in PAPER.get(base, {}):
+      return dict(PAPER[base][row])
+    return {}
+  if row == 'mean':
+    return ({'auroc': PAPER_MEAN_AUROC[base]} if base in PAPER_MEAN_AUROC
+            else {})
+  return dict(PAPER.get(base, {}).get(row, {}))
+
+
+def method_label(method: str, epochs: int) -> str:
+  if method.startswith('baseline:'):
+    return f"{BASELINE_NAMES[method.split(':')[1]]} (raw pixels)"
+  name = 'AMA (ours)' if method == 'full' else VARIANT_NAMES[method]
+  return f'{name}, {epochs} ep'
+
+
+def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
+             summary: Mapping[tuple[str, str], Any],
+             missing: Sequence[str]) -> str:
+  """The table as markdown: a compact AUROC view and the full metrics."""
+  rows = list(dict.fromkeys(r for r, _ in summary))
+  methods = list(dict.fromkeys(m for _, m in summary))
+  lines = [f'### {table}' + (f' (base: {base})' if table != base else ''),
+           '',
+           f'{epochs} epochs (paper: {PAPER_EPOCHS}), seeds {list(seeds)}; '
+           'mean ± std over seeds; AMA: the checkpoint with the best '
+           'validation AUROC; baselines: hyper-parameter chosen on '
+           'validation. "paper" is the AMA paper\'s number.', '']
+  if len(rows) > 1:  # Compact AUROC table, one line per row.
+    head = ['normal class', 'paper AMA'] + [method_label(m, epochs)
+                                            for m in methods]
+    lines += ['AUROC:', '', '| ' + ' | '.join(head) + ' |',
+              '|' + '---|' * len(head)]
+    for row in rows:
+      paper = _paper(table, base, row, 'full').get('auroc')
+      cells = [_row_label(base, row), f'{paper:.3f}' if paper else '–']
+      cells += [_fmt((summary.get((row, m)) or {}).get('auroc'))
+                for m in methods]
+      lines.append('| ' + ' | '.join(cells) + ' |')
+    lines.append('')
+  head = (['row'] if len(rows) > 1 else []) + ['method'] + [
+      METRIC_NAMES[m] for m in METRICS]
+  lines += ['All metrics (anomalies are the positive class unless marked '
+            'normal+):', '', '| ' + ' | '.join(head) + ' |',
+            '|' + '---|' * len(head)]
+  for row in rows:
+    prefix = [_row_label(base, row)] if len(rows) > 1 else []
+    paper_methods = [m for m in methods if not m.startswith('baseline:')]
+    for m in paper_methods:
+      paper = _paper(table, base, row, m)
+      if paper:
+        label = ('paper: ' + (VARIANT_NAMES[m] if m != 'full' else 'AMA'))
+        cells = [f'{paper[k]:.3f}' if k in paper else '–' for k in METRICS]
+        lines.append('| ' + ' | '.join(prefix + [label] + cells) + ' |')
+    for m in methods:
+      stats = summary.get((row, m))
+      if stats is None:
+        continue
+      cells = [_fmt(stats[k]) for k in METRICS]
+      lines.append('| ' + ' | '.join(
+          prefix + [method_label(m, epochs)] + cells) + ' |')
+  if missing:
+    lines += ['', f'Not yet run ({len(missing)}): ' + ', '.join(missing)]
+  return '\n'.join(lines) + '\n'
+
+
+def reproduce(table: str, *, base: str, seeds: Sequence[int],
+              epochs: Optional[int], out: pathlib.Path,
+              classes: Optional[Sequence[str]] = None,
+              start_epoch: Optional[int] = None,
+              calibration_size: Optional[int] = 10000,
+              overrides: Optional[Mapping[str, Any]] = None,
+              report_only: bool = False, with_baselines: bool = True,
+              runlocal: bool = False) -> dict[str, Any]:
+  """Trains (or reuses) every run of `table`, then writes its report.
+
+  Returns the JSON report; writes `<out>/<name>.md` and `<out>/<name>.json`.
+  """
+  from ama_jax import loop  # pylint: disable=g-import-not-at-top
+  runs = table_runs(table, base, seeds, classes)
+  records, run_info, missing, baseline_rows = [], [], [], {}
+  for run in runs:
+    config = build_config(run, epochs=epochs, start_epoch=start_epoch,
+                          calibration_size=calibration_size,
+                          overrides=overrides or {}, runlocal=runlocal)
+    num_epochs = config.train.num_epochs
+    workdir = workdir_of(out, run, num_epochs)
+    results = load_results(workdir, config)
+    if results is None and not report_only:
+      logging.info('Training %s -> %s', run, workdir)
+      loop.train_and_evaluate(config, str(workdir))
+      results = load_results(workdir, config)
+    if results is None:
+      missing.append(f'{run.row_dir}/{run.variant}/seed {run.seed}')
+      continue
+    chosen = results['test'].get('best', results['test']['last'])
+    records.append({'row': run.row, 'method': run.variant, 'seed': run.seed,
+                    'test': chosen})
+    run_info.append({
+        **dataclasses.asdict(run), 'workdir': str(workdir),
+        'wall_time_s': results['wall_time_s'], 'steps': results['steps'],
+        'epochs': results['epochs'],
+        'best_step': results.get('best_step'),
+        'best_val_auroc': results.get('best_val_auroc'),
+        'test_best': results['test'].get('best'),
+        'test_last': results['test']['last'],
+        'train_images_per_s': results.get('train_images_per_s'),
+        'devices': results.get('devices')})
+    if with_baselines and (run.row, run.seed) not in baseline_rows:
+      baseline_rows[(run.row, run.seed)] = run_baselines_cached(
+          out, config, run.row_dir)
+      for name, res in baseline_rows[(run.row, run.seed)].items():
+        records.append({'row': run.row, 'method': f'baseline:{name}',
+                        'seed': run.seed, 'test': res['test'],
+                        'hparam': {res['hparam_name']: res['hparam']}})
+  num_epochs = epochs if epochs is not None else (
+      run_info[0]['epochs'] if run_info else PAPER_EPOCHS)
+  summary = summarize(records)
+  name = table if table in BASE_TABLES else f'{table}_{base}'
+  name += f'_e{num_epochs}'
+  md = markdown(table, table if table in BASE_TABLES else base, num_epochs,
+                seeds, summary, missing)
+  report = {
+      'table': table, 'base': base, 'epochs': num_epochs,
+      'seeds': list(seeds), 'overrides': dict(overrides or {}),
+      'runs': run_info, 'missing': missing,
+      'baselines': [r for r in records if r['method'].startswith('baseline:')],
+      'summary': [{'row': r, 'method': m, **s}
+                  for (r, m), s in summary.items()],
+      'paper': {r: {m: _paper(table, base if table not in BASE_TABLES
+                              else table, r, m)
+                    for m in dict.fromkeys(m for _, m in summary)}
+                for r in dict.fromkeys(r for r, _ in summary)},
+  }
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f'{name}.md').write_text(md)
+  (out / f'{name}.json').write_text(
+      json.dumps(report, indent=2, default=_json_default))
+  logging.info('Wrote %s.{md,json}', out / name)
+  print(md, flush=True)
+  return report
+
+
+_TABLE = flags.DEFINE_enum('table', None, TABLES, 'The table to reproduce.')
+_BASE = flags.DEFINE_enum('base', 'fmnist_mnist', BASE_TABLES,
+                          'Experiment of `ablation` / `atypical_vs_sipple`.')
+_SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds 0..N-1.')
+_EPOCHS = flags.DEFINE_integer(
+    'epochs', None, 'Training epochs (None: the config\'s, the paper\'s 100).')
+_START_EPOCH = flags.DEFINE_integer(
+    'start_epoch', None, 'Atypical selection from this epoch (None: 10% of '
+    'the epochs, at least 1; the paper: 10 of 100).')
+_CLASSES = flags.DEFINE_list('classes', None, 'One-class tables: normal '
+                             'classes to run (default: all 10).')
+_CALIBRATION = flags.DEFINE_integer(
+    'calibration_size', 10000, 'Training normals scored for the per-epoch '
+    'validation calibration (final test calibration always uses all).')
+_OVERRIDE = flags.DEFINE_multi_string(
+    'override', [], 'Config override for every run, field=value (repeat).')
+_OUT = flags.DEFINE_string('out', 'runs/reproduce', 'Output directory.')
+_REPORT_ONLY = flags.DEFINE_bool(
+    'report_only', False, 'Only report the runs that exist; train nothing.')
+_BASELINES = flags.DEFINE_bool('baselines', True,
+                               'Run the raw-pixel baselines beside AMA.')
+_RUNLOCAL = flags.DEFINE_bool('runlocal', False,
+                              'Tiny smoke-run configs (`:runlocal`).')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _TABLE.value is None:
+    raise app.UsageError(f'--table is required; one of {TABLES}.')
+  if _SEEDS.value < 1 or (_EPOCHS.value is not None and _EPOCHS.value < 1):
+    raise app.UsageError('--seeds and --epochs must be at least 1.')
+  from ama_jax import malloc_tuning  # pylint: disable=g-import-not-at-top
+  malloc_tuning.tune()  # As in `ama_jax.main`: before JAX computes.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')  # TFDS leaves the GPU to JAX.
+  try:
+    reproduce(_TABLE.value, base=_BASE.value, seeds=range(_SEEDS.value),
+              epochs=_EPOCHS.value, out=pathlib.Path(_OUT.value),
+              classes=_CLASSES.value, start_epoch=_START_EPOCH.value,
+              calibration_size=_CALIBRATION.value,
+              overrides=parse_overrides(_OVERRIDE.value),
+              report_only=_REPORT_ONLY.value,
+              with_baselines=_BASELINES.value, runlocal=_RUNLOCAL.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
+if __name__ == '__main__':
+  app.run(main)

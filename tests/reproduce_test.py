@@ -1,0 +1,168 @@
+"""Tests of the reproduction entry point (`ama_jax.reproduce`)."""
+import json
+import pathlib
+import tempfile
+
+from absl.testing import absltest
+
+from ama_jax import reproduce
+
+
+class TableTest(absltest.TestCase):
+
+  def test_runs_of_each_table(self):
+    runs = reproduce.table_runs('mnist_oneclass', 'fmnist_mnist', [0, 1])
+    self.assertLen(runs, 20)
+    self.assertEqual(runs[0], reproduce.Run('mnist_oneclass', '0', 'full', 0))
+    self.assertEqual(runs[0].row_dir, 'mnist_oneclass_0')
+    runs = reproduce.table_runs('ablation', 'fmnist_mnist', [0])
+    self.assertEqual([r.variant for r in runs],
+                     ['full', 'no_inter', 'no_neg', 'neither'])
+    self.assertEqual(runs[0].row_dir, 'fmnist_mnist')
+    runs = reproduce.table_runs('atypical_vs_sipple', 'fmnist_mnist', [0])
+    self.assertIn('sipple_no_inter', [r.variant for r in runs])
+    self.assertLen(reproduce.table_runs('cifar_oneclass', '', [0], ['3']), 1)
+
+  def test_bad_tables_and_classes(self):
+    with self.assertRaisesRegex(ValueError, 'Unknown table'):
+      reproduce.table_runs('table9', 'fmnist_mnist', [0])
+    with self.assertRaisesRegex(ValueError, 'not a base table'):
+      reproduce.table_runs('ablation', 'ablation', [0])
+    with self.assertRaisesRegex(ValueError, 'digits 0-9'):
+      reproduce.table_runs('mnist_oneclass', '', [0], ['12'])
+
+  def test_start_epoch_scales_with_epochs(self):
+    self.assertEqual(reproduce.default_start_epoch(100), 10)
+    self.assertEqual(reproduce.default_start_epoch(30), 3)
+    self.assertEqual(reproduce.default_start_epoch(2), 1)
+
+  def test_build_config_applies_variant_and_overrides(self):
+    run = reproduce.Run('fmnist_mnist', '', 'neither', 2)
+    config = reproduce.build_config(
+        run, epochs=4, start_epoch=None, calibration_size=500,
+        overrides=reproduce.parse_overrides(['loss.lambda_gp=0',
+                                             'sampling.delta=0.25']))
+    self.assertEqual(config.seed, 2)
+    self.assertEqual(config.train.num_epochs, 4)
+    self.assertEqual(config.sampling.start_epoch, 1)
+    self.assertEqual(config.eval.calibration_size, 500)
+    self.assertEqual(config.loss.lambda_inter, 0.0)
+    self.assertEqual(config.sampling.style, 'none')
+    self.assertEqual(config.loss.lambda_gp, 0.0)
+    self.assertEqual(config.sampling.delta, 0.25)
+    one_class = reproduce.build_config(
+        reproduce.Run('mnist_oneclass', '7', 'full', 0), epochs=None,
+        start_epoch=None, calibration_size=None, overrides={})
+    self.assertEqual(tuple(one_class.data.normal_classes), (7,))
+    self.assertEqual(one_class.train.num_epochs, 100)
+    self.assertEqual(one_class.sampling.start_epoch, 10)
+
+  def test_override_errors(self):
+    with self.assertRaisesRegex(ValueError, 'field=value'):
+      reproduce.parse_overrides(['loss.lambda_gp'])
+    self.assertEqual(reproduce.parse_overrides(['sampling.style=cube']),
+                     {'sampling.style': 'cube'})
+    with self.assertRaisesRegex(ValueError, 'Unknown config field'):
+      reproduce.build_config(
+          reproduce.Run('fmnist_mnist', '', 'full', 0), epochs=1,
+          start_epoch=None, calibration_size=None,
+          overrides={'loss.lambda_nope': 1.0})
+
+  def test_stored_results_with_another_config_is_an_error(self):
+    run = reproduce.Run('fmnist_mnist', '', 'full', 0)
+    kwargs = dict(epochs=2, start_epoch=None, calibration_size=None,
+                  overrides={})
+    config = reproduce.build_config(run, **kwargs)
+    from ama_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryDirectory() as d:
+      workdir = pathlib.Path(d)
+      self.assertIsNone(reproduce.load_results(workdir, config))
+      (workdir / 'results.json').write_text(json.dumps(
+          {'config': checkpointing.config_to_dict(config), 'test': {}}))
+      self.assertIsNotNone(reproduce.load_results(workdir, config))
+      other = reproduce.build_config(run, **{**kwargs, 'epochs': 3})
+      with self.assertRaisesRegex(ValueError,
+                                  r'train.num_epochs: 2 \(stored\) vs 3'):
+        reproduce.load_results(workdir, other)
+
+
+def _metrics(auroc):
+  return {'auroc': auroc, 'auprc_anomaly': auroc / 2,
+          'auprc_normal': auroc, 'fpr80': 1 - auroc}
+
+
+class SummaryTest(absltest.TestCase):
+
+  def test_mean_and_std_over_seeds_and_rows(self):
+    records = [
+        {'row': '0', 'method': 'full', 'seed': 0, 'test': _metrics(0.9)},
+        {'row': '0', 'method': 'full', 'seed': 1, 'test': _metrics(0.8)},
+        {'row': '1', 'method': 'full', 'seed': 0, 'test': _metrics(0.7)},
+        {'row': '1', 'method': 'full', 'seed': 1, 'test': _metrics(0.6)},
+        {'row': '0', 'method': 'baseline:knn', 'seed': 0,
+         'test': _metrics(0.5)},
+    ]
+    summary = reproduce.summarize(records)
+    self.assertAlmostEqual(summary[('0', 'full')]['auroc']['mean'], 0.85)
+    # Sample std (ddof=1) of [0.9, 0.8].
+    self.assertAlmostEqual(summary[('0', 'full')]['auroc']['std'],
+                           0.0707107, places=6)
+    # Mean row: per-seed means over rows (0.8, 0.7), then over seeds.
+    self.assertAlmostEqual(summary[('mean', 'full')]['auroc']['mean'], 0.75)
+    self.assertAlmostEqual(summary[('mean', 'full')]['fpr80']['mean'], 0.25)
+    # kNN lacks row 1: no mean row for it rather than a partial one.
+    self.assertNotIn(('mean', 'baseline:knn'), summary)
+    md = reproduce.markdown('mnist_oneclass', 'mnist_oneclass', 2, [0, 1],
+                            summary, ['mnist_oneclass_2/full/seed 0'])
+    self.assertIn('| 0 | 0.986 | 0.850 ± 0.071 | 0.500 |', md)
+    self.assertIn('| **mean** | 0.938 | 0.750 ± 0.071 | – |', md)
+    self.assertIn('kNN (raw pixels)', md)
+    self.assertIn('Not yet run (1)', md)
+
+  def test_ood_table_shows_paper_row(self):
+    summary = reproduce.summarize(
+        [{'row': '', 'method': 'full', 'seed': 0, 'test': _metrics(0.98)}])
+    md = reproduce.markdown('fmnist_mnist', 'fmnist_mnist', 2, [0], summary,
+                            [])
+    self.assertIn('| paper: AMA | 0.987 | – | 0.999 | 0.001 |', md)
+    self.assertIn('| AMA (ours), 2 ep | 0.980 | 0.490 | 0.980 | 0.020 |', md)
+
+
+class EndToEndTest(absltest.TestCase):
+  """Two tiny one-class runs with baselines, then a report-only rerun."""
+
+  def test_runlocal_table(self):
+    with tempfile.TemporaryDirectory() as d:
+      out = pathlib.Path(d)
+      kwargs = dict(base='fmnist_mnist', seeds=[0], epochs=None, out=out,
+                    classes=['0', '1'], calibration_size=None,
+                    runlocal=True)
+      report = reproduce.reproduce('mnist_oneclass', **kwargs)
+      self.assertLen(report['runs'], 2)
+      self.assertEqual(report['missing'], [])
+      self.assertLen(report['baselines'], 6)
+      summary = {(s['row'], s['method']): s for s in report['summary']}
+      for row in ('0', '1', 'mean'):
+        for method in ('full', 'baseline:knn', 'baseline:pca',
+                       'baseline:ocsvm'):
+          self.assertBetween(summary[(row, method)]['auroc']['mean'], 0, 1)
+      md = (out / 'mnist_oneclass_e2.md').read_text()
+      self.assertIn('| **mean** | 0.938 |', md)
+      saved = json.loads((out / 'mnist_oneclass_e2.json').read_text())
+      self.assertEqual(saved['summary'], _plain(report['summary']))
+      # Report-only reuses the runs and the cached baselines exactly.
+      again = reproduce.reproduce('mnist_oneclass', report_only=True,
+                                  **kwargs)
+      self.assertEqual(_plain(again['summary']), _plain(report['summary']))
+      missing = reproduce.reproduce(
+          'mnist_oneclass', report_only=True,
+          **{**kwargs, 'classes': ['0', '2']})
+      self.assertEqual(missing['missing'], ['mnist_oneclass_2/full/seed 0'])
+
+
+def _plain(obj):
+  return json.loads(json.dumps(obj))
+
+
+if __name__ == '__main__':
+  absltest.main()
