@@ -84,6 +84,31 @@ class TrainStepTest(absltest.TestCase):
                                 jax.device_get(b.ae.params), atol=1e-5)
 
 
+class EpochDataTest(absltest.TestCase):
+
+  def test_each_device_gets_its_rows_of_every_global_batch_in_order(self):
+    devices = jax.local_devices()
+    self.assertLen(devices, 2)  # tests/conftest.py
+    images = np.arange(13, dtype=np.float32)[:, None, None, None] * np.ones(
+        (1, *_SHAPE), np.float32)
+    labels = np.arange(13) % 2
+    order = train.epoch_order(jax.random.key(3), 0, 13)
+    np.testing.assert_array_equal(np.sort(order), np.arange(13))
+    settings = train.StepSettings(local_batch=3, steps_per_epoch=2)
+    data = jax.device_get(train.epoch_data(images, labels, order, settings,
+                                           devices))
+    self.assertEqual(data.images.shape, (2, 6, *_SHAPE))  # 12 of 13 used.
+    for q in range(2):
+      for i in range(2):
+        rows = order[i * 6 + q * 3:i * 6 + (q + 1) * 3]
+        got = data.images[q, i * 3:(i + 1) * 3, 0, 0, 0]
+        np.testing.assert_array_equal(got, rows)
+        np.testing.assert_array_equal(data.labels[q, i * 3:(i + 1) * 3],
+                                      labels[rows])
+    with self.assertRaisesRegex(ValueError, 'needs 12 training images'):
+      train.epoch_data(images, labels, order[:11], settings, devices)
+
+
 class MultiDeviceTest(absltest.TestCase):
 
   def test_eight_devices_match_one_device_with_every_random_term_on(self):
