@@ -85,31 +85,30 @@ def run_ours() -> dict:
   num_train = FLAGS.batch * 8
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (num_train, *image_shape)).astype(np.float32)
-  data = train.replicate_data(images, np.zeros(num_train, np.int32), devices)
   state = train.create_train_state(jax.random.key(0), config, image_shape,
                                    total_steps=10**6)
   ae_model, critic_model = models.create_models(config.model, image_shape,
                                                 axis_name=train.AXIS)
   settings = train.StepSettings.from_config(
-      config, local_batch=FLAGS.batch // len(devices), steps_per_epoch=8,
-      num_train=num_train)
+      config, local_batch=FLAGS.batch // len(devices), steps_per_epoch=8)
+  data = train.epoch_data(images, np.zeros(num_train, np.int32),
+                          np.arange(num_train), settings, devices)
   p_step = train.make_p_train_step(ae_model, critic_model, settings,
                                    negatives=True,
                                    num_steps=FLAGS.steps_per_call,
                                    devices=devices)
-  state, rngs = train.replicate(
-      (state, (jax.random.key(1), jax.random.key(2))), devices)
+  state, rng = train.replicate((state, jax.random.key(1)), devices)
   t0 = time.perf_counter()
-  state, metrics = p_step(state, data, rngs)
+  state, metrics = p_step(state, data, rng)
   jax.block_until_ready((state, metrics))
   compile_s = time.perf_counter() - t0
   for _ in range(FLAGS.warmup):
-    state, metrics = p_step(state, data, rngs)
+    state, metrics = p_step(state, data, rng)
   jax.block_until_ready(state)
   times = []
   for _ in range(FLAGS.steps):
     t0 = time.perf_counter()
-    state, metrics = p_step(state, data, rngs)
+    state, metrics = p_step(state, data, rng)
     jax.block_until_ready(state)
     times.append(time.perf_counter() - t0)
   images_per_call = FLAGS.batch * FLAGS.steps_per_call

@@ -4,6 +4,15 @@ Order: writer -> data -> state -> restore -> pmaps -> loop (train, validate,
 select, checkpoint) -> final evaluation of the best and last states ->
 results.json and figures. Model selection uses the validation split only;
 the test split is scored once, at the end.
+
+Several processes (multi-host) run this same function: the training step is
+one pmap over the devices of all of them (`train.mesh_devices`), each
+process putting on its devices only their rows of each epoch
+(`train.epoch_data`); validation and test images are scored in per-process
+slices and gathered (`scoring.Scorer`), so every process sees the same
+metrics and takes the same decisions (best checkpoint, halting, errors).
+All processes join checkpoint saves and restores (orbax writes from process
+0); only process 0 writes metrics, figures and results.json.
 """
 import functools
 import json
@@ -16,6 +25,7 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -34,13 +44,25 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _plan(config: ml_collections.ConfigDict, num_train: int,
-          num_devices: int) -> tuple[int, int]:
-  """(per-device batch, steps per epoch), with clear errors."""
+          num_devices: int, num_processes: int = 1) -> tuple[int, int]:
+  """(per-device batch, steps per epoch), with clear errors.
+
+  Args:
+    config: the experiment config (train.batch_size is the global batch).
+    num_train: training images.
+    num_devices: devices of all processes together.
+    num_processes: processes (for the error message).
+  """
   batch = config.train.batch_size
   if batch % num_devices:
+    below = batch // num_devices * num_devices
+    fits = ' or '.join(str(b) for b in (below, below + num_devices) if b)
     raise ValueError(
-        f'train.batch_size={batch} does not divide evenly over '
-        f'{num_devices} devices; use a multiple of {num_devices}.')
+        f'train.batch_size={batch} (the global batch) does not divide evenly '
+        f'over {num_devices} devices ({num_processes} process(es) x '
+        f'{num_devices // num_processes} device(s) each); set '
+        f'--config.train.batch_size to a multiple of {num_devices}, e.g. '
+        f'{fits}.')
   steps = num_train // batch  # drop_last, as the official code.
   if steps == 0:
     raise ValueError(
@@ -68,6 +90,32 @@ def _calibrate(scorer, data, config, *, max_train=None
   r_train = scorer(normal_train)
   return scoring.calibrate(r_train, scorer(val_normal),
                            config.eval.threshold_fpr), r_train
+
+
+def _load_data(config: ml_collections.ConfigDict
+               ) -> input_pipeline.ProtocolData:
+  """The protocol splits, read by every process (process 0 first).
+
+  Process 0 prepares a missing TFDS copy once, before the others read the
+  (shared) data directory.
+  """
+  several = jax.process_count() > 1
+  if several and jax.process_index() != 0:
+    multihost_utils.sync_global_devices('ama_jax: data prepared')
+  data = input_pipeline.load_protocol(config.data, config.seed)
+  if several and jax.process_index() == 0:
+    multihost_utils.sync_global_devices('ama_jax: data prepared')
+  return data
+
+
+def _host_target(tree: Any) -> Any:
+  """A restore target whose leaves come back as numpy arrays.
+
+  Every process restores the whole state into host memory and places it on
+  its devices itself (`train.replicate`).
+  """
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype),
+                      tree)
 
 
 def _evaluate_split(scorer, split, calibration) -> tuple[dict, np.ndarray]:
@@ -104,25 +152,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       str(workdir), just_logging=not is_chief)
   writer.write_hparams(checkpointing.flat_hparams(config))
 
-  data = input_pipeline.load_protocol(config.data, config.seed)
+  data = _load_data(config)
   image_shape = tuple(data.image_shape)
-  devices = jax.local_devices()
-  local_batch, steps_per_epoch = _plan(config, len(data.train.images),
-                                       len(devices))
+  devices = train.mesh_devices()  # Of every process: the step's axis.
+  local_devices = jax.local_devices()
+  num_train = len(data.train.images)
+  local_batch, steps_per_epoch = _plan(config, num_train, len(devices),
+                                       jax.process_count())
   num_epochs = config.train.num_epochs
   total_steps = steps_per_epoch * num_epochs
-  logging.info('Training on %d images: %d device(s) x %d per device = %d '
-               'per step, %d steps/epoch, %d epochs, %d process(es).',
-               len(data.train.images), len(devices), local_batch,
-               config.train.batch_size, steps_per_epoch, num_epochs,
-               jax.process_count())
+  logging.info('Global batch %d = %d per device x %d devices (%d local '
+               'device(s) x %d process(es)); %d training images, %d '
+               'steps/epoch, %d epochs.', config.train.batch_size,
+               local_batch, len(devices), len(local_devices),
+               jax.process_count(), num_train, steps_per_epoch, num_epochs)
 
   init_rng, train_rng, data_rng = jax.random.split(
       jax.random.key(config.seed), 3)
   state = train.create_train_state(init_rng, config, image_shape, total_steps)
   ckpts = checkpointing.CheckpointManagers(workdir)
   best_val_auroc = -np.inf
-  restored = ckpts.restore_latest(state)
+  restored = ckpts.restore_latest(_host_target(state))
   if restored is not None:
     state, meta = restored
     best_val_auroc = meta.get('best_val_auroc', -np.inf)
@@ -134,8 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config.model, image_shape, axis_name=train.AXIS)
   eval_ae, eval_critic = models.create_models(config.model, image_shape)
   settings = train.StepSettings.from_config(
-      config, local_batch=local_batch, steps_per_epoch=steps_per_epoch,
-      num_train=len(data.train.images))
+      config, local_batch=local_batch, steps_per_epoch=steps_per_epoch)
   # Built once per (phase, steps per call) variant, then reused.
   p_steps: dict[tuple[bool, int], Any] = {}
 
@@ -147,9 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           num_steps=num_steps, devices=devices)
     return p_steps[key]
 
-  train_data = train.replicate_data(data.train.images, data.train.labels,
-                                    devices)
-  rngs = train.replicate((train_rng, data_rng), devices)
+  train_rng = train.replicate(train_rng, devices)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                            writer=writer)
   hooks = [report]
@@ -189,9 +236,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  and config.sampling.style != 'none')
     epoch_end = (epoch + 1) * steps_per_epoch
     t0, s0 = time.time(), step
+    # This process's devices' rows of the epoch (the order is global).
+    epoch_data = train.epoch_data(
+        data.train.images, data.train.labels,
+        train.epoch_order(data_rng, epoch, num_train), settings, devices)
     while step < epoch_end:
       n = k if step + k <= epoch_end else 1
-      state, metrics = p_step(negatives, n)(state, train_data, rngs)
+      state, metrics = p_step(negatives, n)(state, epoch_data, train_rng)
       step += n
       pending.append((step, metrics))
       for hook in hooks:
@@ -214,7 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         and (epoch + 1) % config.eval.every_epochs == 0):
       with report.timed('eval'):
         scorer = scoring.scorer_from_state(state, eval_ae, eval_critic,
-                                           config.eval.batch_size, devices)
+                                           config.eval.batch_size,
+                                           local_devices)
         calibration, _ = _calibrate(scorer, data, config,
                                     max_train=config.eval.calibration_size)
         val_metrics, _ = _evaluate_split(scorer, data.val, calibration)
@@ -231,13 +283,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   ckpts.wait_until_finished()
 
   results = _final_evaluation(config, workdir, data, state, ckpts, eval_ae,
-                              eval_critic, devices, writer, step)
+                              eval_critic, local_devices, writer, step)
   results.update(
       wall_time_s=time.time() - t_start,
       train_images_per_s=(steps_timed * config.train.batch_size / t_train
                           if t_train else None),
       steps=step, steps_per_epoch=steps_per_epoch, epochs=num_epochs,
-      devices=len(devices), processes=jax.process_count())
+      devices=len(devices), local_devices=len(local_devices),
+      processes=jax.process_count())
   if is_chief:
     _write_json(workdir / 'results.json', results)
   writer.flush()
@@ -251,7 +304,7 @@ def _final_evaluation(config, workdir, data, state, ckpts, eval_ae,
   results = {'config': checkpointing.config_to_dict(config),
              'seed': config.seed, 'counts': data.counts, 'test': {}}
   candidates = [('last', state)]
-  best = ckpts.restore_best(state)
+  best = ckpts.restore_best(_host_target(state))
   if best is not None:
     candidates.insert(0, ('best', best[0]))
     results['best_step'] = best[1]['step']

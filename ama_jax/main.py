@@ -6,9 +6,22 @@ r"""Trains and evaluates AMA.
 
 Config fields are overridden with `--config.<field>=<value>`; a `:arg` suffix
 selects a variant (`:runlocal` for a tiny smoke run). A workdir that holds a
-checkpoint is resumed. `--multihost` calls `jax.distributed.initialize()`
-(see launch/).
+checkpoint is resumed.
+
+Multi-host: every process runs the same command (launch/, README).
+`jax.distributed.initialize()` is called under `--multihost`; without the
+flag (`--nomultihost`: never) when the environment shows several processes:
+  * SLURM: `SLURM_STEP_NUM_TASKS` > 1 (set by `srun` for a job step's tasks);
+  * Cloud TPU: `TPU_WORKER_HOSTNAMES` names several hosts (GKE). A Cloud TPU
+    VM slice keeps its worker list in its metadata server instead, so
+    launch/tpu_vm.sh passes `--multihost`;
+  * `--coordinator_address` is given.
+JAX detects the coordinator, process count and index (SLURM, Cloud TPU, Open
+MPI); elsewhere give each process `--coordinator_address=host:port
+--num_processes=N --process_id=i` (CPU devices then talk over gloo).
 """
+import os
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -17,12 +30,36 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, '
                     'figures and results.json.')
-flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() '
-                  '(every process runs the same command).')
+flags.DEFINE_bool('multihost', None, 'Call jax.distributed.initialize() '
+                  '(every process runs the same command). Default: detected '
+                  '(see the module docstring).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, '
+                    'for jax.distributed.initialize(); default: detected.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes; default: '
+                     'detected.')
+flags.DEFINE_integer('process_id', None, 'This process\'s index; default: '
+                     'detected.')
 config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py[:arg]).',
     lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _tasks(variable: str) -> int:
+  """Number of processes an environment variable names (0: not set)."""
+  value = os.environ.get(variable, '')
+  if variable == 'TPU_WORKER_HOSTNAMES':
+    return len([h for h in value.split(',') if h.strip()])
+  return int(value) if value.strip().isdigit() else 0
+
+
+def multihost() -> bool:
+  """Whether this run is one of several processes (see the docstring)."""
+  if FLAGS.multihost is not None:
+    return FLAGS.multihost
+  return (_tasks('SLURM_STEP_NUM_TASKS') > 1
+          or _tasks('TPU_WORKER_HOSTNAMES') > 1
+          or FLAGS.coordinator_address is not None)
 
 
 def main(argv):
@@ -34,8 +71,12 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.multihost:
-    jax.distributed.initialize()
+  if multihost():
+    # Cross-process collectives of CPU devices (GPUs and TPUs have their own).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
   from ama_jax import loop  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())

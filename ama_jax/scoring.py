@@ -14,6 +14,7 @@ import functools
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -63,14 +64,19 @@ class Scorer:
 
   Every image is scored exactly once: the last, ragged batch is padded with
   zeros and the padded rows are dropped (no image is scored twice, none is
-  dropped).
+  dropped). With several processes (`split_processes`), each scores one
+  contiguous slice of the images on its own devices and the slices are
+  gathered, so every process returns all N scores; every process must then
+  call the scorer with the same images. Scores do not depend on the batch
+  (eval mode), so the split changes no score.
   """
   ae_model: Any
   critic_model: Any
   ae_vars: Any
   critic_vars: Any
-  batch_size: int = 500  # Global batch; rounded up to the device count.
-  devices: Any = None
+  batch_size: int = 500  # Per process; rounded up to the device count.
+  devices: Any = None  # This process's devices (default: all local ones).
+  split_processes: bool = True  # Only with jax.process_count() > 1.
 
   def __post_init__(self):
     self.devices = self.devices or jax.local_devices()
@@ -82,6 +88,19 @@ class Scorer:
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """R(x) for images [N, H, W, C] in [-1, 1] -> [N] float32 (numpy)."""
+    num_processes = jax.process_count()
+    if not self.split_processes or num_processes == 1 or not len(images):
+      return self._score(images)
+    # Equal slices (the last ones padded), so that the gather is one array.
+    size = -(-len(images) // num_processes)
+    start = min(jax.process_index() * size, len(images))
+    r = self._score(images[start:start + size])
+    r = np.pad(r, (0, size - len(r)))
+    gathered = multihost_utils.process_allgather(r)  # [processes, size]
+    return np.asarray(gathered).reshape(-1)[:len(images)]
+
+  def _score(self, images: np.ndarray) -> np.ndarray:
+    """R(x) of images on this process's devices."""
     images = np.asarray(images, np.float32)
     n_dev, per_dev = len(self.devices), self.per_device
     chunk = n_dev * per_dev

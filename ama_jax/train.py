@@ -5,13 +5,18 @@ code's `train.py`): synthetic negatives, `n_critic` critic updates on the
 same batch, then one encoder/generator update.
 
 Multi-device contract: the state is passed unreplicated (`in_axes=None`) and
-every leaf of the returned state is identical on all devices. Each device
-gathers its share of the global batch by index from the training set, which
-lives on the devices. Every random draw is keyed by the global example index
-(never by the device), and losses are sums over local rows divided by global
-counts whose gradients are `psum`med, so a run on n devices computes exactly
-what one device computes on the same global batch (up to float summation
-order). Interpolation partners are drawn from the whole global batch through
+every leaf of the returned state is identical on all devices. The devices are
+those of every process (`mesh_devices`), so one pmapped call is one global
+step whether they sit in one process or in several. Each epoch's order of the
+training set is drawn from the config seed, identically on every process;
+`epoch_data` puts on each device only the rows it consumes in that epoch, and
+the step slices its batch from them inside compiled code (no host work
+between steps). Every random draw is keyed by the example's row in the global
+batch (never by the device or process), and losses are sums over local rows
+divided by global counts whose gradients are `psum`med, so a run on n devices
+computes exactly what one device computes on the same global batch (up to
+float summation order), however the devices are split over processes.
+Interpolation partners are drawn from the whole global batch through
 `all_gather`; its transpose (a reduce-scatter) routes their gradients back.
 """
 import dataclasses
@@ -54,9 +59,14 @@ class AMAState:
 
 @flax.struct.dataclass
 class TrainData:
-  """The training set, kept on the devices for the whole run."""
-  images: jax.Array  # [N, H, W, C] float32 in [-1, 1].
-  labels: jax.Array  # [N] int32: 0 normal, 1 labelled anomaly.
+  """One epoch's rows of each device, in the order its steps take them.
+
+  Leading axis: the local devices (from `epoch_data`); inside the step, a
+  device sees [steps_per_epoch * local_batch, ...] rows, step i of the epoch
+  taking rows [i * local_batch, (i + 1) * local_batch).
+  """
+  images: jax.Array  # [..., H, W, C] float32 in [-1, 1].
+  labels: jax.Array  # [...] int32: 0 normal, 1 labelled anomaly.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +74,6 @@ class StepSettings:
   """Static (compile-time) settings of `train_step`, hashable."""
   local_batch: int
   steps_per_epoch: int
-  num_train: int
   n_critic: int = 1
   lambda_inter: float = 0.5
   num_inter: int = 3
@@ -81,10 +90,10 @@ class StepSettings:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, *, local_batch: int,
-                  steps_per_epoch: int, num_train: int) -> 'StepSettings':
+                  steps_per_epoch: int) -> 'StepSettings':
     return cls(
         local_batch=local_batch, steps_per_epoch=steps_per_epoch,
-        num_train=num_train, n_critic=config.train.n_critic,
+        n_critic=config.train.n_critic,
         lambda_inter=config.loss.lambda_inter,
         num_inter=config.loss.num_inter,
         detach_inter=config.loss.detach_inter,
@@ -177,18 +186,15 @@ def _row_keys(step_rng: PRNGKey, global_rows: jax.Array, name: int
 _NEGATIVES, _ALPHA, _PARTNERS, _GP = 0, 1, 2, 3
 
 
-def _gather_batch(data: TrainData, data_rng: PRNGKey, step: jax.Array,
-                  s: StepSettings) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """This device's rows of the global batch, by index, inside compiled code."""
-  num_devices = lax.psum(1, AXIS)
-  global_batch = s.local_batch * num_devices
-  epoch, i = step // s.steps_per_epoch, step % s.steps_per_epoch
-  perm = jax.random.permutation(jax.random.fold_in(data_rng, epoch),
-                                s.num_train)
+def _take_batch(data: TrainData, step: jax.Array, s: StepSettings
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """This device's rows of the global batch and their global row numbers."""
+  start = (step % s.steps_per_epoch) * s.local_batch
   global_rows = lax.axis_index(AXIS) * s.local_batch + jnp.arange(
       s.local_batch)
-  idx = perm[i * global_batch + global_rows]
-  return data.images[idx], data.labels[idx], global_rows
+  return (lax.dynamic_slice_in_dim(data.images, start, s.local_batch),
+          lax.dynamic_slice_in_dim(data.labels, start, s.local_batch),
+          global_rows)
 
 
 def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
@@ -284,15 +290,15 @@ def _critic_pairs(x, x_all, x_rec, x_inter, anchors, with_real: bool):
   return jnp.concatenate(lefts), jnp.concatenate(rights)
 
 
-def train_step(state: AMAState, data: TrainData, rngs: tuple[PRNGKey, PRNGKey],
-               *, ae_model, critic_model, settings: StepSettings,
+def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
+               ae_model, critic_model, settings: StepSettings,
                negatives: bool) -> tuple[AMAState, Metrics]:
   """One AMA iteration on this device's share of the global batch.
 
   Args:
     state: the unreplicated training state (identical on all devices).
-    data: the training set (this device's copy).
-    rngs: (train_rng, data_rng) base keys from the config seed.
+    data: this device's rows of the current epoch (`epoch_data`).
+    train_rng: base key of the step's random terms, from the config seed.
     ae_model, critic_model: the flax modules (static).
     settings: static settings (`StepSettings`).
     negatives: static; True once atypical selection has started.
@@ -301,10 +307,9 @@ def train_step(state: AMAState, data: TrainData, rngs: tuple[PRNGKey, PRNGKey],
     (new state, metrics) where every metric is a global value.
   """
   s = settings
-  train_rng, data_rng = rngs
   step = state.step
   step_rng = jax.random.fold_in(train_rng, step)
-  x, labels, global_rows = _gather_batch(data, data_rng, step, s)
+  x, labels, global_rows = _take_batch(data, step, s)
   b = s.local_batch
   # Official code's labels: +1 normal, -lambda_neg for (real or synthetic)
   # anomalies; the sign flip turns "reconstruct" into "don't reconstruct".
@@ -427,15 +432,14 @@ def train_step(state: AMAState, data: TrainData, rngs: tuple[PRNGKey, PRNGKey],
   return AMAState(ae=ae, critic=critic), metrics
 
 
-def train_steps(state: AMAState, data: TrainData,
-                rngs: tuple[PRNGKey, PRNGKey], *, num_steps: int,
-                **kwargs) -> tuple[AMAState, Metrics]:
-  """`num_steps` train steps in one compiled call; metrics averaged."""
+def train_steps(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
+                num_steps: int, **kwargs) -> tuple[AMAState, Metrics]:
+  """`num_steps` train steps (of one epoch) in one call; metrics averaged."""
   if num_steps == 1:
-    return train_step(state, data, rngs, **kwargs)
+    return train_step(state, data, train_rng, **kwargs)
 
   def body(state, _):
-    return train_step(state, data, rngs, **kwargs)
+    return train_step(state, data, train_rng, **kwargs)
 
   state, metrics = lax.scan(body, state, None, length=num_steps)
   finite = jnp.all(metrics.pop('finite'))
@@ -448,35 +452,106 @@ def make_p_train_step(ae_model, critic_model, settings: StepSettings, *,
                       per_device_state: bool = False) -> Callable:
   """Builds the pmapped (and donated) training call; build once per variant.
 
-  The returned function takes (state, data, rngs): the state and keys
-  unreplicated, the data from `replicate_data`; it returns (state, metrics),
-  both unreplicated. `per_device_state=True` returns each device's copy of
-  the state instead (leading device axis), for tests of the contract that
-  they are identical.
+  The returned function takes (state, data, train_rng): the state and key
+  unreplicated (from `replicate`), the data from `epoch_data`; it returns
+  (state, metrics), both unreplicated. `devices` (default `mesh_devices()`)
+  must be the list `epoch_data` was given; with several processes, every
+  process calls the function with the same arguments except its own data.
+  `per_device_state=True` returns each local device's copy of the state
+  instead (leading device axis), for tests of the contract that they are
+  identical.
   """
   step = functools.partial(
       train_steps, num_steps=num_steps, ae_model=ae_model,
       critic_model=critic_model, settings=settings, negatives=negatives)
   return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, None),
                   out_axes=(0 if per_device_state else None, None),
-                  donate_argnums=(0,), devices=devices)
+                  donate_argnums=(0,), devices=devices or mesh_devices())
+
+
+# ----------------------------------------------------------------------------
+# Devices and data placement.
+# ----------------------------------------------------------------------------
+def mesh_devices() -> list[jax.Device]:
+  """Every process's devices, process by process: the training step's axis.
+
+  The same list on every process (pmap's own default order); a device's
+  position in it is its `lax.axis_index(AXIS)`. One process: the local
+  devices.
+  """
+  return [d for p in range(jax.process_count())
+          for d in jax.local_devices(process_index=p)]
+
+
+def _local(devices) -> list[jax.Device]:
+  """The devices of this process among `devices`, in their order."""
+  return [d for d in devices if d.process_index == jax.process_index()]
 
 
 def replicate(tree: Any, devices=None) -> Any:
-  """Places a pytree on the devices exactly as the pmapped step returns it.
+  """Places a pytree on this process's devices as the pmapped step returns it.
 
-  The step's unreplicated outputs carry a replicated `NamedSharding`; inputs
-  placed the same way keep the step from compiling a second time.
+  The step's unreplicated outputs carry a replicated `NamedSharding` over the
+  local devices; inputs placed the same way keep the step from compiling a
+  second time (and from being copied).
   """
-  mesh = jax.sharding.Mesh(np.array(devices or jax.local_devices()), (AXIS,))
+  mesh = jax.sharding.Mesh(np.array(_local(devices or mesh_devices())),
+                           (AXIS,))
   return jax.device_put(
       tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def replicate_data(images: np.ndarray, labels: np.ndarray,
-                   devices=None) -> TrainData:
-  """Puts one copy of the training set on each local device, once."""
-  devices = devices or jax.local_devices()
-  data = TrainData(images=np.asarray(images, np.float32),
-                   labels=np.asarray(labels, np.int32))
-  return flax.jax_utils.replicate(data, devices=devices)
+@functools.partial(jax.jit, static_argnums=2)
+def _permutation(data_rng: PRNGKey, epoch: int, num_train: int) -> jax.Array:
+  return jax.random.permutation(jax.random.fold_in(data_rng, epoch),
+                                num_train)
+
+
+def epoch_order(data_rng: PRNGKey, epoch: int, num_train: int) -> np.ndarray:
+  """The order of the training set in `epoch` (a permutation of num_train).
+
+  A function of the key and the epoch only, so every process draws the same
+  one.
+  """
+  return np.asarray(_permutation(data_rng, epoch, num_train))
+
+
+def epoch_data(images: np.ndarray, labels: np.ndarray, order: np.ndarray,
+               settings: StepSettings, devices=None) -> TrainData:
+  """This process's rows of one epoch, placed on its devices.
+
+  Step i of the epoch takes the global batch order[i * B: (i + 1) * B]
+  (B = number of devices x local batch b, the remainder dropped); the device
+  at position q of `devices` takes its rows q * b ... (q + 1) * b - 1. Only
+  those rows are copied to that device, so a process's devices hold its
+  share of the epoch and nothing else, and the batch a device sees depends
+  on its position alone, not on how the devices are split over processes.
+
+  Args:
+    images: [N, H, W, C] the whole training set (host memory, the same on
+      every process).
+    labels: [N] int labels (0 normal, 1 labelled anomaly).
+    order: `epoch_order` of the epoch.
+    settings: gives the local batch and the steps per epoch.
+    devices: the training step's devices (default `mesh_devices()`).
+
+  Returns:
+    TrainData with a leading local-device axis, as `make_p_train_step`'s
+    function takes it.
+  """
+  devices = list(devices or mesh_devices())
+  b, steps = settings.local_batch, settings.steps_per_epoch
+  used = steps * b * len(devices)
+  if len(order) < used:
+    raise ValueError(f'An epoch of {steps} steps x {b * len(devices)} images '
+                     f'needs {used} training images; the order has '
+                     f'{len(order)}.')
+  local = _local(devices)
+  positions = [devices.index(d) for d in local]
+  rows = np.asarray(order[:used]).reshape(steps, len(devices), b)
+  rows = rows[:, positions].transpose(1, 0, 2).reshape(len(local), steps * b)
+  mesh = jax.sharding.Mesh(np.array(local), (AXIS,))
+  return jax.device_put(
+      TrainData(images=np.asarray(images, np.float32)[rows],
+                labels=np.asarray(labels, np.int32)[rows]),
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS)))

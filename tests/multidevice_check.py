@@ -33,17 +33,16 @@ def run(devices, per_device_state, steps=3):
   state = train.create_train_state(jax.random.key(0), config, SHAPE, 100)
   ae, critic = models.create_models(config.model, SHAPE, axis_name=train.AXIS)
   settings = train.StepSettings.from_config(
-      config, local_batch=16 // len(devices), steps_per_epoch=4,
-      num_train=num_train)
+      config, local_batch=16 // len(devices), steps_per_epoch=4)
   p_step = train.make_p_train_step(ae, critic, settings, negatives=True,
                                    devices=devices,
                                    per_device_state=per_device_state)
-  data = train.replicate_data(images, labels, devices)
-  state, rngs = train.replicate(
-      (state, (jax.random.key(1), jax.random.key(2))), devices)
+  order = train.epoch_order(jax.random.key(2), 0, num_train)
+  data = train.epoch_data(images, labels, order, settings, devices)
+  state, rng = train.replicate((state, jax.random.key(1)), devices)
   history = []
   for _ in range(steps):
-    out, metrics = p_step(state, data, rngs)
+    out, metrics = p_step(state, data, rng)
     state = (jax.tree.map(lambda a: a[0], out) if per_device_state
              else out)
     history.append(jax.device_get(metrics))

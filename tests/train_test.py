@@ -25,9 +25,9 @@ def _setup(config, num_train=64, devices=None):
                                    _SHAPE, total_steps=100)
   settings = train.StepSettings.from_config(
       config, local_batch=config.train.batch_size // len(devices),
-      steps_per_epoch=num_train // config.train.batch_size,
-      num_train=num_train)
-  data = train.replicate_data(images, labels, devices)
+      steps_per_epoch=num_train // config.train.batch_size)
+  order = train.epoch_order(jax.random.key(2), 0, num_train)
+  data = train.epoch_data(images, labels, order, settings, devices)
   return train.replicate(state, devices), settings, data, devices
 
 
@@ -41,7 +41,7 @@ class TrainStepTest(absltest.TestCase):
 
   def test_same_seed_gives_bit_identical_params_and_compiles_once(self):
     config = _tiny_config()
-    rngs = (jax.random.key(1), jax.random.key(2))
+    rng = jax.random.key(1)
     traced = chex.assert_max_traces(train.train_steps, n=1)
     finals = []
     with absltest.mock.patch.object(train, 'train_steps', traced):
@@ -54,7 +54,7 @@ class TrainStepTest(absltest.TestCase):
       for _ in range(2):  # Two runs from the same seed, one compiled step.
         state = train.replicate(initial, devices)
         for _ in range(3):
-          state, metrics = p_step(state, data, rngs)
+          state, metrics = p_step(state, data, rng)
         finals.append(jax.device_get(state))
     self.assertEqual(int(finals[0].step), 3)
     self.assertTrue(bool(metrics['finite']))
@@ -69,19 +69,44 @@ class TrainStepTest(absltest.TestCase):
     config = _tiny_config()
     ae, critic = models.create_models(config.model, _SHAPE,
                                       axis_name=train.AXIS)
-    rngs = (jax.random.key(1), jax.random.key(2))
+    rng = jax.random.key(1)
     state, settings, data, devices = _setup(config)
     one = train.make_p_train_step(ae, critic, settings, negatives=True,
                                   devices=devices)
     two = train.make_p_train_step(ae, critic, settings, negatives=True,
                                   num_steps=2, devices=devices)
-    a = one(one(state, data, rngs)[0], data, rngs)[0]
+    a = one(one(state, data, rng)[0], data, rng)[0]
     state, _, _, _ = _setup(config)
-    b = two(state, data, rngs)[0]
+    b = two(state, data, rng)[0]
     self.assertEqual(int(a.step), 2)
     self.assertEqual(int(b.step), 2)
     chex.assert_trees_all_close(jax.device_get(a.ae.params),
                                 jax.device_get(b.ae.params), atol=1e-5)
+
+
+class EpochDataTest(absltest.TestCase):
+
+  def test_each_device_gets_its_rows_of_every_global_batch_in_order(self):
+    devices = jax.local_devices()
+    self.assertLen(devices, 2)  # tests/conftest.py
+    images = np.arange(13, dtype=np.float32)[:, None, None, None] * np.ones(
+        (1, *_SHAPE), np.float32)
+    labels = np.arange(13) % 2
+    order = train.epoch_order(jax.random.key(3), 0, 13)
+    np.testing.assert_array_equal(np.sort(order), np.arange(13))
+    settings = train.StepSettings(local_batch=3, steps_per_epoch=2)
+    data = jax.device_get(train.epoch_data(images, labels, order, settings,
+                                           devices))
+    self.assertEqual(data.images.shape, (2, 6, *_SHAPE))  # 12 of 13 used.
+    for q in range(2):
+      for i in range(2):
+        rows = order[i * 6 + q * 3:i * 6 + (q + 1) * 3]
+        got = data.images[q, i * 3:(i + 1) * 3, 0, 0, 0]
+        np.testing.assert_array_equal(got, rows)
+        np.testing.assert_array_equal(data.labels[q, i * 3:(i + 1) * 3],
+                                      labels[rows])
+    with self.assertRaisesRegex(ValueError, 'needs 12 training images'):
+      train.epoch_data(images, labels, order[:11], settings, devices)
 
 
 class MultiDeviceTest(absltest.TestCase):
