@@ -127,9 +127,15 @@ def _meta(config, state, epoch, calibration, image_shape,
           val_auroc, best_val_auroc) -> dict[str, Any]:
   return {'config': checkpointing.config_to_dict(config),
           'step': int(state.step), 'epoch': epoch,
-          'image_shape': list(image_shape), 'val_auroc': float(val_auroc),
-          'best_val_auroc': float(best_val_auroc),
+          'image_shape': list(image_shape), 'val_auroc': _finite(val_auroc),
+          'best_val_auroc': _finite(best_val_auroc),
           **(calibration.to_dict() if calibration else {})}
+
+
+def _finite(value) -> Optional[float]:
+  """float(value), or None before the first validation (strict JSON)."""
+  value = float(value)
+  return value if np.isfinite(value) else None
 
 
 def _write_scalars(writer, step: int, prefix: str, values: dict) -> None:
@@ -175,7 +181,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   restored = ckpts.restore_latest(_host_target(state))
   if restored is not None:
     state, meta = restored
-    best_val_auroc = meta.get('best_val_auroc', -np.inf)
+    best_val_auroc = meta.get('best_val_auroc')
+    if best_val_auroc is None:  # Saved before the first validation.
+      best_val_auroc = -np.inf
     logging.info('Resumed from step %d of %s.', int(state.step), workdir)
   state = train.replicate(state, devices)
   start_step = int(jax.device_get(state.step))

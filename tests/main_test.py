@@ -102,6 +102,14 @@ class ResumeTest(absltest.TestCase):
       config.train.halt_after_steps = 3  # Mid-epoch, between checkpoints.
     halted = loop.train_and_evaluate(config, resumed_dir)
     self.assertEqual(int(halted.step), 3)
+    # Saved before any validation: strict JSON, None rather than -Infinity.
+    meta = checkpointing.read_meta(resumed_dir, kind='latest')
+    self.assertIsNone(meta['best_val_auroc'])
+    meta_files = list(
+        pathlib.Path(resumed_dir).glob('checkpoints/*/meta/metadata'))
+    self.assertTrue(meta_files)
+    for f in meta_files:
+      json.loads(f.read_text(), parse_constant=self.fail)
     with config.unlocked():
       config.train.halt_after_steps = None
     resumed = jax.device_get(loop.train_and_evaluate(config, resumed_dir))
