@@ -158,6 +158,10 @@ class EndToEndTest(absltest.TestCase):
           'mnist_oneclass', report_only=True,
           **{**kwargs, 'classes': ['0', '2']})
       self.assertEqual(missing['missing'], ['mnist_oneclass_2/full/seed 0'])
+      # Baselines do not need the AMA run: class 2 has them, AMA does not.
+      methods = {s['method'] for s in missing['summary'] if s['row'] == '2'}
+      self.assertEqual(methods, {'baseline:knn', 'baseline:pca',
+                                 'baseline:ocsvm'})
 
 
 def _plain(obj):
