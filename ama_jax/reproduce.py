@@ -45,6 +45,8 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from ama_jax import checkpointing
+
 PAPER_EPOCHS = 100
 METRICS = ('auroc', 'auprc_anomaly', 'auprc_normal', 'fpr80')
 METRIC_NAMES = {'auroc': 'AUROC', 'auprc_anomaly': 'AUPRC (anomaly+)',
@@ -190,18 +192,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _plain(obj: Any) -> Any:
-  """JSON round trip, so tuples and lists (and numpy scalars) compare."""
-  return json.loads(json.dumps(obj, default=_json_default))
-
-
-def _json_default(o: Any) -> Any:
-  if isinstance(o, np.integer):
-    return int(o)
-  if isinstance(o, np.floating):
-    return float(o)
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  return str(o)
+  """JSON round trip: tuples become lists, numpy values Python numbers and
+  number keys strings, so a fresh result equals its cached copy."""
+  return json.loads(json.dumps(obj, default=checkpointing.to_json))
 
 
 def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix='') -> list[str]:
@@ -223,13 +216,11 @@ def workdir_of(out: pathlib.Path, run: Run, epochs: int) -> pathlib.Path:
 def load_results(workdir: pathlib.Path,
                  config: ml_collections.ConfigDict) -> Optional[dict]:
   """The run's results.json if it exists; an error if its config differs."""
-  from ama_jax import checkpointing  # pylint: disable=g-import-not-at-top
   path = workdir / 'results.json'
   if not path.exists():
     return None
   results = json.loads(path.read_text())
-  diff = _diff(_plain(checkpointing.config_to_dict(config)),
-               results['config'])
+  diff = _diff(checkpointing.config_to_dict(config), results['config'])
   if diff:
     raise ValueError(
         f'{path} was trained with a different config:\n  '
@@ -244,8 +235,8 @@ def run_baselines_cached(out: pathlib.Path, config: ml_collections.ConfigDict,
   from ama_jax import baselines  # pylint: disable=g-import-not-at-top
   from ama_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   path = out / row_dir / f'baselines_s{config.seed}.json'
-  key = _plain({'data': config.data.to_dict(), 'seed': config.seed,
-                'methods': BASELINES})
+  key = checkpointing.to_json({'data': config.data, 'seed': config.seed,
+                              'methods': BASELINES})
   if path.exists():
     cached = json.loads(path.read_text())
     if cached['key'] == key:
@@ -259,7 +250,7 @@ def run_baselines_cached(out: pathlib.Path, config: ml_collections.ConfigDict,
   tmp = path.with_suffix('.tmp')
   tmp.write_text(json.dumps({'key': key, 'seconds': time.time() - start,
                              'results': results}, indent=2,
-                            default=_json_default))
+                            default=checkpointing.to_json))
   tmp.replace(path)
   return _plain(results)
 
@@ -448,10 +439,10 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
   num_epochs = epochs if epochs is not None else (
       run_info[0]['epochs'] if run_info else PAPER_EPOCHS)
   summary = summarize(records)
-  name = table if table in BASE_TABLES else f'{table}_{base}'
+  experiment = runs[0].base  # The table itself, or --base.
+  name = table if table == experiment else f'{table}_{base}'
   name += f'_e{num_epochs}'
-  md = markdown(table, table if table in BASE_TABLES else base, num_epochs,
-                seeds, summary, missing)
+  md = markdown(table, experiment, num_epochs, seeds, summary, missing)
   report = {
       'table': table, 'base': base, 'epochs': num_epochs,
       'seeds': list(seeds), 'overrides': dict(overrides or {}),
@@ -459,15 +450,14 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
       'baselines': [r for r in records if r['method'].startswith('baseline:')],
       'summary': [{'row': r, 'method': m, **s}
                   for (r, m), s in summary.items()],
-      'paper': {r: {m: _paper(table, base if table not in BASE_TABLES
-                              else table, r, m)
+      'paper': {r: {m: _paper(table, experiment, r, m)
                     for m in dict.fromkeys(m for _, m in summary)}
                 for r in dict.fromkeys(r for r, _ in summary)},
   }
   out.mkdir(parents=True, exist_ok=True)
   (out / f'{name}.md').write_text(md)
   (out / f'{name}.json').write_text(
-      json.dumps(report, indent=2, default=_json_default))
+      json.dumps(report, indent=2, default=checkpointing.to_json))
   logging.info('Wrote %s.{md,json}', out / name)
   print(md, flush=True)
   return report
