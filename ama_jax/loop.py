@@ -14,7 +14,9 @@ metrics and takes the same decisions (best checkpoint, halting, errors).
 All processes join checkpoint saves and restores (orbax writes from process
 0); only process 0 writes metrics, figures and results.json.
 """
+import contextlib
 import functools
+import importlib
 import json
 import os
 import pathlib
@@ -22,8 +24,6 @@ import time
 from typing import Any, Optional
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -138,6 +138,65 @@ def _finite(value) -> Optional[float]:
   return value if np.isfinite(value) else None
 
 
+class JsonlWriter:
+  """Metrics to the log and `<workdir>/metrics.jsonl`, without TensorFlow.
+
+  The subset of clu's `MetricWriter` that the loop uses; `create_writer`
+  falls back to it where clu's writers cannot be imported (they need
+  TensorFlow for TensorBoard summaries).
+  """
+
+  def __init__(self, workdir: pathlib.Path, just_logging: bool):
+    self._path = None if just_logging else workdir / 'metrics.jsonl'
+
+  def _write(self, record: dict) -> None:
+    logging.info('%s', record)
+    if self._path is not None:
+      with self._path.open('a') as f:
+        f.write(json.dumps(record, default=checkpointing.to_json) + '\n')
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    self._write({'step': int(step), **scalars})
+
+  def write_hparams(self, hparams: dict) -> None:
+    self._write({'hparams': hparams})
+
+  def flush(self) -> None:
+    pass
+
+
+class _Progress:
+  """Stand-in for clu's ReportProgress: times sections into the log."""
+
+  def __call__(self, step: int, t: Optional[float] = None) -> None:
+    del step, t
+
+  @contextlib.contextmanager
+  def timed(self, name: str):
+    t0 = time.time()
+    yield
+    logging.info('%s took %.1f s', name, time.time() - t0)
+
+
+def create_writer(workdir: pathlib.Path, is_chief: bool, total_steps: int):
+  """(writer, progress hook): clu's TensorBoard writer when TF is installed.
+
+  Without TensorFlow, clu's metric writers cannot be imported; metrics then
+  go to the log and `metrics.jsonl` (`JsonlWriter`), not to TensorBoard.
+  """
+  try:
+    metric_writers = importlib.import_module('clu.metric_writers')
+    periodic_actions = importlib.import_module('clu.periodic_actions')
+  except ImportError as e:
+    logging.warning('clu metric writers unavailable (%s): metrics go to the '
+                    'log and %s/metrics.jsonl, not TensorBoard.', e, workdir)
+    return JsonlWriter(workdir, just_logging=not is_chief), _Progress()
+  writer = metric_writers.create_default_writer(
+      str(workdir), just_logging=not is_chief)
+  return writer, periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                                 writer=writer)
+
+
 def _write_scalars(writer, step: int, prefix: str, values: dict) -> None:
   writer.write_scalars(step, {f'{prefix}/{k}': float(v)
                               for k, v in values.items()
@@ -154,10 +213,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(
-      str(workdir), just_logging=not is_chief)
-  writer.write_hparams(checkpointing.flat_hparams(config))
-
   data = _load_data(config)
   image_shape = tuple(data.image_shape)
   devices = train.mesh_devices()  # Of every process: the step's axis.
@@ -167,6 +222,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                        jax.process_count())
   num_epochs = config.train.num_epochs
   total_steps = steps_per_epoch * num_epochs
+  writer, report = create_writer(workdir, is_chief, total_steps)
+  writer.write_hparams(checkpointing.flat_hparams(config))
   logging.info('Global batch %d = %d per device x %d devices (%d local '
                'device(s) x %d process(es)); %d training images, %d '
                'steps/epoch, %d epochs.', config.train.batch_size,
@@ -205,8 +262,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return p_steps[key]
 
   train_rng = train.replicate(train_rng, devices)
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps,
-                                           writer=writer)
   hooks = [report]
   calibration = None
   val_auroc = -np.inf

@@ -65,11 +65,8 @@ def multihost() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from ama_jax import malloc_tuning  # pylint: disable=g-import-not-at-top
-  malloc_tuning.tune()  # Before JAX's first computation (CPU speed).
-  # TFDS must not take accelerator memory from JAX.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
+  from ama_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.setup()  # Before JAX computes: malloc, TF off the GPU.
   import jax  # pylint: disable=g-import-not-at-top
   if multihost():
     # Cross-process collectives of CPU devices (GPUs and TPUs have their own).

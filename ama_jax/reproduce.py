@@ -390,25 +390,35 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
               overrides: Optional[Mapping[str, Any]] = None,
               report_only: bool = False, with_baselines: bool = True,
               baseline_seeds: Optional[Sequence[int]] = None,
-              runlocal: bool = False) -> dict[str, Any]:
+              runlocal: bool = False,
+              shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
   """Trains (or reuses) every run of `table`, then writes its report.
 
   Baselines run on the split of every (row, seed) of the table, trained or
-  not (`baseline_seeds`: only these seeds; None: all).
+  not (`baseline_seeds`: only these seeds; None: all). `shard=(i, n)`
+  trains only the missing runs whose index in `table_runs` is i modulo n, so
+  that n workers (processes on one accelerator, or jobs of a cluster) share
+  a table without training any run twice; each reports what exists, and a
+  last `report_only` call reports the whole table.
 
   Returns the JSON report; writes `<out>/<name>.md` and `<out>/<name>.json`.
   """
   from ama_jax import loop  # pylint: disable=g-import-not-at-top
   runs = table_runs(table, base, seeds, classes)
   records, run_info, missing, baseline_rows = [], [], [], {}
-  for run in runs:
+  shard_index, num_shards = shard
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f'--shard={shard_index}/{num_shards}: the index must be '
+                     f'in 0..{num_shards - 1}.')
+  for i, run in enumerate(runs):
     config = build_config(run, epochs=epochs, start_epoch=start_epoch,
                           calibration_size=calibration_size,
                           overrides=overrides or {}, runlocal=runlocal)
     num_epochs = config.train.num_epochs
     workdir = workdir_of(out, run, num_epochs)
     results = load_results(workdir, config)
-    if results is None and not report_only:
+    if (results is None and not report_only
+        and i % num_shards == shard_index):
       logging.info('Training %s -> %s', run, workdir)
       loop.train_and_evaluate(config, str(workdir))
       results = load_results(workdir, config)
@@ -489,6 +499,20 @@ _BASELINE_SEEDS = flags.DEFINE_integer(
     '0..N-1 only (None: every seed of the table).')
 _RUNLOCAL = flags.DEFINE_bool('runlocal', False,
                               'Tiny smoke-run configs (`:runlocal`).')
+_SHARD = flags.DEFINE_string(
+    'shard', '0/1', 'i/n: train only the runs whose index in the table is '
+    'i modulo n (n parallel workers; then report with --report_only).')
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  """'i/n' -> (i, n), with a clear error."""
+  try:
+    index, count = (int(t) for t in text.split('/'))
+  except ValueError:
+    raise ValueError(f'--shard={text!r}: expected i/n, e.g. 0/4.') from None
+  if count < 1 or not 0 <= index < count:
+    raise ValueError(f'--shard={text!r}: need n >= 1 and 0 <= i < n.')
+  return index, count
 
 
 def main(argv: Sequence[str]) -> None:
@@ -498,10 +522,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'--table is required; one of {TABLES}.')
   if _SEEDS.value < 1 or (_EPOCHS.value is not None and _EPOCHS.value < 1):
     raise app.UsageError('--seeds and --epochs must be at least 1.')
-  from ama_jax import malloc_tuning  # pylint: disable=g-import-not-at-top
-  malloc_tuning.tune()  # As in `ama_jax.main`: before JAX computes.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')  # TFDS leaves the GPU to JAX.
+  from ama_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.setup()  # As in `ama_jax.main`: before JAX computes.
   try:
     reproduce(_TABLE.value, base=_BASE.value, seeds=range(_SEEDS.value),
               epochs=_EPOCHS.value, out=pathlib.Path(_OUT.value),
@@ -512,7 +534,7 @@ def main(argv: Sequence[str]) -> None:
               with_baselines=_BASELINES.value,
               baseline_seeds=(None if _BASELINE_SEEDS.value is None
                               else range(_BASELINE_SEEDS.value)),
-              runlocal=_RUNLOCAL.value)
+              runlocal=_RUNLOCAL.value, shard=parse_shard(_SHARD.value))
   except ValueError as e:
     raise app.UsageError(str(e)) from None
 

@@ -480,6 +480,8 @@ def main(argv: Sequence[str],
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   fv = flag_values
+  from ama_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.setup()  # Before JAX computes: malloc, TF off the GPU.
   try:
     run(fv.workdir, fv.input, fv.output, kind=fv.kind, step=fv.step,
         batch_size=fv.batch_size)

@@ -2,6 +2,7 @@
 import json
 import pathlib
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 
@@ -84,6 +85,45 @@ class TableTest(absltest.TestCase):
       with self.assertRaisesRegex(ValueError,
                                   r'train.num_epochs: 2 \(stored\) vs 3'):
         reproduce.load_results(workdir, other)
+
+
+class ShardTest(absltest.TestCase):
+
+  def test_parse_shard(self):
+    self.assertEqual(reproduce.parse_shard('1/3'), (1, 3))
+    for bad in ('3/3', '1', 'a/b', '0/0', '-1/2'):
+      with self.assertRaisesRegex(ValueError, 'shard'):
+        reproduce.parse_shard(bad)
+
+  def test_each_shard_trains_only_its_runs(self):
+    """Workers i/n together train every run of the table exactly once."""
+    from ama_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from ama_jax import loop  # pylint: disable=g-import-not-at-top
+    trained = []
+
+    def fake_train(config, workdir):
+      trained.append(workdir)
+      pathlib.Path(workdir).mkdir(parents=True)
+      metrics = _metrics(0.5)
+      (pathlib.Path(workdir) / 'results.json').write_text(json.dumps({
+          'config': checkpointing.config_to_dict(config),
+          'test': {'last': metrics}, 'wall_time_s': 1.0, 'steps': 1,
+          'epochs': config.train.num_epochs}))
+
+    with tempfile.TemporaryDirectory() as d, mock.patch.object(
+        loop, 'train_and_evaluate', fake_train):
+      kwargs = dict(base='fmnist_mnist', seeds=[0], epochs=1,
+                    out=pathlib.Path(d), with_baselines=False)
+      report = reproduce.reproduce('ablation', shard=(1, 2), **kwargs)
+      self.assertEqual([pathlib.Path(w).parent.name for w in trained],
+                       ['no_inter', 'neither'])
+      self.assertLen(report['missing'], 2)  # full and no_neg: shard 0's.
+      reproduce.reproduce('ablation', shard=(0, 2), **kwargs)
+      self.assertLen(trained, 4)
+      final = reproduce.reproduce('ablation', report_only=True, **kwargs)
+      self.assertEqual(final['missing'], [])
+      with self.assertRaisesRegex(ValueError, 'index must be'):
+        reproduce.reproduce('ablation', shard=(2, 2), **kwargs)
 
 
 def _metrics(auroc):

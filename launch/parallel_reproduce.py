@@ -1,0 +1,166 @@
+r"""Trains the MNIST-scale reproduction runs side by side on one accelerator.
+
+  python3 launch/parallel_reproduce.py --out=runs/reproduce --budget_s=480
+
+One small AMA run leaves a large accelerator mostly idle (the MNIST models are
+a few MFLOP per image), so the runs of the tables go to parallel workers,
+each a `python -m ama_jax.reproduce ... --shard=i/n` process:
+
+  stage 1  `mnist_oneclass`, one worker per digit, `--oneclass_epochs`
+           (default: the paper's 100).
+  stage 2  `fmnist_mnist` (3 seeds) and its ablation (no interpolation, no
+           atypical selection, neither; seed 0), one worker per run, at the
+           largest epoch count of `--epoch_choices` that the measured
+           throughput says will finish within the budget (the three seeds
+           alone at the top count come before all six at fewer epochs).
+
+The throughput is measured, not assumed: once every stage-1 worker is past
+compilation, the training steps that all workers log (`metrics.jsonl`) are
+counted over `--measure_s` seconds. Workers still running when the budget
+ends are stopped (their checkpoints stay: the same command resumes them).
+The runs land where `ama_jax.reproduce` puts them, so
+`python -m ama_jax.reproduce --table=... --report_only` reports them, with
+the baselines, afterwards. Prints one JSON summary line.
+
+Progress is read from `metrics.jsonl`, which the training loop writes when
+TensorFlow (hence TensorBoard) is absent, as on the accelerator machines
+this was written for; with TensorFlow installed, pass `--steps_per_s`.
+"""
+import argparse
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Fashion-MNIST train minus 500 validation normals, batch 256 (results.json).
+FMNIST_STEPS_PER_EPOCH = 232
+ABLATION = ('no_inter', 'no_neg', 'neither')  # Runs 1-3 of the table.
+
+
+def worker(name: str, args: list[str], logs: pathlib.Path,
+           extra: list[str]) -> dict:
+  env = dict(os.environ, PYTHONUNBUFFERED='1',
+             XLA_PYTHON_CLIENT_PREALLOCATE='false')
+  log = (logs / f'{name}.log').open('w')
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'ama_jax.reproduce', '--baselines=false',
+       *args, *extra], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  return {'name': name, 'proc': proc, 'start': time.time(), 'args': args}
+
+
+def logged_step(workdir: pathlib.Path) -> int:
+  """The last training step a run logged (0 before its first flush)."""
+  path = workdir / 'metrics.jsonl'
+  if not path.exists():
+    return 0
+  steps = [json.loads(line).get('step', 0)
+           for line in path.read_text().splitlines() if line.strip()]
+  return max(steps, default=0)
+
+
+def steps_per_epoch(log: pathlib.Path) -> int:
+  match = re.search(r'(\d+) steps/epoch', log.read_text())
+  return int(match.group(1)) if match else 0
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', default='runs/reproduce')
+  parser.add_argument('--budget_s', type=float, required=True,
+                      help='Wall-clock seconds from start to the last stop.')
+  parser.add_argument('--oneclass_epochs', type=int, default=100)
+  parser.add_argument('--epoch_choices', default='100,75,50,40,30,20,10,5')
+  parser.add_argument('--measure_s', type=float, default=30.0)
+  parser.add_argument('--compile_s', type=float, default=90.0,
+                      help='Allowance for stage 2 start-up and compilation.')
+  parser.add_argument('--final_s', type=float, default=45.0,
+                      help='Allowance for final evaluation and writing.')
+  parser.add_argument('--steps_per_s', type=float, default=None,
+                      help='Aggregate rate to plan with, instead of measuring.')
+  parser.add_argument('--worker_flag', action='append', default=[],
+                      help='Extra flag for every worker (repeat), e.g. '
+                      '--worker_flag=--runlocal for a smoke test.')
+  args = parser.parse_args()
+  t0 = time.time()
+  deadline = t0 + args.budget_s
+  out = pathlib.Path(args.out).resolve()
+  logs = out / 'logs'
+  logs.mkdir(parents=True, exist_ok=True)
+  e1 = args.oneclass_epochs
+  workers = [worker(f'oneclass_{c}', [
+      '--table=mnist_oneclass', '--seeds=1', f'--epochs={e1}',
+      f'--classes={c}', f'--out={out}'], logs, args.worker_flag)
+             for c in range(10)]
+  dirs = [out / f'mnist_oneclass_{c}' / 'full' / f'e{e1}_s0'
+          for c in range(10)]
+
+  # Measure the aggregate rate once every worker is past compilation.
+  # Logged steps move in jumps (one flush per `log.every_steps`), so the
+  # window lasts at least `measure_s` and until they have moved.
+  rate, start = args.steps_per_s, None
+  while rate is None and time.time() < deadline - 60:
+    time.sleep(2)
+    running = [d for d, w in zip(dirs, workers) if w['proc'].poll() is None]
+    if start is None and all(map(logged_step, running)):
+      start = (sum(map(logged_step, dirs)), time.time())
+    elif start is not None and time.time() - start[1] >= args.measure_s:
+      moved = sum(map(logged_step, dirs)) - start[0]
+      if moved or not running:
+        rate = moved / (time.time() - start[1])
+  stage1_need = sum(
+      max(0, e1 * steps_per_epoch(logs / f'{w["name"]}.log') - logged_step(d))
+      for d, w in zip(dirs, workers) if w['proc'].poll() is None)
+  capacity = (rate or 0) * (deadline - time.time() - args.compile_s
+                            - args.final_s) - stage1_need
+  # Preference: all six runs at the most epochs; the three seeds alone at
+  # the most epochs; then six, then three, at fewer.
+  choices = sorted(map(int, args.epoch_choices.split(',')), reverse=True)
+  plans = [(6, choices[0]), (3, choices[0])] + [
+      (n, e) for n in (6, 3) for e in choices[1:]]
+  runs, epochs = next(((n, e) for n, e in plans
+                       if n * FMNIST_STEPS_PER_EPOCH * e <= capacity),
+                      (0, None))
+  if epochs:
+    workers += [worker(f'fmnist_s{s}', [
+        '--table=fmnist_mnist', '--seeds=3', f'--epochs={epochs}',
+        f'--shard={s}/3', f'--out={out}'], logs, args.worker_flag)
+                for s in range(3)]
+    if runs == 6:
+      workers += [worker(f'ablation_{v}', [
+          '--table=ablation', '--base=fmnist_mnist', '--seeds=1',
+          f'--epochs={epochs}', f'--shard={i}/4', f'--out={out}'], logs,
+                                  args.worker_flag)
+                  for i, v in enumerate(ABLATION, start=1)]
+
+  while time.time() < deadline and any(w['proc'].poll() is None
+                                       for w in workers):
+    time.sleep(2)
+    for w in workers:
+      if 'end' not in w and w['proc'].poll() is not None:
+        w['end'] = time.time()
+  for w in workers:
+    if w['proc'].poll() is None:
+      w['proc'].send_signal(signal.SIGTERM)
+  for w in workers:
+    try:
+      w['proc'].wait(timeout=15)
+    except subprocess.TimeoutExpired:
+      w['proc'].kill()
+      w['proc'].wait()
+  print(json.dumps({
+      'aggregate_steps_per_s': rate, 'stage1_steps_left': stage1_need,
+      'oneclass_epochs': e1, 'fmnist_epochs': epochs, 'stage2_runs': runs,
+      'elapsed_s': round(time.time() - t0, 1),
+      'workers': [{'name': w['name'], 'rc': w['proc'].returncode,
+                   'wall_s': round(w.get('end', time.time())
+                                   - w['start'], 1)}
+                  for w in workers]}), flush=True)
+
+
+if __name__ == '__main__':
+  main()

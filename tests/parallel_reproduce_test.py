@@ -1,0 +1,36 @@
+"""Tests of the progress readers of `launch/parallel_reproduce.py`."""
+import importlib.util
+import json
+import pathlib
+import tempfile
+
+from absl.testing import absltest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / 'launch'
+_SPEC = importlib.util.spec_from_file_location(
+    'parallel_reproduce', _PATH / 'parallel_reproduce.py')
+launcher = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(launcher)
+
+
+class ProgressTest(absltest.TestCase):
+
+  def test_logged_step_and_steps_per_epoch(self):
+    with tempfile.TemporaryDirectory() as d:
+      workdir = pathlib.Path(d)
+      self.assertEqual(launcher.logged_step(workdir), 0)  # Not started.
+      (workdir / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in (
+          {'hparams': {}}, {'step': 50, 'train/loss': 1.0},
+          {'step': 44, 'val/auroc': 0.5})) + '\n')
+      self.assertEqual(launcher.logged_step(workdir), 50)
+      log = workdir / 'w.log'
+      log.write_text('I loop.py] Global batch 256 = 256 per device x 1 '
+                     'devices; 5823 training images, 22 steps/epoch, 50 '
+                     'epochs.\n')
+      self.assertEqual(launcher.steps_per_epoch(log), 22)
+      log.write_text('still loading\n')
+      self.assertEqual(launcher.steps_per_epoch(log), 0)
+
+
+if __name__ == '__main__':
+  absltest.main()
