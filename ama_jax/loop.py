@@ -305,7 +305,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         train.epoch_order(data_rng, epoch, num_train), settings, devices)
     while step < epoch_end:
       n = k if step + k <= epoch_end else 1
+      new_variant = (negatives, n) not in p_steps
+      t_call = time.time()
       state, metrics = p_step(negatives, n)(state, epoch_data, train_rng)
+      if new_variant:  # One sync per variant: compile time in the log.
+        jax.block_until_ready(metrics)
+        logging.info('Training step (negatives=%s, %d step(s) per call) '
+                     'compiled and ran once in %.1f s.', negatives, n,
+                     time.time() - t_call)
       step += n
       pending.append((step, metrics))
       for hook in hooks:

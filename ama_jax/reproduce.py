@@ -96,6 +96,11 @@ PAPER_TABLE5 = {  # AUROC, Table 5 (a) fmnist_mnist, (b) cifar_svhn.
     'cifar_svhn': {'no_inter': 0.935, 'full': 0.895,
                    'sipple_no_inter': 0.852, 'sipple': 0.819},
 }
+# Which anomaly score AMA's rows report: the paper's calibrated score
+# (R - mu)^2 / (2 sigma^2), the raw mirrored critic output R(x), or, per
+# run, whichever of the two has the higher validation AUROC at the selected
+# checkpoint (a choice on validation only).
+SCORES = ('calibrated', 'raw', 'val')
 BASE_TABLES = ('mnist_oneclass', 'cifar_oneclass', 'fmnist_mnist',
                'cifar_svhn')
 TABLE_VARIANTS = {'ablation': ('full', 'no_inter', 'no_neg', 'neither'),
@@ -321,6 +326,27 @@ def _paper(table: str, base: str, row: str, method: str) -> dict[str, float]:
   return dict(PAPER.get(base, {}).get(row, {}))
 
 
+def pick_score(results: Mapping[str, Any],
+               score: str) -> tuple[dict[str, Any], str]:
+  """(test metrics, score kind) of a run's selected checkpoint.
+
+  `score`: 'calibrated' (the paper's), 'raw' (R(x)), or 'val' (the one with
+  the higher validation AUROC of that checkpoint; ties keep calibrated).
+  """
+  if score not in SCORES:
+    raise ValueError(f'Unknown score {score!r}; expected one of {SCORES}.')
+  which = 'best' if 'best' in results['test'] else 'last'
+  test = results['test'][which]
+  kind = score
+  if score == 'val':
+    val = (results.get('val') or {}).get(which) or {}
+    kind = ('raw' if val.get('raw_auroc', -1.0) > val.get('auroc', -1.0)
+            else 'calibrated')
+  if kind == 'calibrated':
+    return dict(test), kind
+  return {**test, **{m: test[f'raw_{m}'] for m in METRICS}}, kind
+
+
 def method_label(method: str, epochs: int) -> str:
   if method.startswith('baseline:'):
     return f"{BASELINE_NAMES[method.split(':')[1]]} (raw pixels)"
@@ -330,8 +356,17 @@ def method_label(method: str, epochs: int) -> str:
 
 def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
              summary: Mapping[tuple[str, str], Any],
-             missing: Sequence[str]) -> str:
+             missing: Sequence[str], score: str = 'calibrated',
+             kinds: Sequence[str] = ()) -> str:
   """The table as markdown: a compact AUROC view and the full metrics."""
+  score_note = {
+      'calibrated': '',
+      'raw': ' AMA\'s score: the raw mirrored critic output R(x), not the '
+             'paper\'s calibrated score.',
+      'val': ' AMA\'s score: per run, the calibrated or the raw R(x) score, '
+             'whichever has the higher validation AUROC (chosen: '
+             f'{kinds.count("raw")} raw, {kinds.count("calibrated")} '
+             'calibrated).'}[score]
   rows = list(dict.fromkeys(r for r, _ in summary))
   methods = list(dict.fromkeys(m for _, m in summary))
   # AMA's variants first (in table order), then the baselines.
@@ -343,7 +378,7 @@ def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
            'validation AUROC; baselines: hyper-parameter chosen on '
            'validation. "paper" is the AMA paper\'s number'
            + (' (Table 5; Figs. 6 and 9 give no numbers).'
-              if table in TABLE_VARIANTS else '.'), '']
+              if table in TABLE_VARIANTS else '.') + score_note, '']
   if len(rows) > 1:  # Compact AUROC table, one line per row.
     head = ['normal class', 'paper AMA'] + [method_label(m, epochs)
                                             for m in methods]
@@ -391,7 +426,8 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
               report_only: bool = False, with_baselines: bool = True,
               baseline_seeds: Optional[Sequence[int]] = None,
               runlocal: bool = False,
-              shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+              shard: tuple[int, int] = (0, 1),
+              score: str = 'calibrated') -> dict[str, Any]:
   """Trains (or reuses) every run of `table`, then writes its report.
 
   Baselines run on the split of every (row, seed) of the table, trained or
@@ -399,7 +435,9 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
   trains only the missing runs whose index in `table_runs` is i modulo n, so
   that n workers (processes on one accelerator, or jobs of a cluster) share
   a table without training any run twice; each reports what exists, and a
-  last `report_only` call reports the whole table.
+  last `report_only` call reports the whole table. `score` picks AMA's
+  anomaly score (`pick_score`); other than 'calibrated', it is named in the
+  output files (`..._score-raw`, `..._score-val`).
 
   Returns the JSON report; writes `<out>/<name>.md` and `<out>/<name>.json`.
   """
@@ -433,11 +471,11 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
     if results is None:
       missing.append(f'{run.row_dir}/{run.variant}/seed {run.seed}')
       continue
-    chosen = results['test'].get('best', results['test']['last'])
+    chosen, kind = pick_score(results, score)
     records.append({'row': run.row, 'method': run.variant, 'seed': run.seed,
                     'test': chosen})
     run_info.append({
-        **dataclasses.asdict(run), 'workdir': str(workdir),
+        **dataclasses.asdict(run), 'workdir': str(workdir), 'score': kind,
         'wall_time_s': results['wall_time_s'], 'steps': results['steps'],
         'epochs': results['epochs'],
         'best_step': results.get('best_step'),
@@ -452,9 +490,13 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
   experiment = runs[0].base  # The table itself, or --base.
   name = table if table == experiment else f'{table}_{base}'
   name += f'_e{num_epochs}'
-  md = markdown(table, experiment, num_epochs, seeds, summary, missing)
+  if score != 'calibrated':
+    name += f'_score-{score}'
+  md = markdown(table, experiment, num_epochs, seeds, summary, missing,
+                score=score,
+                kinds=[info['score'] for info in run_info])
   report = {
-      'table': table, 'base': base, 'epochs': num_epochs,
+      'table': table, 'base': base, 'epochs': num_epochs, 'score': score,
       'seeds': list(seeds), 'overrides': dict(overrides or {}),
       'runs': run_info, 'missing': missing,
       'baselines': [r for r in records if r['method'].startswith('baseline:')],
@@ -499,6 +541,10 @@ _BASELINE_SEEDS = flags.DEFINE_integer(
     '0..N-1 only (None: every seed of the table).')
 _RUNLOCAL = flags.DEFINE_bool('runlocal', False,
                               'Tiny smoke-run configs (`:runlocal`).')
+_SCORE = flags.DEFINE_enum(
+    'score', 'calibrated', SCORES, "AMA's reported score: the paper's "
+    "'calibrated' one, 'raw' R(x), or 'val': per run, the one with the "
+    'higher validation AUROC.')
 _SHARD = flags.DEFINE_string(
     'shard', '0/1', 'i/n: train only the runs whose index in the table is '
     'i modulo n (n parallel workers; then report with --report_only).')
@@ -534,7 +580,8 @@ def main(argv: Sequence[str]) -> None:
               with_baselines=_BASELINES.value,
               baseline_seeds=(None if _BASELINE_SEEDS.value is None
                               else range(_BASELINE_SEEDS.value)),
-              runlocal=_RUNLOCAL.value, shard=parse_shard(_SHARD.value))
+              runlocal=_RUNLOCAL.value, shard=parse_shard(_SHARD.value),
+              score=_SCORE.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
 

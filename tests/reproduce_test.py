@@ -87,6 +87,27 @@ class TableTest(absltest.TestCase):
         reproduce.load_results(workdir, other)
 
 
+class ScoreTest(absltest.TestCase):
+
+  def test_pick_score(self):
+    raw = {f'raw_{k}': v for k, v in _metrics(0.9).items()}
+    results = {'test': {'best': {**_metrics(0.7), **raw},
+                        'last': _metrics(0.1)},
+               'val': {'best': {'auroc': 0.8, 'raw_auroc': 0.85}}}
+    test, kind = reproduce.pick_score(results, 'calibrated')
+    self.assertEqual((test['auroc'], kind), (0.7, 'calibrated'))
+    test, kind = reproduce.pick_score(results, 'raw')
+    self.assertEqual((test['auroc'], test['fpr80'], kind),
+                     (0.9, _metrics(0.9)['fpr80'], 'raw'))
+    _, kind = reproduce.pick_score(results, 'val')  # Raw wins validation.
+    self.assertEqual(kind, 'raw')
+    results['val']['best']['raw_auroc'] = 0.8  # A tie keeps the paper's.
+    test, kind = reproduce.pick_score(results, 'val')
+    self.assertEqual((test['auroc'], kind), (0.7, 'calibrated'))
+    with self.assertRaisesRegex(ValueError, 'Unknown score'):
+      reproduce.pick_score(results, 'test')
+
+
 class ShardTest(absltest.TestCase):
 
   def test_parse_shard(self):
@@ -122,6 +143,11 @@ class ShardTest(absltest.TestCase):
       self.assertLen(trained, 4)
       final = reproduce.reproduce('ablation', report_only=True, **kwargs)
       self.assertEqual(final['missing'], [])
+      raw = reproduce.reproduce('ablation', report_only=True, score='val',
+                                **kwargs)  # No raw metrics in val: calibrated.
+      self.assertEqual({r['score'] for r in raw['runs']}, {'calibrated'})
+      self.assertTrue((pathlib.Path(d) /
+                       'ablation_fmnist_mnist_e1_score-val.md').exists())
       with self.assertRaisesRegex(ValueError, 'index must be'):
         reproduce.reproduce('ablation', shard=(2, 2), **kwargs)
 
