@@ -444,10 +444,7 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
   from ama_jax import loop  # pylint: disable=g-import-not-at-top
   runs = table_runs(table, base, seeds, classes)
   records, run_info, missing, baseline_rows = [], [], [], {}
-  shard_index, num_shards = shard
-  if not 0 <= shard_index < num_shards:
-    raise ValueError(f'--shard={shard_index}/{num_shards}: the index must be '
-                     f'in 0..{num_shards - 1}.')
+  shard_index, num_shards = check_shard(*shard)
   for i, run in enumerate(runs):
     config = build_config(run, epochs=epochs, start_epoch=start_epoch,
                           calibration_size=calibration_size,
@@ -550,15 +547,21 @@ _SHARD = flags.DEFINE_string(
     'i modulo n (n parallel workers; then report with --report_only).')
 
 
+def check_shard(index: int, count: int) -> tuple[int, int]:
+  """(i, n) unchanged if 0 <= i < n (hence n >= 1); else a clear error."""
+  if not 0 <= index < count:
+    raise ValueError(f'--shard={index}/{count}: the index must be in '
+                     f'0..n-1 with n >= 1.')
+  return index, count
+
+
 def parse_shard(text: str) -> tuple[int, int]:
   """'i/n' -> (i, n), with a clear error."""
   try:
     index, count = (int(t) for t in text.split('/'))
   except ValueError:
     raise ValueError(f'--shard={text!r}: expected i/n, e.g. 0/4.') from None
-  if count < 1 or not 0 <= index < count:
-    raise ValueError(f'--shard={text!r}: need n >= 1 and 0 <= i < n.')
-  return index, count
+  return check_shard(index, count)
 
 
 def main(argv: Sequence[str]) -> None:

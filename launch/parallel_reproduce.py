@@ -50,7 +50,7 @@ def worker(name: str, args: list[str], logs: pathlib.Path,
   proc = subprocess.Popen(
       [sys.executable, '-m', 'ama_jax.reproduce', '--baselines=false',
        *args, *extra], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-  return {'name': name, 'proc': proc, 'start': time.time(), 'args': args}
+  return {'name': name, 'proc': proc, 'start': time.time()}
 
 
 def logged_step(workdir: pathlib.Path) -> int:
