@@ -238,19 +238,21 @@ class ModelsTest(parameterized.TestCase):
         _assert_close(f(x, kernel), y_ref)
         jax.tree.map(_assert_close, value_and_grads(f), expected)
 
-  def test_conv_impls_agree_on_second_derivatives(self):
-    # The gradient penalty differentiates the critic's input gradient.
+  # The gradient penalty differentiates the critic's input gradient (for
+  # 'rowgrad', its custom backward pass).
+  @parameterized.parameters(
+      (models.conv_4x4_s2, 4, 'im2col'), (models.conv_same, 3, 'rowgrad'))
+  def test_conv_impls_agree_on_second_derivatives(self, conv, k, impl):
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 16))
-    kernel = jax.random.normal(jax.random.key(1), (4, 4, 16, 8)) / 8
+    kernel = jax.random.normal(jax.random.key(1), (k, k, 16, 8)) / (2 * k)
 
     def penalty_grad(impl):
-      def penalty(k):
-        dx = jax.grad(lambda x: jnp.sum(jnp.tanh(
-            models.conv_4x4_s2(x, k, impl))))(x)
+      def penalty(w):
+        dx = jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, w, impl))))(x)
         return jnp.sum(dx**2)
       return jax.grad(penalty)(kernel)
 
-    _assert_close(penalty_grad('im2col'), penalty_grad('lax'))
+    _assert_close(penalty_grad(impl), penalty_grad('lax'))
 
   def test_conv_layer_matches_nn_conv_variables_and_values(self):
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 16))
@@ -267,6 +269,70 @@ class ModelsTest(parameterized.TestCase):
         _assert_close(layer.apply(params, x), ref.apply(params, x))
     with self.assertRaisesRegex(ValueError, 'im2col'):
       models.conv_4x4_s2(x, params['params']['kernel'], 'fft')
+
+  # k x k stride-1 'SAME' convolutions of the cifar ResNets: the heavy
+  # 128/256-channel shapes at test size, 1x1 shortcuts, a non-square input.
+  @parameterized.parameters(((2, 8, 8, 16), 3, 16), ((2, 6, 10, 5), 3, 7),
+                            ((2, 8, 8, 16), 1, 12), ((1, 5, 5, 3), 5, 4))
+  def test_conv_same_impls_match_lax_conv_with_gradients(self, shape, k,
+                                                         c_out):
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], shape)
+    kernel = jax.random.normal(keys[1], (k, k, shape[-1], c_out)) / (
+        k * np.sqrt(shape[-1]))
+    g = jax.random.normal(keys[2], (*shape[:3], c_out))
+
+    def value_and_grads(impl):
+      return jax.value_and_grad(
+          lambda x, w: jnp.sum(g * jnp.sin(models.conv_same(x, w, impl))),
+          argnums=(0, 1))(x, kernel)
+
+    expected = value_and_grads('lax')
+    for impl in ('rowgrad', 'dot') if k == 1 else ('rowgrad',):
+      with self.subTest(impl):
+        jax.tree.map(_assert_close, value_and_grads(impl), expected)
+
+  @parameterized.product(resample=('none', 'up', 'pool'), k=(1, 3),
+                         c_in=(4, 16))
+  def test_conv_same_layer_fused_forms_match_composition(self, resample, k,
+                                                         c_in):
+    # 'auto' fuses the resampling into the conv (fewer multiply-adds);
+    # 'lax' is the literal conv(up(x)) / pool(conv(x)) of the official code.
+    x = jax.random.normal(jax.random.key(0), (2, 6, 8, c_in))
+    kw = dict(kernel_init=models._xavier(1.0),
+              bias_init=nn.initializers.normal(1.0))
+    ref = nn.Conv(16, (k, k), padding='SAME', **kw)
+    params = ref.init(jax.random.key(1), x)
+    layer = lambda impl: models.ConvSame(16, k, resample=resample, impl=impl,
+                                         **kw)
+    # Same names, shapes and (same keys) initial values as nn.Conv.
+    jax.tree.map(np.testing.assert_array_equal,
+                 layer('auto').init(jax.random.key(1), x), params)
+    y = ref.apply(params, models._upsample2(x) if resample == 'up' else x)
+    if resample == 'pool':
+      y = models._avg_pool2(y)
+    _assert_close(layer('lax').apply(params, x), y)
+
+    def value_and_grads(impl):
+      return jax.value_and_grad(
+          lambda p, x: jnp.sum(jnp.sin(layer(impl).apply(p, x))),
+          argnums=(0, 1))(params, x)
+
+    jax.tree.map(_assert_close, value_and_grads('auto'),
+                 value_and_grads('lax'))
+
+  def test_conv_same_rejects_bad_arguments(self):
+    x = jnp.zeros((1, 4, 4, 2))
+    with self.assertRaisesRegex(ValueError, 'odd square kernel'):
+      models.conv_same(x, jnp.zeros((2, 2, 2, 3)), 'lax')
+    with self.assertRaisesRegex(ValueError, "choose 'lax', 'rowgrad'"):
+      models.conv_same(x, jnp.zeros((3, 3, 2, 3)), 'fft')
+    with self.assertRaisesRegex(ValueError, "choose 'none', 'up' or 'pool'"):
+      models.ConvSame(3, 3, resample='down').init(jax.random.key(0), x)
+    with self.assertRaisesRegex(ValueError, "choose 'auto' or 'lax'"):
+      models.ConvSame(3, 3, impl='rowgrad').init(jax.random.key(0), x)
+    with self.assertRaisesRegex(ValueError, 'needs a 1x1 or 3x3 kernel'):
+      models.ConvSame(3, 5, resample='up').init(jax.random.key(0), x)
 
   def test_create_models_passes_axis_name_to_batch_norm(self):
     ae, _ = models.create_models(_config('cifar'), (32, 32, 3), 'batch')

@@ -84,6 +84,38 @@ class TrainStepTest(absltest.TestCase):
                                 jax.device_get(b.ae.params), atol=1e-5)
 
 
+  def test_leaving_negatives_out_of_interpolation_pairs_changes_nothing(self):
+    # Synthetic-negative rows have weight 0 in eq. (4); the step leaves
+    # their pairs out of the critic batch. With them in: the same losses
+    # and gradient norms. (Parameters are not compared: Adam's first update
+    # is ~lr * sign(g), so a rounding-level change of a near-zero gradient
+    # element moves it by up to 2 lr.)
+    for detach_inter in (True, False):  # Official code / paper.
+      config = _tiny_config()
+      config.loss.detach_inter = detach_inter
+      ae, critic = models.create_models(config.model, _SHAPE,
+                                        axis_name=train.AXIS)
+      rng = jax.random.key(1)
+      finals = []
+      for patch in (False, True):
+        state, settings, data, devices = _setup(config)
+        self.assertNotEmpty(settings.negative_rows)
+        rows = train._inter_rows(settings, True)
+        self.assertLen(rows, settings.local_batch - len(settings.negative_rows))
+        all_rows = lambda s, negatives: np.arange(s.local_batch)
+        with absltest.mock.patch.object(
+            train, '_inter_rows', all_rows if patch else train._inter_rows):
+          p_step = train.make_p_train_step(ae, critic, settings,
+                                           negatives=True, devices=devices)
+          _, metrics = p_step(state, data, rng)
+        finals.append(jax.device_get(metrics))
+      self.assertIn('critic_inter', finals[0])
+      self.assertEqual('ae_inter' in finals[0], not detach_inter)
+      with self.subTest(detach_inter=detach_inter):
+        chex.assert_trees_all_close(finals[0], finals[1], atol=1e-5,
+                                    rtol=1e-5)
+
+
 class EpochDataTest(absltest.TestCase):
 
   def test_each_device_gets_its_rows_of_every_global_batch_in_order(self):
