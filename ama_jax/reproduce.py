@@ -4,6 +4,8 @@ r"""Runs one of the paper's tables end to end and writes markdown + JSON.
   python -m ama_jax.reproduce --table=mnist_oneclass --seeds=1 --epochs=4
   python -m ama_jax.reproduce --table=ablation --base=fmnist_mnist --epochs=2
   python -m ama_jax.reproduce --table=atypical_vs_sipple --base=fmnist_mnist
+  python -m ama_jax.reproduce --table=mnist_oneclass --epochs=10 \
+      --grid=loss.lambda_gp=10,0   # lambda_gp chosen per run on validation
 
 Tables (the paper's numbers are in `PAPER`):
   mnist_oneclass      Table 1, MNIST row: each digit normal, the rest anomalous.
@@ -20,7 +22,9 @@ Every run is `ama_jax.main`'s training on the config of its row, in
 exists with the same config is reused, so an interrupted reproduction resumes
 (a partly trained run resumes from its checkpoint), and a table can be
 re-reported with `--report_only`. A workdir holding a different config is
-an error, never overwritten. The raw-pixel baselines of `ama_jax.baselines`
+an error, never overwritten. `--grid=field=v1,v2` trains every value for
+each run (a value other than the config's own in `..._s<seed>_<field>=<v>/`)
+and reports, per run, the one with the best validation AUROC. The raw-pixel baselines of `ama_jax.baselines`
 (kNN, PCA, OC-SVM, each hyper-parameter chosen on validation) run on exactly
 the same split (same data config and seed) and are cached beside the runs.
 
@@ -34,6 +38,7 @@ import ast
 from collections.abc import Mapping, Sequence
 import dataclasses
 import importlib
+import itertools
 import json
 import pathlib
 import time
@@ -214,8 +219,57 @@ def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix='') -> list[str]:
   return out
 
 
-def workdir_of(out: pathlib.Path, run: Run, epochs: int) -> pathlib.Path:
-  return out / run.row_dir / run.variant / f'e{epochs}_s{run.seed}'
+def workdir_of(out: pathlib.Path, run: Run, epochs: int,
+               tags: Sequence[str] = ()) -> pathlib.Path:
+  """`<out>/<row>/<variant>/e<epochs>_s<seed>[_<field>=<value>...]`."""
+  return out / run.row_dir / run.variant / '_'.join(
+      [f'e{epochs}_s{run.seed}', *tags])
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+  """`['loss.lambda_gp=10,0']` -> {'loss.lambda_gp': [10, 0]}, checked."""
+  grid = {}
+  for item in items:
+    key, sep, text = item.partition('=')
+    if not sep or not key or not text:
+      raise ValueError(f'--grid {item!r} must look like field=v1,v2,..., '
+                       'e.g. loss.lambda_gp=10,0.')
+    if key == 'seed' or key.startswith('data.'):
+      raise ValueError(f'--grid {key}: the data and the seed define the '
+                       'split that the choice is made on; they cannot be '
+                       'chosen on it.')
+    values = []
+    for t in text.split(','):
+      try:
+        values.append(ast.literal_eval(t))
+      except (ValueError, SyntaxError):
+        values.append(t)  # A bare string such as `cube`.
+    grid[key] = values
+  return grid
+
+
+def grid_candidates(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+  """Every combination of the grid's values, in the order given."""
+  keys = list(grid)
+  return [dict(zip(keys, values))
+          for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+  node = config
+  for p in key.split('.'):
+    node = node[p]
+  return node
+
+
+def val_auroc(results: Mapping[str, Any], score: str) -> float:
+  """Validation AUROC of the run's selected checkpoint, of the score that
+  `pick_score(results, score)` reports (-1 where not recorded)."""
+  which = 'best' if 'best' in results['test'] else 'last'
+  val = (results.get('val') or {}).get(which) or {}
+  calibrated, raw = val.get('auroc', -1.0), val.get('raw_auroc', -1.0)
+  return {'calibrated': calibrated, 'raw': raw,
+          'val': max(calibrated, raw)}[score]
 
 
 def load_results(workdir: pathlib.Path,
@@ -357,7 +411,7 @@ def method_label(method: str, epochs: int) -> str:
 def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
              summary: Mapping[tuple[str, str], Any],
              missing: Sequence[str], score: str = 'calibrated',
-             kinds: Sequence[str] = ()) -> str:
+             kinds: Sequence[str] = (), grid_note: str = '') -> str:
   """The table as markdown: a compact AUROC view and the full metrics."""
   score_note = {
       'calibrated': '',
@@ -378,7 +432,8 @@ def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
            'validation AUROC; baselines: hyper-parameter chosen on '
            'validation. "paper" is the AMA paper\'s number'
            + (' (Table 5; Figs. 6 and 9 give no numbers).'
-              if table in TABLE_VARIANTS else '.') + score_note, '']
+              if table in TABLE_VARIANTS else '.') + score_note
+           + grid_note, '']
   if len(rows) > 1:  # Compact AUROC table, one line per row.
     head = ['normal class', 'paper AMA'] + [method_label(m, epochs)
                                             for m in methods]
@@ -417,6 +472,21 @@ def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
   return '\n'.join(lines) + '\n'
 
 
+def grid_note(grid: Optional[Mapping[str, Sequence[Any]]],
+              run_info: Sequence[Mapping[str, Any]]) -> str:
+  """' AMA's <fields> chosen per run on validation ...' or ''."""
+  if not grid:
+    return ''
+  counts = {}
+  for info in run_info:
+    key = ', '.join(f'{k}={v}' for k, v in info['grid_choice'].items())
+    counts[key] = counts.get(key, 0) + 1
+  options = ' x '.join(f'{k} in {list(v)}' for k, v in grid.items())
+  chosen = '; '.join(f'{k}: {n}' for k, n in counts.items())
+  return (f' AMA\'s {options}: chosen per run, the highest validation AUROC'
+          f' (chosen: {chosen or "none yet"}).')
+
+
 def reproduce(table: str, *, base: str, seeds: Sequence[int],
               epochs: Optional[int], out: pathlib.Path,
               classes: Optional[Sequence[str]] = None,
@@ -427,7 +497,9 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
               baseline_seeds: Optional[Sequence[int]] = None,
               runlocal: bool = False,
               shard: tuple[int, int] = (0, 1),
-              score: str = 'calibrated') -> dict[str, Any]:
+              score: str = 'calibrated',
+              grid: Optional[Mapping[str, Sequence[Any]]] = None
+              ) -> dict[str, Any]:
   """Trains (or reuses) every run of `table`, then writes its report.
 
   Baselines run on the split of every (row, seed) of the table, trained or
@@ -439,24 +511,43 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
   anomaly score (`pick_score`); other than 'calibrated', it is named in the
   output files (`..._score-raw`, `..._score-val`).
 
+  `grid` ({config field: values}): every run trains each combination of
+  values (a value other than the config's own adds `_<field>=<value>` to
+  the workdir name, so the plain runs are reused), and reports the one with
+  the highest validation AUROC of the reported score (`val_auroc`; ties:
+  the first listed); the output files carry `_grid-<field>`. With a grid,
+  `shard` splits the (run, combination) pairs.
+
   Returns the JSON report; writes `<out>/<name>.md` and `<out>/<name>.json`.
   """
   from ama_jax import loop  # pylint: disable=g-import-not-at-top
   runs = table_runs(table, base, seeds, classes)
   records, run_info, missing, baseline_rows = [], [], [], {}
   shard_index, num_shards = check_shard(*shard)
+  overrides = dict(overrides or {})
+  if set(grid or {}) & set(overrides):
+    raise ValueError(f'{sorted(set(grid) & set(overrides))}: set a field '
+                     'with --override or choose it with --grid, not both.')
+  candidates = grid_candidates(grid or {})
   for i, run in enumerate(runs):
-    config = build_config(run, epochs=epochs, start_epoch=start_epoch,
-                          calibration_size=calibration_size,
-                          overrides=overrides or {}, runlocal=runlocal)
+    kw = dict(epochs=epochs, start_epoch=start_epoch,
+              calibration_size=calibration_size, runlocal=runlocal)
+    config = build_config(run, overrides=overrides, **kw)
     num_epochs = config.train.num_epochs
-    workdir = workdir_of(out, run, num_epochs)
-    results = load_results(workdir, config)
-    if (results is None and not report_only
-        and i % num_shards == shard_index):
-      logging.info('Training %s -> %s', run, workdir)
-      loop.train_and_evaluate(config, str(workdir))
-      results = load_results(workdir, config)
+    found = []  # (candidate, workdir, results) per grid combination.
+    for j, candidate in enumerate(candidates):
+      cand_config = build_config(run, overrides={**overrides, **candidate},
+                                 **kw)  # Unknown fields: a clear error.
+      tags = [f'{k}={v}' for k, v in candidate.items()
+              if _get(config, k) != v]
+      workdir = workdir_of(out, run, num_epochs, tags)
+      results = load_results(workdir, cand_config)
+      if (results is None and not report_only
+          and (i * len(candidates) + j) % num_shards == shard_index):
+        logging.info('Training %s %s -> %s', run, candidate, workdir)
+        loop.train_and_evaluate(cand_config, str(workdir))
+        results = load_results(workdir, cand_config)
+      found.append((candidate, workdir, results))
     if (with_baselines and (run.row, run.seed) not in baseline_rows
         and (baseline_seeds is None or run.seed in baseline_seeds)):
       baseline_rows[(run.row, run.seed)] = run_baselines_cached(
@@ -465,9 +556,13 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
         records.append({'row': run.row, 'method': f'baseline:{name}',
                         'seed': run.seed, 'test': res['test'],
                         'hparam': {res['hparam_name']: res['hparam']}})
-    if results is None:
-      missing.append(f'{run.row_dir}/{run.variant}/seed {run.seed}')
+    absent = [w.name for _, w, r in found if r is None]
+    if absent:
+      missing.append(f'{run.row_dir}/{run.variant}/seed {run.seed}'
+                     + (f' ({", ".join(absent)})' if grid else ''))
       continue
+    grid_val = [val_auroc(r, score) for _, _, r in found]
+    candidate, workdir, results = found[int(np.argmax(grid_val))]
     chosen, kind = pick_score(results, score)
     records.append({'row': run.row, 'method': run.variant, 'seed': run.seed,
                     'test': chosen})
@@ -480,7 +575,9 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
         'test_best': results['test'].get('best'),
         'test_last': results['test']['last'],
         'train_images_per_s': results.get('train_images_per_s'),
-        'devices': results.get('devices')})
+        'devices': results.get('devices'),
+        **({'grid_choice': candidate, 'grid_val_auroc': grid_val}
+           if grid else {})})
   num_epochs = epochs if epochs is not None else (
       run_info[0]['epochs'] if run_info else PAPER_EPOCHS)
   summary = summarize(records)
@@ -489,12 +586,15 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
   name += f'_e{num_epochs}'
   if score != 'calibrated':
     name += f'_score-{score}'
+  if grid:
+    name += '_grid-' + '-'.join(k.split('.')[-1] for k in grid)
   md = markdown(table, experiment, num_epochs, seeds, summary, missing,
                 score=score,
-                kinds=[info['score'] for info in run_info])
+                kinds=[info['score'] for info in run_info],
+                grid_note=grid_note(grid, run_info))
   report = {
       'table': table, 'base': base, 'epochs': num_epochs, 'score': score,
-      'seeds': list(seeds), 'overrides': dict(overrides or {}),
+      'seeds': list(seeds), 'overrides': overrides, 'grid': grid or {},
       'runs': run_info, 'missing': missing,
       'baselines': [r for r in records if r['method'].startswith('baseline:')],
       'summary': [{'row': r, 'method': m, **s}
@@ -542,6 +642,9 @@ _SCORE = flags.DEFINE_enum(
     'score', 'calibrated', SCORES, "AMA's reported score: the paper's "
     "'calibrated' one, 'raw' R(x), or 'val': per run, the one with the "
     'higher validation AUROC.')
+_GRID = flags.DEFINE_multi_string(
+    'grid', [], 'field=v1,v2,...: train each value for every run and report'
+    ' the one with the best validation AUROC (repeat for a product grid).')
 _SHARD = flags.DEFINE_string(
     'shard', '0/1', 'i/n: train only the runs whose index in the table is '
     'i modulo n (n parallel workers; then report with --report_only).')
@@ -584,7 +687,7 @@ def main(argv: Sequence[str]) -> None:
               baseline_seeds=(None if _BASELINE_SEEDS.value is None
                               else range(_BASELINE_SEEDS.value)),
               runlocal=_RUNLOCAL.value, shard=parse_shard(_SHARD.value),
-              score=_SCORE.value)
+              score=_SCORE.value, grid=parse_grid(_GRID.value))
   except ValueError as e:
     raise app.UsageError(str(e)) from None
 

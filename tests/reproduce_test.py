@@ -152,6 +152,70 @@ class ShardTest(absltest.TestCase):
         reproduce.reproduce('ablation', shard=(2, 2), **kwargs)
 
 
+class GridTest(absltest.TestCase):
+
+  def test_parse_grid(self):
+    self.assertEqual(
+        reproduce.parse_grid(['loss.lambda_gp=10,0', 'sampling.style=cube']),
+        {'loss.lambda_gp': [10, 0], 'sampling.style': ['cube']})
+    for bad, msg in (('loss.lambda_gp', 'field=v1,v2'),
+                     ('loss.lambda_gp=', 'field=v1,v2'),
+                     ('seed=0,1', 'cannot be chosen'),
+                     ('data.normal_classes=1,2', 'cannot be chosen')):
+      with self.assertRaisesRegex(ValueError, msg):
+        reproduce.parse_grid([bad])
+
+  def test_each_value_trains_and_the_best_on_validation_is_reported(self):
+    from ama_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from ama_jax import loop  # pylint: disable=g-import-not-at-top
+    trained = []
+
+    def fake_train(config, workdir):
+      # Digit 0 validates best without the penalty, digit 1 with it; the
+      # test AUROC tells which run was reported.
+      trained.append(pathlib.Path(workdir).name)
+      pathlib.Path(workdir).mkdir(parents=True)
+      gp, digit = config.loss.lambda_gp, config.data.normal_classes[0]
+      good = (gp == 0) == (digit == 0)
+      test = _metrics(0.6 + 0.1 * good + 0.01 * gp)
+      (pathlib.Path(workdir) / 'results.json').write_text(json.dumps({
+          'config': checkpointing.config_to_dict(config),
+          'val': {'last': {'auroc': 0.5 + 0.3 * good, 'raw_auroc': 0.1}},
+          'test': {'last': test}, 'wall_time_s': 1.0, 'steps': 1,
+          'epochs': config.train.num_epochs}))
+
+    with tempfile.TemporaryDirectory() as d, mock.patch.object(
+        loop, 'train_and_evaluate', fake_train):
+      kwargs = dict(base='mnist_oneclass', seeds=[0], epochs=1,
+                    classes=['0', '1'], out=pathlib.Path(d),
+                    with_baselines=False, grid={'loss.lambda_gp': [10, 0]})
+      # Shards split the (run, value) pairs: 1/2 trains the second value.
+      half = reproduce.reproduce('mnist_oneclass', shard=(1, 2), **kwargs)
+      self.assertEqual(trained, ['e1_s0_loss.lambda_gp=0'] * 2)
+      self.assertLen(half['missing'], 2)
+      self.assertIn('(e1_s0)', half['missing'][0])
+      report = reproduce.reproduce('mnist_oneclass', **kwargs)
+      self.assertLen(trained, 4)  # The config's own value: plain workdir.
+      self.assertEqual(trained[2:], ['e1_s0', 'e1_s0'])
+      self.assertEqual(report['missing'], [])
+      by_row = {r['row']: r for r in report['runs']}
+      self.assertEqual(by_row['0']['grid_choice'], {'loss.lambda_gp': 0})
+      self.assertEqual(by_row['1']['grid_choice'], {'loss.lambda_gp': 10})
+      self.assertEqual(by_row['0']['grid_val_auroc'], [0.5, 0.8])
+      self.assertAlmostEqual(by_row['0']['test_last']['auroc'], 0.7)
+      self.assertAlmostEqual(by_row['1']['test_last']['auroc'], 0.8)
+      md = (pathlib.Path(d) / 'mnist_oneclass_e1_grid-lambda_gp.md'
+            ).read_text()
+      self.assertIn('loss.lambda_gp in [10, 0]: chosen per run', md)
+      self.assertIn('loss.lambda_gp=0: 1; loss.lambda_gp=10: 1', md)
+      with self.assertRaisesRegex(ValueError, "Unknown config field 'loss.gp'"):
+        reproduce.reproduce('mnist_oneclass', report_only=True,
+                            **{**kwargs, 'grid': {'loss.gp': [1]}})
+      with self.assertRaisesRegex(ValueError, 'not both'):
+        reproduce.reproduce('mnist_oneclass', report_only=True,
+                            overrides={'loss.lambda_gp': 1}, **kwargs)
+
+
 def _metrics(auroc):
   return {'auroc': auroc, 'auprc_anomaly': auroc / 2,
           'auprc_normal': auroc, 'fpr80': 1 - auroc}
