@@ -24,9 +24,10 @@ exists with the same config is reused, so an interrupted reproduction resumes
 re-reported with `--report_only`. A workdir holding a different config is
 an error, never overwritten. `--grid=field=v1,v2` trains every value for
 each run (a value other than the config's own in `..._s<seed>_<field>=<v>/`)
-and reports, per run, the one with the best validation AUROC. The raw-pixel baselines of `ama_jax.baselines`
-(kNN, PCA, OC-SVM, each hyper-parameter chosen on validation) run on exactly
-the same split (same data config and seed) and are cached beside the runs.
+and reports, per run, the one with the best validation AUROC. The raw-pixel
+baselines of `ama_jax.baselines` (kNN, PCA, OC-SVM, each hyper-parameter
+chosen on validation) run on exactly the same split (same data config and
+seed) and are cached beside the runs.
 
 AMA's reported numbers are the test metrics of the checkpoint with the best
 validation AUROC (`results.json['test']['best']`); the test split plays no
