@@ -142,17 +142,33 @@ def conv_transpose_4x4_s2(x: Array, kernel: Array, impl: str) -> Array:
   #   r = 0: xp[m] @ k[3] + xp[m + 1] @ k[1]   (window start t = m)
   #   r = 1: xp[m + 1] @ k[2] + xp[m + 2] @ k[0]   (window start t = m + 1)
   # so tap a of phase r is k[3 - 2a - r] = k[::-1][2a + r], in both axes.
-  b, h, w, c_in = x.shape
-  c_out = kernel.shape[-1]
+  c_in, c_out = kernel.shape[2:]
   k = kernel[::-1, ::-1].reshape(2, 2, 2, 2, c_in, c_out)  # a, r, b, s, i, o
-  k = k.transpose(0, 2, 4, 1, 3, 5).reshape(4 * c_in, 4 * c_out)
+  return _phase_matmul(x, k.transpose(0, 2, 4, 1, 3, 5))
+
+
+def _phase_matmul(x: Array, k: Array) -> Array:
+  """Sub-pixel x2 upsampling by 2x2 phase correlations, as one matmul.
+
+  Args:
+    x: [b, h, w, c_in].
+    k: [2 (a), 2 (b), c_in, 2 (r), 2 (s), c_out]: tap (a, b) of output
+      phase (r, s), whose window for output (2m + r, 2n + s) starts at
+      (m + r, n + s) of x padded by 1.
+
+  Returns:
+    [b, 2h, 2w, c_out]: out[2m + r, 2n + s] = z[m + r, n + s, r, s] with z
+    the [b (h+1) (w+1), 4 c_in] 2x2 patches times k as [4 c_in, 4 c_out].
+  """
+  b, h, w, c_in = x.shape
+  c_out = k.shape[-1]
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   patches = jnp.concatenate(
       [xp[:, a : a + h + 1, c : c + w + 1] for a in (0, 1) for c in (0, 1)],
       axis=-1,
   )  # [b, h + 1, w + 1, (a, b, c_in)]
-  z = jnp.dot(patches, k).reshape(b, h + 1, w + 1, 2, 2, c_out)
-  # out[2m + r, 2n + s] = z[m + r, n + s, r, s].
+  z = jnp.dot(patches, k.reshape(4 * c_in, 4 * c_out))
+  z = z.reshape(b, h + 1, w + 1, 2, 2, c_out)
   rows = [
       jnp.stack([z[:, r : r + h, s : s + w, r, s] for s in (0, 1)], axis=3)
       for r in (0, 1)
@@ -334,8 +350,6 @@ def upsample2_conv3x3(x: Array, kernel: Array) -> Array:
   if kernel.shape[:2] != (3, 3):
     raise ValueError(
         f'upsample2_conv3x3 needs a 3x3 kernel, got {kernel.shape}.')
-  b, h, w, c_in = x.shape
-  c_out = kernel.shape[-1]
   # taps[r][a]: the kernel rows summed into tap a of phase r.
   taps = (((0,), (1, 2)), ((0, 1), (2,)))
 
@@ -346,16 +360,7 @@ def upsample2_conv3x3(x: Array, kernel: Array) -> Array:
 
   k = jnp.stack([jnp.stack([phase_kernel(r, s) for s in (0, 1)])
                  for r in (0, 1)])  # [r, s, a, b, i, o]
-  k = k.transpose(2, 3, 4, 0, 1, 5).reshape(4 * c_in, 4 * c_out)
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  patches = jnp.concatenate(
-      [xp[:, a:a + h + 1, c:c + w + 1] for a in (0, 1) for c in (0, 1)],
-      axis=-1)  # [b, h + 1, w + 1, (a, b, c_in)]
-  z = jnp.dot(patches, k).reshape(b, h + 1, w + 1, 2, 2, c_out)
-  # Phase r's window for output row 2m + r starts at xp row m + r.
-  rows = [jnp.stack([z[:, r:r + h, s:s + w, r, s] for s in (0, 1)], axis=3)
-          for r in (0, 1)]  # each [b, h, w, 2 (s), c_out]
-  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c_out)
+  return _phase_matmul(x, k.transpose(2, 3, 4, 0, 1, 5))
 
 
 def _auto_conv_impl(c_in: int) -> str:
