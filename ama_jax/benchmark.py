@@ -126,6 +126,7 @@ def run_ours() -> dict:
       'n_critic': FLAGS.n_critic, 'paper_inter': FLAGS.paper_inter,
       'train_img_per_s': images_per_call / statistics.median(times),
       'train_step_s_median': statistics.median(times) / FLAGS.steps_per_call,
+      'train_call_s': [round(t, 3) for t in times],
       'score_img_per_s': FLAGS.score_batches * FLAGS.batch / score_s,
       'compile_s': compile_s, 'peak_memory_mb': _peak_memory_mb(),
       'device_kind': devices[0].device_kind, 'device_count': len(devices),

@@ -167,7 +167,7 @@ def _phase_matmul(x: Array, k: Array) -> Array:
       [xp[:, a : a + h + 1, c : c + w + 1] for a in (0, 1) for c in (0, 1)],
       axis=-1,
   )  # [b, h + 1, w + 1, (a, b, c_in)]
-  z = jnp.dot(patches, k.reshape(4 * c_in, 4 * c_out))
+  z = _patch_matmul(patches, k.reshape(4 * c_in, 4 * c_out))
   z = z.reshape(b, h + 1, w + 1, 2, 2, c_out)
   rows = [
       jnp.stack([z[:, r : r + h, s : s + w, r, s] for s in (0, 1)], axis=3)
@@ -175,6 +175,47 @@ def _phase_matmul(x: Array, k: Array) -> Array:
   ]  # each [b, h, w, 2 (s), c_out]
   y = jnp.stack(rows, axis=2)  # [b, h, 2 (r), w, 2 (s), c_out]
   return y.reshape(b, 2 * h, 2 * w, c_out)
+
+
+def _patch_matmul(patches: Array, k: Array) -> Array:
+  """patches [..., n] @ k [n, o], for the im2col / sub-pixel layers.
+
+  The same product as `jnp.dot`. On CPU its kernel gradient, a reduction
+  over all rows, is taken as a row-major [small, rows] @ [rows, large]
+  matmul with the smaller operand transposed into a fresh buffer: XLA:CPU
+  otherwise emits it as a dot contracting both operands' leading dimension,
+  which runs at about half the speed of its ordinary matmul (measured on
+  one core: the cifar critic's [2048, 128] kernel gradient over 77k rows,
+  0.86 s -> 0.51 s).
+  """
+  if jax.default_backend() != 'cpu':
+    return jnp.dot(patches, k)
+  return _patch_matmul_cpu(patches, k)
+
+
+@jax.custom_vjp
+def _patch_matmul_cpu(patches: Array, k: Array) -> Array:
+  return jnp.dot(patches, k)
+
+
+def _patch_matmul_fwd(patches, k):
+  return jnp.dot(patches, k), (patches, k)
+
+
+def _patch_matmul_bwd(res, g):
+  patches, k = res
+  p2 = patches.reshape(-1, patches.shape[-1])
+  g2 = g.reshape(-1, g.shape[-1])
+  # The barriers keep XLA from folding the transposes back into the dot.
+  if g2.shape[1] <= p2.shape[1]:
+    gt = lax.optimization_barrier(g2.T)
+    dk = lax.optimization_barrier(jnp.dot(gt, p2)).T
+  else:
+    dk = jnp.dot(lax.optimization_barrier(p2.T), g2)
+  return jnp.dot(g, k.T), dk
+
+
+_patch_matmul_cpu.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
 
 
 def conv_4x4_s2(x: Array, kernel: Array, impl: str) -> Array:
@@ -217,7 +258,7 @@ def conv_4x4_s2(x: Array, kernel: Array, impl: str) -> Array:
   patches = jnp.concatenate(
       [s[:, a : a + ho, c : c + wo] for a in (0, 1) for c in (0, 1)],
       axis=-1)  # [b, ho, wo, (a, b, r, s, c_in)]
-  return jnp.dot(patches, k)
+  return _patch_matmul(patches, k)
 
 
 def _conv_same_lax(x: Array, kernel: Array) -> Array:

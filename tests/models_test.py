@@ -254,6 +254,28 @@ class ModelsTest(parameterized.TestCase):
 
     _assert_close(penalty_grad(impl), penalty_grad('lax'))
 
+  # Both operand orders of the CPU kernel gradient (narrow and wide
+  # outputs), first and second derivatives (the gradient penalty).
+  @parameterized.parameters((24, 5), (5, 24))
+  def test_patch_matmul_matches_dot_with_derivatives(self, n, o):
+    keys = jax.random.split(jax.random.key(0), 3)
+    p = jax.random.normal(keys[0], (3, 4, 5, n))
+    k = jax.random.normal(keys[1], (n, o)) / np.sqrt(n)
+    g = jax.random.normal(keys[2], (3, 4, 5, o))
+
+    def derivatives(matmul):
+      def loss(p, k):
+        return jnp.sum(g * jnp.sin(matmul(p, k)))
+
+      def penalty(k):  # Squared input gradient, differentiated in k.
+        return jnp.sum(jax.grad(loss)(p, k) ** 2)
+
+      return (jax.value_and_grad(loss, argnums=(0, 1))(p, k),
+              jax.grad(penalty)(k))
+
+    jax.tree.map(_assert_close, derivatives(models._patch_matmul),
+                 derivatives(jnp.dot))
+
   def test_conv_layer_matches_nn_conv_variables_and_values(self):
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 16))
     kw = dict(kernel_init=models._TORCH_KERNEL_INIT,
