@@ -404,18 +404,22 @@ def upsample2_conv3x3(x: Array, kernel: Array) -> Array:
   return _phase_matmul(x, k.transpose(2, 3, 4, 0, 1, 5))
 
 
-def _auto_conv_impl(c_in: int) -> str:
-  """'im2col' for wide inputs, 'lax' for 1-2 channel images (2 CPU cores).
+def _auto_conv_impl() -> str:
+  """'im2col' at every width (measured on 2 CPU cores).
 
-  Measured in the mnist training step (batch 256, n_critic 1, WGAN-GP on,
-  jax 0.10.2, interleaved runs on a loaded machine): 'im2col' for the
-  64 -> 128 conv2 layers (encoder and critic) took the step from ~4.6 s to
-  ~3.1 s ('im2col' only at >= 512 rows: ~4.3 s); the lax weight gradient on
-  the 1280-row critic batch and the penalty's second derivative are the
-  slow parts it replaces. For conv1 (1-2 input channels) 'im2col' gained
-  nothing (~3.3 s).
+  In the mnist training step (batch 256, n_critic 1, WGAN-GP on, jax 0.10.2,
+  interleaved runs on a loaded machine) 'im2col' for the 64 -> 128 conv2
+  layers (encoder and critic) took the step from ~4.6 s to ~3.1 s: the lax
+  weight gradient on the 1280-row critic batch and the penalty's second
+  derivative are the slow parts it replaces. For conv1 (1-2 input channels)
+  it first gained nothing; once its kernel gradient became an ordinary
+  matmul (`_patch_matmul`) it did: the critic's conv1 forward + gradients on
+  1202 rows took 24 ms against lax's 68, and the step (2026-11-29, quiet
+  machine, interleaved) went from 1.11-1.16 s to 1.07-1.10 s (benchmark
+  settings) and from ~1.27-1.32 s to ~1.24-1.27 s (penalty on). cifar's
+  3- and 6-channel inputs: within noise (6.5-6.9 s either way).
   """
-  return 'im2col' if c_in >= 16 else 'lax'
+  return 'im2col'
 
 
 class Conv4x4S2(nn.Module):
@@ -439,7 +443,7 @@ class Conv4x4S2(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,))
     impl = self.impl
     if impl == 'auto':
-      impl = _auto_conv_impl(x.shape[-1])
+      impl = _auto_conv_impl()
     return conv_4x4_s2(x, kernel, impl) + bias
 
 
@@ -491,7 +495,7 @@ class ConvSame(nn.Module):
                          f'kernel, got {k}x{k}.')
       if up:
         return upsample2_conv3x3(x, kernel) + bias
-      return conv3x3_pool2(x, kernel, _auto_conv_impl(x.shape[-1])) + bias
+      return conv3x3_pool2(x, kernel, _auto_conv_impl()) + bias
     fast = (min(x.shape[-1], self.features) >= 16
             and jax.default_backend() == 'cpu')
     return conv_same(x, kernel, 'rowgrad' if fast else 'lax') + bias
