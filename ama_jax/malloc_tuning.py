@@ -1,7 +1,7 @@
 """glibc malloc settings that stop XLA:CPU from page-faulting every step.
 
 XLA:CPU allocates a call's temporaries as one large buffer (~2.6 GB for the
-cifar training step at batch 64, ~1.4 GB for mnist at batch 256) and frees
+cifar training step at batch 64, ~0.8 GB for mnist at batch 256) and frees
 it when the call ends. With glibc's defaults that buffer is a fresh mmap on
 every call, and every page of it faults again (~200k-1.3M minor faults per
 step on the 2-core dev machine). `tune()` keeps such buffers on the heap
