@@ -91,8 +91,9 @@ def run_ours() -> dict:
                                                 axis_name=train.AXIS)
   settings = train.StepSettings.from_config(
       config, local_batch=FLAGS.batch // len(devices), steps_per_epoch=8)
-  data = train.epoch_data(images, np.zeros(num_train, np.int32),
-                          np.arange(num_train), settings, devices)
+  data = train.epoch_data(
+      train.put_train_set(images, np.zeros(num_train, np.int32), devices),
+      np.arange(num_train), settings, devices)
   p_step = train.make_p_train_step(ae_model, critic_model, settings,
                                    negatives=True,
                                    num_steps=FLAGS.steps_per_call,

@@ -7,10 +7,11 @@ the test split is scored once, at the end.
 
 Several processes (multi-host) run this same function: the training step is
 one pmap over the devices of all of them (`train.mesh_devices`), each
-process putting on its devices only their rows of each epoch
-(`train.epoch_data`); validation and test images are scored in per-process
-slices and gathered (`scoring.Scorer`), so every process sees the same
-metrics and takes the same decisions (best checkpoint, halting, errors).
+process putting the training set on its devices once and sending them only
+their rows' indices each epoch (`train.put_train_set`, `train.epoch_data`);
+validation and test images are scored in per-process slices and gathered
+(`scoring.Scorer`), so every process sees the same metrics and takes the
+same decisions (best checkpoint, halting, errors).
 All processes join checkpoint saves and restores (orbax writes from process
 0); only process 0 writes metrics, figures and results.json.
 """
@@ -294,6 +295,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         config, state, epoch, calibration, image_shape, val_auroc,
         best_val_auroc))
 
+  # The training set goes to the devices once; each epoch sends row indices.
+  train_set = train.put_train_set(data.train.images, data.train.labels,
+                                  devices)
   for epoch in range(start_step // steps_per_epoch, num_epochs):
     negatives = (epoch >= config.sampling.start_epoch
                  and config.sampling.style != 'none')
@@ -301,8 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     t0, s0 = time.time(), step
     # This process's devices' rows of the epoch (the order is global).
     epoch_data = train.epoch_data(
-        data.train.images, data.train.labels,
-        train.epoch_order(data_rng, epoch, num_train), settings, devices)
+        train_set, train.epoch_order(data_rng, epoch, num_train), settings,
+        devices)
     while step < epoch_end:
       n = k if step + k <= epoch_end else 1
       new_variant = (negatives, n) not in p_steps

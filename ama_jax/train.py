@@ -8,10 +8,11 @@ Multi-device contract: the state is passed unreplicated (`in_axes=None`) and
 every leaf of the returned state is identical on all devices. The devices are
 those of every process (`mesh_devices`), so one pmapped call is one global
 step whether they sit in one process or in several. Each epoch's order of the
-training set is drawn from the config seed, identically on every process;
-`epoch_data` puts on each device only the rows it consumes in that epoch, and
-the step slices its batch from them inside compiled code (no host work
-between steps). Every random draw is keyed by the example's row in the global
+training set is drawn from the config seed, identically on every process.
+The training set is put on every device once per run (`put_train_set`); each
+epoch uploads only the row indices each device's steps take (`epoch_data`),
+and the step gathers its batch by those indices inside compiled code (no
+host work between steps). Every random draw is keyed by the example's row in the global
 batch (never by the device or process), and losses are sums over local rows
 divided by global counts whose gradients are `psum`med, so a run on n devices
 computes exactly what one device computes on the same global batch (up to
@@ -59,14 +60,17 @@ class AMAState:
 
 @flax.struct.dataclass
 class TrainData:
-  """One epoch's rows of each device, in the order its steps take them.
+  """The training set on every device, and each device's rows of one epoch.
 
-  Leading axis: the local devices (from `epoch_data`); inside the step, a
-  device sees [steps_per_epoch * local_batch, ...] rows, step i of the epoch
-  taking rows [i * local_batch, (i + 1) * local_batch).
+  Leading axis of every field: the local devices. `images` and `labels` are
+  the whole training set, the same on every device (`put_train_set`, once
+  per run); `rows` [steps_per_epoch * local_batch] are the indices of the
+  images the device's steps take in the current epoch (`epoch_data`), step
+  i of the epoch taking rows[i * local_batch:(i + 1) * local_batch].
   """
-  images: jax.Array  # [..., H, W, C] float32 in [-1, 1].
-  labels: jax.Array  # [...] int32: 0 normal, 1 labelled anomaly.
+  images: jax.Array  # [..., N, H, W, C] float32 in [-1, 1].
+  labels: jax.Array  # [..., N] int32: 0 normal, 1 labelled anomaly.
+  rows: jax.Array  # [..., steps_per_epoch * local_batch] int32.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +196,8 @@ def _take_batch(data: TrainData, step: jax.Array, s: StepSettings
   start = (step % s.steps_per_epoch) * s.local_batch
   global_rows = lax.axis_index(AXIS) * s.local_batch + jnp.arange(
       s.local_batch)
-  return (lax.dynamic_slice_in_dim(data.images, start, s.local_batch),
-          lax.dynamic_slice_in_dim(data.labels, start, s.local_batch),
-          global_rows)
+  rows = lax.dynamic_slice_in_dim(data.rows, start, s.local_batch)
+  return data.images[rows], data.labels[rows], global_rows
 
 
 def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
@@ -314,7 +317,8 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
 
   Args:
     state: the unreplicated training state (identical on all devices).
-    data: this device's rows of the current epoch (`epoch_data`).
+    data: the training set and this device's rows of the current epoch
+      (`epoch_data`).
     train_rng: base key of the step's random terms, from the config seed.
     ae_model, critic_model: the flax modules (static).
     settings: static settings (`StepSettings`).
@@ -534,21 +538,48 @@ def epoch_order(data_rng: PRNGKey, epoch: int, num_train: int) -> np.ndarray:
   return np.asarray(_permutation(data_rng, epoch, num_train))
 
 
-def epoch_data(images: np.ndarray, labels: np.ndarray, order: np.ndarray,
-               settings: StepSettings, devices=None) -> TrainData:
-  """This process's rows of one epoch, placed on its devices.
-
-  Step i of the epoch takes the global batch order[i * B: (i + 1) * B]
-  (B = number of devices x local batch b, the remainder dropped); the device
-  at position q of `devices` takes its rows q * b ... (q + 1) * b - 1. Only
-  those rows are copied to that device, so a process's devices hold its
-  share of the epoch and nothing else, and the batch a device sees depends
-  on its position alone, not on how the devices are split over processes.
+def put_train_set(images: np.ndarray, labels: np.ndarray,
+                  devices=None) -> TrainData:
+  """The whole training set on each of this process's devices (once per run).
 
   Args:
     images: [N, H, W, C] the whole training set (host memory, the same on
       every process).
     labels: [N] int labels (0 normal, 1 labelled anomaly).
+    devices: the training step's devices (default `mesh_devices()`).
+
+  Returns:
+    TrainData with a leading local-device axis and no rows yet (`rows` is
+    empty): give it to `epoch_data`.
+  """
+  devices = list(devices or mesh_devices())
+  local = _local(devices)
+  sharding = _local_sharding(local)
+
+  def put(x: np.ndarray) -> jax.Array:
+    return jax.make_array_from_single_device_arrays(
+        (len(local), *x.shape), sharding,
+        [jax.device_put(x[None], d) for d in local])
+
+  return TrainData(
+      images=put(np.asarray(images, np.float32)),
+      labels=put(np.asarray(labels, np.int32)),
+      rows=put(np.zeros(0, np.int32)))
+
+
+def epoch_data(train_set: TrainData, order: np.ndarray,
+               settings: StepSettings, devices=None) -> TrainData:
+  """`train_set` with each of this process's devices' rows of one epoch.
+
+  Step i of the epoch takes the global batch order[i * B: (i + 1) * B]
+  (B = number of devices x local batch b, the remainder dropped); the device
+  at position q of `devices` takes its rows q * b ... (q + 1) * b - 1. Only
+  those row indices are uploaded (the images stay where `put_train_set` put
+  them), and the batch a device sees depends on its position alone, not on
+  how the devices are split over processes.
+
+  Args:
+    train_set: from `put_train_set` with the same devices.
     order: `epoch_order` of the epoch.
     settings: gives the local batch and the steps per epoch.
     devices: the training step's devices (default `mesh_devices()`).
@@ -564,12 +595,20 @@ def epoch_data(images: np.ndarray, labels: np.ndarray, order: np.ndarray,
     raise ValueError(f'An epoch of {steps} steps x {b * len(devices)} images '
                      f'needs {used} training images; the order has '
                      f'{len(order)}.')
+  num_train = train_set.images.shape[1]
+  if np.max(order[:used]) >= num_train:
+    raise ValueError(f'The order indexes row {np.max(order[:used])} but the '
+                     f'training set on the devices has {num_train} rows: '
+                     'pass the put_train_set of the same images.')
   local = _local(devices)
   positions = [devices.index(d) for d in local]
-  rows = np.asarray(order[:used]).reshape(steps, len(devices), b)
+  rows = np.asarray(order[:used], np.int32).reshape(steps, len(devices), b)
   rows = rows[:, positions].transpose(1, 0, 2).reshape(len(local), steps * b)
+  return train_set.replace(
+      rows=jax.device_put(rows, _local_sharding(local)))
+
+
+def _local_sharding(local: list[jax.Device]) -> jax.sharding.NamedSharding:
+  """Leading axis over this process's devices, as pmap takes its inputs."""
   mesh = jax.sharding.Mesh(np.array(local), (AXIS,))
-  return jax.device_put(
-      TrainData(images=np.asarray(images, np.float32)[rows],
-                labels=np.asarray(labels, np.int32)[rows]),
-      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS)))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))

@@ -38,7 +38,8 @@ def run(devices, per_device_state, steps=3):
                                    devices=devices,
                                    per_device_state=per_device_state)
   order = train.epoch_order(jax.random.key(2), 0, num_train)
-  data = train.epoch_data(images, labels, order, settings, devices)
+  data = train.epoch_data(train.put_train_set(images, labels, devices),
+                          order, settings, devices)
   state, rng = train.replicate((state, jax.random.key(1)), devices)
   history = []
   for _ in range(steps):

@@ -7,6 +7,7 @@ import sys
 from absl.testing import absltest
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import default
@@ -27,7 +28,8 @@ def _setup(config, num_train=64, devices=None):
       config, local_batch=config.train.batch_size // len(devices),
       steps_per_epoch=num_train // config.train.batch_size)
   order = train.epoch_order(jax.random.key(2), 0, num_train)
-  data = train.epoch_data(images, labels, order, settings, devices)
+  data = train.epoch_data(train.put_train_set(images, labels, devices),
+                          order, settings, devices)
   return train.replicate(state, devices), settings, data, devices
 
 
@@ -127,18 +129,27 @@ class EpochDataTest(absltest.TestCase):
     order = train.epoch_order(jax.random.key(3), 0, 13)
     np.testing.assert_array_equal(np.sort(order), np.arange(13))
     settings = train.StepSettings(local_batch=3, steps_per_epoch=2)
-    data = jax.device_get(train.epoch_data(images, labels, order, settings,
-                                           devices))
-    self.assertEqual(data.images.shape, (2, 6, *_SHAPE))  # 12 of 13 used.
-    for q in range(2):
-      for i in range(2):
+    train_set = train.put_train_set(images, labels, devices)
+    data = train.epoch_data(train_set, order, settings, devices)
+    # The images stay on the devices; an epoch only adds its row indices.
+    self.assertIs(data.images, train_set.images)
+    host = jax.device_get(data)
+    self.assertEqual(host.images.shape, (2, 13, *_SHAPE))  # All, per device.
+    self.assertEqual(host.rows.shape, (2, 6))  # 12 of 13 used.
+    take = jax.pmap(  # The step's own batch selection, on each device.
+        lambda d, i: train._take_batch(d, i, settings)[:2],  # pylint: disable=protected-access
+        axis_name=train.AXIS, in_axes=(0, None), devices=devices)
+    for i in range(2):
+      x, y = jax.device_get(take(data, jnp.int32(i)))
+      for q in range(2):
         rows = order[i * 6 + q * 3:i * 6 + (q + 1) * 3]
-        got = data.images[q, i * 3:(i + 1) * 3, 0, 0, 0]
-        np.testing.assert_array_equal(got, rows)
-        np.testing.assert_array_equal(data.labels[q, i * 3:(i + 1) * 3],
-                                      labels[rows])
+        np.testing.assert_array_equal(host.rows[q, i * 3:(i + 1) * 3], rows)
+        np.testing.assert_array_equal(x[q, :, 0, 0, 0], rows)
+        np.testing.assert_array_equal(y[q], labels[rows])
     with self.assertRaisesRegex(ValueError, 'needs 12 training images'):
-      train.epoch_data(images, labels, order[:11], settings, devices)
+      train.epoch_data(train_set, order[:11], settings, devices)
+    with self.assertRaisesRegex(ValueError, 'has 13 rows'):
+      train.epoch_data(train_set, np.arange(20)[::-1], settings, devices)
 
 
 class MultiDeviceTest(absltest.TestCase):
