@@ -12,11 +12,12 @@ training set is drawn from the config seed, identically on every process.
 The training set is put on every device once per run (`put_train_set`); each
 epoch uploads only the row indices each device's steps take (`epoch_data`),
 and the step gathers its batch by those indices inside compiled code (no
-host work between steps). Every random draw is keyed by the example's row in the global
-batch (never by the device or process), and losses are sums over local rows
-divided by global counts whose gradients are `psum`med, so a run on n devices
-computes exactly what one device computes on the same global batch (up to
-float summation order), however the devices are split over processes.
+host work between steps). Every random draw is keyed by the example's row in
+the global batch (never by the device or process), and losses are sums over
+local rows divided by global counts whose gradients are `psum`med, so a run
+on n devices computes exactly what one device computes on the same global
+batch (up to float summation order), however the devices are split over
+processes.
 Interpolation partners are drawn from the whole global batch through
 `all_gather`; its transpose (a reduce-scatter) routes their gradients back.
 """

@@ -136,8 +136,9 @@ class EpochDataTest(absltest.TestCase):
     host = jax.device_get(data)
     self.assertEqual(host.images.shape, (2, 13, *_SHAPE))  # All, per device.
     self.assertEqual(host.rows.shape, (2, 6))  # 12 of 13 used.
+    take_batch = train._take_batch  # pylint: disable=protected-access
     take = jax.pmap(  # The step's own batch selection, on each device.
-        lambda d, i: train._take_batch(d, i, settings)[:2],  # pylint: disable=protected-access
+        lambda d, i: take_batch(d, i, settings)[:2],
         axis_name=train.AXIS, in_axes=(0, None), devices=devices)
     for i in range(2):
       x, y = jax.device_get(take(data, jnp.int32(i)))
