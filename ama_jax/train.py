@@ -518,10 +518,8 @@ def replicate(tree: Any, devices=None) -> Any:
   local devices; inputs placed the same way keep the step from compiling a
   second time (and from being copied).
   """
-  mesh = jax.sharding.Mesh(np.array(_local(devices or mesh_devices())),
-                           (AXIS,))
-  return jax.device_put(
-      tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return jax.device_put(tree, _local_sharding(
+      _local(devices or mesh_devices()), jax.sharding.PartitionSpec()))
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -609,7 +607,14 @@ def epoch_data(train_set: TrainData, order: np.ndarray,
       rows=jax.device_put(rows, _local_sharding(local)))
 
 
-def _local_sharding(local: list[jax.Device]) -> jax.sharding.NamedSharding:
-  """Leading axis over this process's devices, as pmap takes its inputs."""
-  mesh = jax.sharding.Mesh(np.array(local), (AXIS,))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+def _local_sharding(
+    local: list[jax.Device],
+    spec: jax.sharding.PartitionSpec = jax.sharding.PartitionSpec(AXIS),
+) -> jax.sharding.NamedSharding:
+  """`spec` over a mesh of this process's devices.
+
+  The default splits the leading axis over them, as pmap takes its
+  per-device inputs; `replicate` passes an empty spec.
+  """
+  return jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.array(local), (AXIS,)), spec)
