@@ -1,5 +1,6 @@
 """Tests for ama_jax.models: shapes, variables, spectral norm, deconv."""
 import functools
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -291,6 +292,13 @@ class ModelsTest(parameterized.TestCase):
         _assert_close(layer.apply(params, x), ref.apply(params, x))
     with self.assertRaisesRegex(ValueError, 'im2col'):
       models.conv_4x4_s2(x, params['params']['kernel'], 'fft')
+
+  def test_auto_conv_impl_is_im2col_on_cpu_and_lax_on_accelerators(self):
+    # im2col is a CPU measurement; accelerators keep their conv kernels.
+    self.assertEqual(models._auto_conv_impl(), 'im2col')  # Tests run on CPU.
+    for backend in ('gpu', 'tpu'):
+      with mock.patch.object(jax, 'default_backend', return_value=backend):
+        self.assertEqual(models._auto_conv_impl(), 'lax', backend)
 
   # k x k stride-1 'SAME' convolutions of the cifar ResNets: the heavy
   # 128/256-channel shapes at test size, 1x1 shortcuts, a non-square input.
