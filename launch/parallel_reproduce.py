@@ -7,12 +7,14 @@ a few MFLOP per image), so the runs of the tables go to parallel workers,
 each a `python -m ama_jax.reproduce ... --shard=i/n` process:
 
   stage 1  `mnist_oneclass`, one worker per digit, `--oneclass_epochs`
-           (default: the paper's 100).
+           (default: the paper's 100; 0 skips the stage).
   stage 2  `fmnist_mnist` (3 seeds) and its ablation (no interpolation, no
            atypical selection, neither; seed 0), one worker per run, at the
            largest epoch count of `--epoch_choices` that the measured
            throughput says will finish within the budget (the three seeds
            alone at the top count come before all six at fewer epochs).
+           With stage 1 skipped and no `--steps_per_s`, nothing has been
+           measured: the three seeds start at once at the largest count.
 
 The throughput is measured, not assumed: once every stage-1 worker is past
 compilation, the training steps that all workers log (`metrics.jsonl`) are
@@ -20,7 +22,12 @@ counted over `--measure_s` seconds. Workers still running when the budget
 ends are stopped (their checkpoints stay: the same command resumes them).
 The runs land where `ama_jax.reproduce` puts them, so
 `python -m ama_jax.reproduce --table=... --report_only` reports them, with
-the baselines, afterwards. Prints one JSON summary line.
+the baselines, afterwards. Prints a JSON progress line (each worker's last
+logged step) every `--progress_s` seconds and one JSON summary line at the
+end. Workers share a persistent XLA compilation cache (`--compilation_cache`),
+so runs of the same shapes (the seeds of one table) compile once; they run
+with Python's faulthandler on, and a worker that has logged no step when the
+budget ends gets SIGABRT, which prints its threads' stacks into its log.
 
 Progress is read from `metrics.jsonl`, which the training loop writes when
 TensorFlow (hence TensorBoard) is absent, as on the accelerator machines
@@ -43,9 +50,11 @@ ABLATION = ('no_inter', 'no_neg', 'neither')  # Runs 1-3 of the table.
 
 
 def worker(name: str, args: list[str], logs: pathlib.Path,
-           extra: list[str]) -> dict:
-  env = dict(os.environ, PYTHONUNBUFFERED='1',
+           extra: list[str], cache: str = '') -> dict:
+  env = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONFAULTHANDLER='1',
              XLA_PYTHON_CLIENT_PREALLOCATE='false')
+  if cache:
+    env['JAX_COMPILATION_CACHE_DIR'] = cache
   log = (logs / f'{name}.log').open('w')
   proc = subprocess.Popen(
       [sys.executable, '-m', 'ama_jax.reproduce', '--baselines=false',
@@ -73,7 +82,8 @@ def main() -> None:
   parser.add_argument('--out', default='runs/reproduce')
   parser.add_argument('--budget_s', type=float, required=True,
                       help='Wall-clock seconds from start to the last stop.')
-  parser.add_argument('--oneclass_epochs', type=int, default=100)
+  parser.add_argument('--oneclass_epochs', type=int, default=100,
+                      help='Epochs of the one-class runs (0: skip them).')
   parser.add_argument('--epoch_choices', default='100,75,50,40,30,20,10,5')
   parser.add_argument('--measure_s', type=float, default=30.0)
   parser.add_argument('--compile_s', type=float, default=90.0,
@@ -82,6 +92,11 @@ def main() -> None:
                       help='Allowance for final evaluation and writing.')
   parser.add_argument('--steps_per_s', type=float, default=None,
                       help='Aggregate rate to plan with, instead of measuring.')
+  parser.add_argument('--progress_s', type=float, default=30.0,
+                      help='Seconds between JSON progress lines.')
+  parser.add_argument('--compilation_cache', default='<out>/jax_cache',
+                      help="Workers' persistent XLA compilation cache "
+                      "('' for none).")
   parser.add_argument('--worker_flag', action='append', default=[],
                       help='Extra flag for every worker (repeat), e.g. '
                       '--worker_flag=--runlocal for a smoke test.')
@@ -91,20 +106,34 @@ def main() -> None:
   out = pathlib.Path(args.out).resolve()
   logs = out / 'logs'
   logs.mkdir(parents=True, exist_ok=True)
+  cache = args.compilation_cache.replace('<out>', str(out))
   e1 = args.oneclass_epochs
+  classes = range(10) if e1 > 0 else ()
   workers = [worker(f'oneclass_{c}', [
       '--table=mnist_oneclass', '--seeds=1', f'--epochs={e1}',
-      f'--classes={c}', f'--out={out}'], logs, args.worker_flag)
-             for c in range(10)]
+      f'--classes={c}', f'--out={out}'], logs, args.worker_flag, cache)
+             for c in classes]
   dirs = [out / f'mnist_oneclass_{c}' / 'full' / f'e{e1}_s0'
-          for c in range(10)]
+          for c in classes]
+  for w, d in zip(workers, dirs):
+    w['dir'] = d
+  last_progress = [t0]
+
+  def progress() -> None:
+    if time.time() - last_progress[0] >= args.progress_s:
+      last_progress[0] = time.time()
+      print(json.dumps({'t': round(time.time() - t0), 'steps': {
+          w['name']: (logged_step(w['dir']) if 'dir' in w else None)
+          if w['proc'].poll() is None else f'rc={w["proc"].returncode}'
+          for w in workers}}), flush=True)
 
   # Measure the aggregate rate once every worker is past compilation.
   # Logged steps move in jumps (one flush per `log.every_steps`), so the
   # window lasts at least `measure_s` and until they have moved.
   rate, start = args.steps_per_s, None
-  while rate is None and time.time() < deadline - 60:
+  while classes and rate is None and time.time() < deadline - 60:
     time.sleep(2)
+    progress()
     running = [d for d, w in zip(dirs, workers) if w['proc'].poll() is None]
     if start is None and all(map(logged_step, running)):
       start = (sum(map(logged_step, dirs)), time.time())
@@ -125,27 +154,37 @@ def main() -> None:
   runs, epochs = next(((n, e) for n, e in plans
                        if n * FMNIST_STEPS_PER_EPOCH * e <= capacity),
                       (0, None))
+  if not classes and rate is None:  # Nothing measured, nothing planned.
+    runs, epochs = 3, choices[0]
   if epochs:
-    workers += [worker(f'fmnist_s{s}', [
+    fmnist = [worker(f'fmnist_s{s}', [
         '--table=fmnist_mnist', '--seeds=3', f'--epochs={epochs}',
-        f'--shard={s}/3', f'--out={out}'], logs, args.worker_flag)
-                for s in range(3)]
+        f'--shard={s}/3', f'--out={out}'], logs, args.worker_flag, cache)
+              for s in range(3)]
+    for s, w in enumerate(fmnist):
+      w['dir'] = out / 'fmnist_mnist' / 'full' / f'e{epochs}_s{s}'
+    workers += fmnist
     if runs == 6:
-      workers += [worker(f'ablation_{v}', [
+      ablation = [worker(f'ablation_{v}', [
           '--table=ablation', '--base=fmnist_mnist', '--seeds=1',
           f'--epochs={epochs}', f'--shard={i}/4', f'--out={out}'], logs,
-                                  args.worker_flag)
+                         args.worker_flag, cache)
                   for i, v in enumerate(ABLATION, start=1)]
+      for v, w in zip(ABLATION, ablation):
+        w['dir'] = out / 'fmnist_mnist' / v / f'e{epochs}_s0'
+      workers += ablation
 
   while time.time() < deadline and any(w['proc'].poll() is None
                                        for w in workers):
     time.sleep(2)
+    progress()
     for w in workers:
       if 'end' not in w and w['proc'].poll() is not None:
         w['end'] = time.time()
   for w in workers:
     if w['proc'].poll() is None:
-      w['proc'].send_signal(signal.SIGTERM)
+      stalled = 'dir' in w and not logged_step(w['dir'])
+      w['proc'].send_signal(signal.SIGABRT if stalled else signal.SIGTERM)
   for w in workers:
     try:
       w['proc'].wait(timeout=15)
