@@ -26,10 +26,13 @@ The runs land where `ama_jax.reproduce` puts them, so
 `python -m ama_jax.reproduce --table=... --report_only` reports them, with
 the baselines, afterwards. Prints a JSON progress line (each worker's last
 logged step) every `--progress_s` seconds and one JSON summary line at the
-end. Workers share a persistent XLA compilation cache (`--compilation_cache`),
-so runs of the same shapes (the seeds of one table) compile once; they run
-with Python's faulthandler on, and a worker that has logged no step when the
-budget ends gets SIGABRT, which prints its threads' stacks into its log.
+end. Workers share a persistent XLA compilation cache (`--compilation_cache`):
+a resumed run, or one started after another of the same shapes and schedule
+(another seed of a table) has compiled, can load its steps from it (runs
+started together still compile side by side; cache hits were not measured).
+Workers run with Python's faulthandler on, and a worker that has logged no
+step when the budget ends gets SIGABRT, which prints its threads' stacks
+into its log.
 
 Progress is read from `metrics.jsonl`, which the training loop writes when
 TensorFlow (hence TensorBoard) is absent, as on the accelerator machines
