@@ -54,17 +54,20 @@ FMNIST_STEPS_PER_EPOCH = 232
 ABLATION = ('no_inter', 'no_neg', 'neither')  # Runs 1-3 of the table.
 
 
-def worker(name: str, args: list[str], logs: pathlib.Path,
-           extra: list[str], cache: str = '') -> dict:
+def worker(name: str, workdir: pathlib.Path, args: list[str],
+           logs: pathlib.Path, extra: list[str], cache: str = '') -> dict:
+  """Starts one `ama_jax.reproduce` process; `workdir` is its run's folder."""
   env = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONFAULTHANDLER='1',
              XLA_PYTHON_CLIENT_PREALLOCATE='false')
   if cache:
     env['JAX_COMPILATION_CACHE_DIR'] = cache
-  log = (logs / f'{name}.log').open('w')
+  log = logs / f'{name}.log'
   proc = subprocess.Popen(
       [sys.executable, '-m', 'ama_jax.reproduce', '--baselines=false',
-       *args, *extra], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-  return {'name': name, 'proc': proc, 'start': time.time()}
+       *args, *extra], cwd=REPO, env=env, stdout=log.open('w'),
+      stderr=subprocess.STDOUT)
+  return {'name': name, 'dir': workdir, 'log': log, 'proc': proc,
+          'start': time.time()}
 
 
 def logged_step(workdir: pathlib.Path) -> int:
@@ -125,22 +128,19 @@ def main() -> None:
   cache = args.compilation_cache.replace('<out>', str(out))
   e1 = args.oneclass_epochs
   classes = range(10) if e1 > 0 else ()
-  workers = [worker(f'oneclass_{c}', [
-      '--table=mnist_oneclass', '--seeds=1', f'--epochs={e1}',
-      f'--classes={c}', f'--out={out}'], logs, args.worker_flag, cache)
+  workers = [worker(
+      f'oneclass_{c}', out / f'mnist_oneclass_{c}' / 'full' / f'e{e1}_s0', [
+          '--table=mnist_oneclass', '--seeds=1', f'--epochs={e1}',
+          f'--classes={c}', f'--out={out}'], logs, args.worker_flag, cache)
              for c in classes]
-  dirs = [out / f'mnist_oneclass_{c}' / 'full' / f'e{e1}_s0'
-          for c in classes]
-  for w, d in zip(workers, dirs):
-    w['dir'] = d
   last_progress = [t0]
 
   def progress() -> None:
     if time.time() - last_progress[0] >= args.progress_s:
       last_progress[0] = time.time()
       print(json.dumps({'t': round(time.time() - t0), 'steps': {
-          w['name']: (logged_step(w['dir']) if 'dir' in w else None)
-          if w['proc'].poll() is None else f'rc={w["proc"].returncode}'
+          w['name']: logged_step(w['dir']) if w['proc'].poll() is None
+          else f'rc={w["proc"].returncode}'
           for w in workers}}), flush=True)
 
   # Measure the aggregate rate once every worker is past compilation (both
@@ -153,18 +153,17 @@ def main() -> None:
   while classes and rate is None and time.time() < deadline - 60:
     time.sleep(2)
     progress()
-    running = [d for d, w in zip(dirs, workers) if w['proc'].poll() is None]
-    compiled = all(compiled_variants(logs / f'{w["name"]}.log') >= variants
-                   for w in workers if w['proc'].poll() is None)
-    if start is None and compiled and all(map(logged_step, running)):
-      start = (sum(map(logged_step, dirs)), time.time())
+    running = [w for w in workers if w['proc'].poll() is None]
+    if start is None and all(compiled_variants(w['log']) >= variants
+                             and logged_step(w['dir']) for w in running):
+      start = (sum(logged_step(w['dir']) for w in workers), time.time())
     elif start is not None and time.time() - start[1] >= args.measure_s:
-      moved = sum(map(logged_step, dirs)) - start[0]
+      moved = sum(logged_step(w['dir']) for w in workers) - start[0]
       if moved or not running:
         rate = moved / (time.time() - start[1])
   stage1_need = sum(
-      max(0, e1 * steps_per_epoch(logs / f'{w["name"]}.log') - logged_step(d))
-      for d, w in zip(dirs, workers) if w['proc'].poll() is None)
+      max(0, e1 * steps_per_epoch(w['log']) - logged_step(w['dir']))
+      for w in workers if w['proc'].poll() is None)
   capacity = (rate or 0) * (deadline - time.time() - args.compile_s
                             - args.final_s) - stage1_need
   # Preference: all six runs at the most epochs; the three seeds alone at
@@ -178,22 +177,17 @@ def main() -> None:
   if not classes and rate is None:  # Nothing measured, nothing planned.
     runs, epochs = 3, choices[0]
   if epochs:
-    fmnist = [worker(f'fmnist_s{s}', [
-        '--table=fmnist_mnist', '--seeds=3', f'--epochs={epochs}',
-        f'--shard={s}/3', f'--out={out}'], logs, args.worker_flag, cache)
-              for s in range(3)]
-    for s, w in enumerate(fmnist):
-      w['dir'] = out / 'fmnist_mnist' / 'full' / f'e{epochs}_s{s}'
-    workers += fmnist
+    workers += [worker(
+        f'fmnist_s{s}', out / 'fmnist_mnist' / 'full' / f'e{epochs}_s{s}', [
+            '--table=fmnist_mnist', '--seeds=3', f'--epochs={epochs}',
+            f'--shard={s}/3', f'--out={out}'], logs, args.worker_flag, cache)
+                for s in range(3)]
     if runs == 6:
-      ablation = [worker(f'ablation_{v}', [
-          '--table=ablation', '--base=fmnist_mnist', '--seeds=1',
-          f'--epochs={epochs}', f'--shard={i}/4', f'--out={out}'], logs,
-                         args.worker_flag, cache)
-                  for i, v in enumerate(ABLATION, start=1)]
-      for v, w in zip(ABLATION, ablation):
-        w['dir'] = out / 'fmnist_mnist' / v / f'e{epochs}_s0'
-      workers += ablation
+      workers += [worker(
+          f'ablation_{v}', out / 'fmnist_mnist' / v / f'e{epochs}_s0', [
+              '--table=ablation', '--base=fmnist_mnist', '--seeds=1',
+              f'--epochs={epochs}', f'--shard={i}/4', f'--out={out}'], logs,
+          args.worker_flag, cache) for i, v in enumerate(ABLATION, start=1)]
 
   while time.time() < deadline and any(w['proc'].poll() is None
                                        for w in workers):
@@ -204,7 +198,7 @@ def main() -> None:
         w['end'] = time.time()
   for w in workers:
     if w['proc'].poll() is None:
-      stalled = 'dir' in w and not logged_step(w['dir'])
+      stalled = not logged_step(w['dir'])
       w['proc'].send_signal(signal.SIGABRT if stalled else signal.SIGTERM)
   for w in workers:
     try:
