@@ -342,3 +342,94 @@ def image_grid(
     _show(axes[0, 0], _tile(x, ncols))
     axes[0, 0].set_title(title)
     return _save(fig, path)
+
+
+# Panels of `training_curves`: (title, [(record key, legend label)], log y).
+TRAINING_PANELS = (
+    ('critic losses', [('critic_loss', 'total'), ('wasserstein', 'W (eq. 1)'),
+                       ('critic_inter', 'interpolation'),
+                       ('gradient_penalty', 'GP')], False),
+    ('encoder/generator losses', [('ae_loss', 'total'),
+                                  ('ae_adversarial', 'adversarial'),
+                                  ('ae_inter', 'interpolation'),
+                                  ('latent_norm', '||E(x)||')], False),
+    ('gradient norms', [('critic_grad_norm', 'critic'),
+                        ('ae_grad_norm', 'E+G')], True),
+    ('critic gap D(x,x) - D(x,x_rec)', [
+        ('wasserstein', 'normals'),
+        ('diag/critic_gap_negative', 'negatives')], False),
+    ('critic on interpolation pairs', [
+        ('diag/critic_inter_pair', 'D(x_k, x_inter)'),
+        ('diag/critic_inter_anchor_real', 'D(x_k, x_k)')], False),
+    ('pixel L1 reconstruction error', [
+        ('diag/l1_rec_normal', 'normals'),
+        ('diag/l1_rec_negative', 'negatives')], False),
+    ('latent norms', [('diag/z_norm_normal_q05', '||E(x)|| normals q05'),
+                      ('diag/z_norm_normal_q50', 'q50'),
+                      ('diag/z_norm_normal_q95', 'q95'),
+                      ('diag/z_neg_norm', '||z_neg||'),
+                      ('diag/z_norm_negative_reencoded',
+                       '||E(negative)||')], False),
+)
+
+
+def training_curves(
+    path: PathLike,
+    records: list[Mapping[str, Any]],
+    *,
+    shell: Mapping[str, float] | None = None,
+    title: str = '',
+) -> str:
+  """Per-step training diagnostics and validation AUROC, one panel each.
+
+  Args:
+    path: output PNG path.
+    records: `loop.History` records: {'kind': 'train' | 'val', 'step', ...}.
+      Train records hold the step's metrics (`TRAINING_PANELS` keys; missing
+      keys are skipped), val records 'auroc' and 'raw_auroc'.
+    shell: horizontal lines for the latent-norm panel, e.g. the radii of
+      atypical selection's shell {'sqrt(d)': 8.0, 'sqrt(d)+delta': 8.5}.
+    title: figure title.
+
+  Returns:
+    `path` as a string.
+  """
+  train = [r for r in records if r.get('kind') == 'train']
+  val = [r for r in records if r.get('kind') == 'val']
+  panels = [p for p in TRAINING_PANELS
+            if any(k in r for r in train for k, _ in p[1])]
+  n = len(panels) + 1
+  ncols = 2
+  nrows = math.ceil(n / ncols)
+  with _new_figure(nrows, ncols, figsize=(12, 2.8 * nrows)) as (fig, axes):
+    for ax in axes.reshape(-1)[n:]:
+      ax.axis('off')
+    for ax, (name, keys, log) in zip(axes.reshape(-1), panels):
+      for key, label in keys:
+        pts = [(r['step'], r[key]) for r in train
+               if key in r and np.isfinite(r[key])]
+        if pts:
+          steps, values = zip(*pts)
+          ax.plot(steps, values, label=label, lw=0.8)
+      if name == 'latent norms' and shell:
+        for label, radius in shell.items():
+          ax.axhline(radius, ls='--', lw=0.8, color='k', alpha=0.5)
+          ax.annotate(label, (0, radius), fontsize='x-small',
+                      xycoords=('axes fraction', 'data'))
+      if log:
+        ax.set_yscale('log')
+      ax.set_title(name, fontsize='small')
+      ax.legend(fontsize='x-small')
+      ax.set_xlabel('step', fontsize='x-small')
+    ax = axes.reshape(-1)[len(panels)]
+    for key, label in (('auroc', 'calibrated score'), ('raw_auroc', 'raw R')):
+      pts = [(r['step'], r[key]) for r in val if key in r]
+      if pts:
+        steps, values = zip(*pts)
+        ax.plot(steps, values, marker='o', label=label)
+    ax.set_title('validation AUROC', fontsize='small')
+    ax.set_xlabel('step', fontsize='x-small')
+    if val:
+      ax.legend(fontsize='x-small')
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -166,6 +166,47 @@ class JsonlWriter:
     pass
 
 
+class History:
+  """Per-step training metrics and per-epoch validation, for `training.png`.
+
+  Appended to `<workdir>/history.jsonl` (process 0 only), one record per
+  line: {"kind": "train" | "val", "step": N, ...values}. A resumed run first
+  drops the records after the step it resumes from (written after the last
+  checkpoint by the run that stopped), so the file describes one history.
+  """
+
+  def __init__(self, workdir: pathlib.Path, is_chief: bool,
+               resume_step: int):
+    self.path = workdir / 'history.jsonl'
+    self._enabled = is_chief
+    self._buffer: list[str] = []
+    if is_chief and self.path.exists():
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line)['step'] <= resume_step]
+      tmp = self.path.with_suffix('.jsonl.tmp')
+      tmp.write_text(''.join(line + '\n' for line in kept))
+      os.replace(tmp, self.path)
+
+  def append(self, kind: str, step: int, values: dict) -> None:
+    if self._enabled:
+      self._buffer.append(json.dumps(
+          {'kind': kind, 'step': int(step), **values},
+          default=checkpointing.to_json))
+
+  def flush(self) -> None:
+    if self._buffer:
+      with self.path.open('a') as f:
+        f.write(''.join(line + '\n' for line in self._buffer))
+      self._buffer.clear()
+
+  def read(self) -> list[dict]:
+    self.flush()
+    if not self.path.exists():
+      return []
+    return [json.loads(line) for line in self.path.read_text().splitlines()
+            if line.strip()]
+
+
 class _Progress:
   """Stand-in for clu's ReportProgress: times sections into the log."""
 
@@ -245,6 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info('Resumed from step %d of %s.', int(state.step), workdir)
   state = train.replicate(state, devices)
   start_step = int(jax.device_get(state.step))
+  history = History(workdir, is_chief, start_step)
 
   ae_model, critic_model = models.create_models(
       config.model, image_shape, axis_name=train.AXIS)
@@ -277,6 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       return
     host = jax.device_get([m for _, m in pending])
     first = pending[0][0]
+    pending_steps = list(pending)
     pending.clear()
     for i, m in enumerate(host):
       if not bool(m['finite']):
@@ -285,9 +328,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             f'call ends at step {first + i}); the last good checkpoint in '
             f'{workdir / "checkpoints"} is intact. Lower optim.lr or enable '
             'loss.lambda_gp / model.spectral_norm.')
-    mean = {key: float(np.mean([m[key] for m in host]))
-            for key in host[0] if key != 'finite'}
-    _write_scalars(writer, step, 'train', mean)
+    for (at, _), m in zip(pending_steps, host):
+      values = {key: float(v) for key, v in m.items() if key != 'finite'}
+      _write_scalars(writer, at, 'train', values)
+      history.append('train', at, values)
+    history.flush()
 
   def save_latest(epoch: int) -> None:
     flush(step)  # Never save a state whose losses were not checked.
@@ -346,6 +391,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         val_metrics, _ = _evaluate_split(scorer, data.val, calibration)
       val_auroc = val_metrics['auroc']
       _write_scalars(writer, step, 'val', val_metrics)
+      history.append('val', step, {
+          'epoch': epoch + 1, 'auroc': val_metrics['auroc'],
+          'raw_auroc': val_metrics['raw_auroc'], 'mu': calibration.mu,
+          'sigma': calibration.sigma})
+      history.flush()
       logging.info('epoch %d step %d: val AUROC %.4f (raw R %.4f)', epoch + 1,
                    step, val_auroc, val_metrics['raw_auroc'])
       if val_auroc > best_val_auroc:
@@ -367,6 +417,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       processes=jax.process_count())
   if is_chief:
     _write_json(workdir / 'results.json', results)
+    if config.log.figures:
+      figures.training_curves(
+          workdir / 'training.png', history.read(),
+          shell=shell_radii(config), title=f'{workdir.name}: training')
   writer.flush()
   ckpts.close()
   return state
@@ -402,6 +456,17 @@ def _final_evaluation(config, workdir, data, state, ckpts, eval_ae,
       _figures(workdir, data, st, eval_ae, calibration, r_train[:10000],
                r_test, config)
   return results
+
+
+def shell_radii(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The radii of atypical selection's shell (paper: sqrt(d) +- delta)."""
+  d, delta = config.model.latent_dim, config.sampling.delta
+  root = float(np.sqrt(d))
+  if config.sampling.style == 'outward':
+    return {'sqrt(d)': root, 'sqrt(d)+delta': root + delta}
+  if config.sampling.style == 'inward':
+    return {'sqrt(d)-delta': root - delta, 'sqrt(d)': root}
+  return {}
 
 
 def _figures(workdir, data, state, eval_ae, calibration, r_train, r_test,

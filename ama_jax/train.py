@@ -203,7 +203,8 @@ def _take_batch(data: TrainData, step: jax.Array, s: StepSettings
 
 def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
                         style: str, delta: float, radial_direction: str,
-                        axis_name: Optional[str] = None) -> jax.Array:
+                        axis_name: Optional[str] = None,
+                        return_latents: bool = False):
   """G(z_neg) for the rows of x, E and G in eval mode (paper Fig. 3).
 
   Args:
@@ -213,8 +214,10 @@ def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
     style, delta, radial_direction: `config.sampling` fields.
     axis_name: inside pmap, the axis over which 'cube' takes min |z|.
 
+    return_latents: also return z_neg.
+
   Returns:
-    [n, H, W, C] synthetic negatives.
+    [n, H, W, C] synthetic negatives (and z_neg [n, latent] if asked).
   """
   z = ae_model.apply(ae_vars, x, train=False, method='encode')
   scale = jnp.min(jnp.abs(z))  # 'cube': min |z| over the (global) batch.
@@ -223,21 +226,26 @@ def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
   z_neg = sampling.negative_latents(keys, z, style=style, delta=delta,
                                     radial_direction=radial_direction,
                                     cube_scale=scale)
-  return ae_model.apply(ae_vars, z_neg, train=False, method='decode')
+  x_neg = ae_model.apply(ae_vars, z_neg, train=False, method='decode')
+  return (x_neg, z_neg) if return_latents else x_neg
 
 
 def _add_negatives(ae_model, ae: PlayerState, x: jax.Array,
                    weights: jax.Array, keys: jax.Array, s: StepSettings
-                   ) -> tuple[jax.Array, jax.Array]:
-  """Replaces the static negative rows by G(z_neg) (E, G in eval mode)."""
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Replaces the static negative rows by G(z_neg) (E, G in eval mode).
+
+  Returns (x, weights, ||z_neg|| of the negative rows).
+  """
   rows = s.negative_rows
-  x_neg = synthetic_negatives(
+  x_neg, z_neg = synthetic_negatives(
       ae_model, _variables(ae), x[rows], keys[rows], style=s.negative_style,
-      delta=s.delta, radial_direction=s.radial_direction, axis_name=AXIS)
+      delta=s.delta, radial_direction=s.radial_direction, axis_name=AXIS,
+      return_latents=True)
   # The official code makes negatives without gradients (no_grad, eval).
   x = x.at[rows].set(lax.stop_gradient(x_neg))
   weights = weights.at[rows].set(-s.lambda_neg)
-  return x, weights
+  return x, weights, jnp.linalg.norm(z_neg, axis=-1)
 
 
 def _interpolation_plan(weights: jax.Array, global_rows: jax.Array,
@@ -336,13 +344,17 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
   # Official code's labels: +1 normal, -lambda_neg for (real or synthetic)
   # anomalies; the sign flip turns "reconstruct" into "don't reconstruct".
   weights = jnp.where(labels == 1, -s.lambda_neg, 1.0)
+  z_neg_norm = None
   if negatives and len(s.negative_rows):
-    x, weights = _add_negatives(
+    x, weights, z_neg_norm = _add_negatives(
         ae_model, state.ae, x, weights,
         _row_keys(step_rng, global_rows, _NEGATIVES), s)
   normal = (weights > 0).astype(jnp.float32)
+  negative = (weights < 0).astype(jnp.float32)
   num_rows = lax.psum(jnp.float32(b), AXIS)
   num_normal = lax.psum(normal.sum(), AXIS)
+  # Diagnostics average over at least one row (0 when there is none).
+  num_negative = jnp.maximum(lax.psum(negative.sum(), AXIS), 1.0)
 
   use_inter = s.lambda_inter != 0
   alpha = anchors = None
@@ -370,15 +382,27 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
     fake, real = logits[:b], logits[b:2 * b]
     loss = losses.critic_loss(real_logits=real, fake_logits=fake,
                               weights=weights, denominator=num_rows)
-    aux = {'wasserstein': jnp.sum(normal * (real - fake)) / num_normal}
+    # Critic gaps D(x, x) - D(x, xhat): normals (the Wasserstein estimate
+    # of eq. 1) and synthetic negatives (eq. 5; the critic pushes it < 0).
+    aux = {'wasserstein': jnp.sum(normal * (real - fake)) / num_normal,
+           'diag/critic_gap_negative':
+               jnp.sum(negative * (real - fake)) / num_negative}
     if use_inter:
       real_all = lax.all_gather(real, AXIS, tiled=True)
+      inter_logits = logits[2 * b:].reshape(-1, len(rows)).T  # [k, m]
       inter = losses.interpolation_critic_loss(
-          anchor_real_logits=real_all[anchors[rows]],  # [k, m]
-          inter_logits=logits[2 * b:].reshape(-1, len(rows)).T,
-          mask=normal[rows], denominator=num_normal)
+          anchor_real_logits=real_all[anchors[rows]],
+          inter_logits=inter_logits, mask=normal[rows],
+          denominator=num_normal)
       loss += s.lambda_inter * inter
       aux['critic_inter'] = inter
+      # Critic values on the interpolation pairs (x_k, x_inter) beside
+      # those on the anchors' mirrored pairs (x_k, x_k).
+      aux['diag/critic_inter_pair'] = jnp.sum(
+          normal[rows, None] * inter_logits) / (num_normal * s.num_inter)
+      aux['diag/critic_inter_anchor_real'] = jnp.sum(
+          normal[rows, None] * real_all[anchors[rows]]) / (
+              num_normal * s.num_inter)
     if s.lambda_gp:
       gp_alpha = jax.vmap(jax.random.uniform)(gp_keys)
       critic_vars = {'params': params, 'batch_stats': batch_stats}
@@ -445,14 +469,42 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
   ae = state.ae.apply_gradients(grads=ae_grads,
                                 batch_stats=lax.pmean(new_ae_stats, AXIS))
 
-  metrics = lax.psum(dict(ae_aux, ae_loss=ae_loss,
-                          num_negatives=jnp.sum(weights < 0)), AXIS)
+  l1 = jnp.mean(jnp.abs(x - x_rec), axis=(1, 2, 3))
+  metrics = lax.psum(dict(
+      ae_aux, ae_loss=ae_loss, num_negatives=jnp.sum(weights < 0),
+      **{'diag/l1_rec_normal': jnp.sum(normal * l1) / num_normal,
+         'diag/l1_rec_negative': jnp.sum(negative * l1) / num_negative}),
+      AXIS)
   metrics.update(critic_aux, ae_grad_norm=optax.tree.norm(ae_grads))
+  metrics.update(_latent_diagnostics(z, normal, negative, z_neg_norm))
   # A state is good only if its losses and its new parameters are finite.
   metrics['finite'] = jnp.isfinite(
       metrics['critic_loss'] + metrics['ae_loss']
       + optax.tree.norm(ae.params) + optax.tree.norm(critic.params))
   return AMAState(ae=ae, critic=critic), metrics
+
+
+def _latent_diagnostics(z, normal, negative, z_neg_norm) -> Metrics:
+  """Quantiles of ||E(x)|| over the global batch's normals; negatives' radii.
+
+  Beside them: the radius of the latents the negatives were drawn from
+  (||z_neg||) and where the encoder maps the negatives back (||E(G(z_neg))||),
+  to compare with the shell of atypical selection.
+  """
+  norm = lax.all_gather(jnp.linalg.norm(z, axis=-1), AXIS, tiled=True)
+  normal = lax.all_gather(normal, AXIS, tiled=True) > 0
+  negative = lax.all_gather(negative, AXIS, tiled=True) > 0
+  q = jnp.nanquantile(jnp.where(normal, norm, jnp.nan),
+                      jnp.array([0.05, 0.5, 0.95]))
+  out = {'diag/z_norm_normal_q05': q[0], 'diag/z_norm_normal_q50': q[1],
+         'diag/z_norm_normal_q95': q[2]}
+  if z_neg_norm is not None:
+    count = jnp.maximum(jnp.sum(negative), 1)
+    out['diag/z_norm_negative_reencoded'] = jnp.sum(
+        jnp.where(negative, norm, 0.0)) / count
+    out['diag/z_neg_norm'] = jnp.mean(
+        lax.all_gather(z_neg_norm, AXIS, tiled=True))
+  return out
 
 
 def train_steps(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
