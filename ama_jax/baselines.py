@@ -28,6 +28,7 @@ Usage:
 """
 from collections.abc import Callable, Mapping, Sequence
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -41,6 +42,8 @@ from sklearn import decomposition
 from sklearn import neighbors
 from sklearn import svm
 
+from ama_jax import cli
+from ama_jax import errors
 from ama_jax import evaluation
 from ama_jax import input_pipeline
 
@@ -388,7 +391,8 @@ def main(argv: Sequence[str]) -> None:
   if config is None:
     raise app.UsageError('--config is required.')
   start = time.perf_counter()
-  data = input_pipeline.load_protocol(config.data, config.seed)
+  with errors.reraise_as(errors.DataError, ValueError):
+    data = input_pipeline.load_protocol(config.data, config.seed)
   results = run_baselines(
       data,
       seed=config.seed,
@@ -410,11 +414,13 @@ def main(argv: Sequence[str]) -> None:
         'wall_seconds': seconds,
         'results': results,
     }
-    with open(_OUTPUT.value, 'w') as f:
+    tmp = f'{_OUTPUT.value}.tmp'  # Renamed when complete: never half a file.
+    with open(tmp, 'w') as f:
       # default=str: tuples/None are fine; numpy scalars become strings.
       json.dump(payload, f, indent=2, default=str)
+    os.replace(tmp, _OUTPUT.value)
     logging.info('Wrote %s.', _OUTPUT.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_main(main)

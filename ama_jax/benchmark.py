@@ -26,12 +26,12 @@ import statistics
 import subprocess
 import time
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
 from configs import default
+from ama_jax import cli
 from ama_jax import malloc_tuning
 from ama_jax import models
 from ama_jax import scoring
@@ -179,4 +179,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_main(main)

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ama_jax import errors
 from ama_jax.datasets import idx_images
 
 # TFDS name -> class names in label order.
@@ -58,8 +59,12 @@ FETCH_COMMAND = idx_images.FETCH_COMMAND
 _PURPOSES = ('val', 'anomalies', 'max_train', 'test_anomalies', 'max_test')
 
 
-class DataUnavailableError(FileNotFoundError, ValueError):
-  """A dataset is neither on disk nor obtainable through TFDS."""
+class DataUnavailableError(errors.DataError, FileNotFoundError):
+  """A dataset is neither on disk nor obtainable through TFDS.
+
+  An `errors.DataError` (a UserError and a ValueError): the command-line
+  programs print it as one line.
+  """
 
 
 @dataclasses.dataclass(frozen=True)

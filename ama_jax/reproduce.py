@@ -52,6 +52,8 @@ import ml_collections
 import numpy as np
 
 from ama_jax import checkpointing
+from ama_jax import cli
+from ama_jax import errors
 
 PAPER_EPOCHS = 100
 METRICS = ('auroc', 'auprc_anomaly', 'auprc_normal', 'fpr80')
@@ -689,9 +691,11 @@ def main(argv: Sequence[str]) -> None:
                               else range(_BASELINE_SEEDS.value)),
               runlocal=_RUNLOCAL.value, shard=parse_shard(_SHARD.value),
               score=_SCORE.value, grid=parse_grid(_GRID.value))
+  except errors.UserError:
+    raise  # Printed as one line by cli.run_main.
   except ValueError as e:
     raise app.UsageError(str(e)) from None
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_main(main)

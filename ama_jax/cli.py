@@ -1,0 +1,150 @@
+"""Entry points of the command-line programs: known errors end in one line.
+
+  if __name__ == '__main__':
+    cli.run_main(main)          # instead of absl's app.run(main)
+
+`run_main` runs `main` under absl (flags, logging) and turns
+
+- an `errors.UserError` (bad config, data, checkpoint, locked workdir,
+  divergence, bad score inputs, ...) into one line `error: <message>` on
+  stderr and exit status 1;
+- an `app.UsageError`, a flag that does not parse and a `--config.<field>`
+  override that the config rejects into one line too (status 1);
+- Ctrl-C into `error: interrupted` (status 130),
+
+without a traceback. `--verbose` (or the environment variable
+AMA_JAX_VERBOSE=1) prints the traceback before the line. Any other exception
+is a bug: absl prints its traceback as usual. `main` must release what it
+holds (checkpoint managers, locks) on its way out, so that nothing prints
+after the line; `loop.train_and_evaluate` and `score.run` do.
+"""
+import functools
+import os
+import sys
+import traceback
+from typing import Callable, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from ama_jax import errors
+
+VERBOSE_ENV = 'AMA_JAX_VERBOSE'
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+def define_verbose(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines `--verbose` on `flag_values` unless it already exists."""
+  if 'verbose' not in flag_values:
+    flags.DEFINE_bool('verbose', False, 'Show the traceback of a known error '
+                      f'(also {VERBOSE_ENV}=1).', flag_values=flag_values)
+
+
+def verbose(flag_values: flags.FlagValues = flags.FLAGS) -> bool:
+  """Whether tracebacks of known errors are wanted."""
+  if os.environ.get(VERBOSE_ENV, '').strip().lower() in ('1', 'true', 'yes'):
+    return True
+  try:
+    return bool(flag_values['verbose'].value)
+  except (KeyError, flags.Error):
+    return False
+
+
+def report(error, *, flag_values: flags.FlagValues = flags.FLAGS,
+           status: int = EXIT_ERROR) -> int:
+  """Prints `error: <message>` (one line) on stderr; returns `status`.
+
+  Args:
+    error: an exception (its traceback is printed first with --verbose) or a
+      message.
+    flag_values: where `--verbose` is defined.
+    status: the exit status to return.
+  """
+  for stream in (sys.stdout, sys.stderr):
+    stream.flush()
+  for handler in logging.get_absl_logger().handlers + [
+      logging.get_absl_handler()]:
+    handler.flush()
+  if isinstance(error, BaseException):
+    if verbose(flag_values):
+      traceback.print_exception(error, file=sys.stderr)
+    message = errors.one_line(error)
+  else:
+    message = ' '.join(str(error).split())
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  return status
+
+
+def guarded(main: Callable[[Sequence[str]], Optional[int]]
+            ) -> Callable[[Sequence[str]], Optional[int]]:
+  """`main` with known errors reported as one line (see module docstring)."""
+
+  @functools.wraps(main)
+  def wrapper(argv: Sequence[str]) -> Optional[int]:
+    try:
+      return main(argv)
+    except errors.UserError as e:
+      return report(e)
+    except app.UsageError as e:
+      return report(f'{errors.one_line(e)} (see --helpshort)')
+    except KeyboardInterrupt:
+      return report('interrupted', status=EXIT_INTERRUPTED)
+
+  return wrapper
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing, with any failure reported as one line (exit 1).
+
+  Beside absl's own flag errors, `--config.<field>=<value>` overrides are
+  applied while parsing: an unknown field or a value of the wrong type
+  raises from ml_collections (not a flags.Error), and so does a config
+  file's `get_config`, e.g. a bad `:arg`.
+  """
+  define_verbose()
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(report(f'{_without_traceback(str(e))} (see --helpshort)'))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if verbose():
+      traceback.print_exc()
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    name = str(e).strip('"\'')
+    culprits = [a for a in overrides
+                if f'.{name}' in a.split('=', 1)[0] + '.']
+    if isinstance(e, (AttributeError, KeyError)) and culprits:
+      sys.exit(report(f'{culprits[0]}: the config has no field {name!r} '
+                      'there; every field is listed in configs/default.py.'))
+    sys.exit(report(f'cannot apply the command line ({type(e).__name__}: '
+                    f'{errors.one_line(e)}); check --config and its '
+                    f'overrides {" ".join(overrides)}'.rstrip()))
+  # A config file that fails to load does not fail the parse: ml_collections
+  # leaves a placeholder that raises on first use. Fail here instead.
+  for name in flags.FLAGS:
+    value = flags.FLAGS[name].value
+    if type(value).__name__ == '_ErrorConfig':
+      try:
+        getattr(value, 'keys')
+      except OSError as e:
+        sys.exit(report(f'--{name}: {errors.one_line(e)}'))
+  return rest
+
+
+def _without_traceback(message: str) -> str:
+  """A message that embeds a traceback (ml_collections' config file
+  errors) shortened to its text before and its last line."""
+  if 'Traceback (most recent call last)' not in message:
+    return errors.one_line(message)
+  head = message.split('Traceback (most recent call last)')[0]
+  last = [line for line in message.splitlines() if line.strip()][-1]
+  return errors.one_line(f'{head} {last}')
+
+
+def run_main(main: Callable[[Sequence[str]], Optional[int]],
+             argv: Optional[Sequence[str]] = None) -> None:
+  """absl's `app.run(main)`, ending a known error in one line."""
+  define_verbose()
+  app.run(guarded(main), argv=argv, flags_parser=parse_flags)
