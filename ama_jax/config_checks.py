@@ -1,0 +1,571 @@
+"""Validation of a whole experiment config before any work is done.
+
+`validate(config, num_devices=..., num_processes=...)` runs when training
+starts, before data loading and compilation, and raises one
+`errors.ConfigError` that lists every problem: the field, its value and
+what is allowed, e.g.
+
+  Invalid config (2 problems): train.batch_size=-4: must be an integer >= 1;
+  sampling.style='sideways': must be one of 'inward', 'outward', 'radial',
+  'cube', 'none'.
+
+Two tables, one entry per rule:
+
+- `FIELDS`: dotted field path -> `Rule`, one per field of
+  `configs/default.py` (type, range, enumeration; placeholders may be None
+  only where the rule says `optional=True`). `tests/config_checks_test.py`
+  fails when a field has no rule, so a new field needs one here:
+
+    'train.warmup_steps': Int(min=0),
+    'data.folder': Text(optional=True),
+
+- `COMBINATIONS`: functions `(config, context) -> [problem, ...]` for rules
+  that involve several fields or the devices (batch versus device count,
+  epochs versus the schedule, ...). Each runs only if the fields it reads
+  passed their own rules (`Combination.fields`).
+
+`check_plan(config, steps_per_epoch)` checks what depends on the data size
+(known after loading, before compilation): the lr schedule's decay points.
+"""
+import dataclasses
+import math
+import numbers
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from ama_jax import errors
+from ama_jax import input_pipeline
+from ama_jax import losses
+from ama_jax import models
+from ama_jax import sampling
+
+# Image shape (H, W, C) of each dataset as stored, for checks before loading.
+NATIVE_SHAPES = {
+    'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1),
+    'cifar10': (32, 32, 3), 'svhn_cropped': (32, 32, 3),
+}
+MAX_SEED = 2**32 - 1  # jax.random.key folds larger seeds onto smaller ones.
+
+
+# ----------------------------------------------------------------------------
+# Field rules.
+# ----------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _choices(choices) -> tuple:
+  return tuple(choices() if callable(choices) else choices)
+
+
+class Rule:
+  """Checks one field; `problem` returns None or what is allowed."""
+  optional: bool = False
+
+  def problem(self, value: Any) -> Optional[str]:
+    if value is None:
+      return None if self.optional else 'must be set (is None)'
+    return self._problem(value)
+
+  def _problem(self, value: Any) -> Optional[str]:
+    raise NotImplementedError
+
+  def _or_none(self) -> str:
+    return ' or None' if self.optional else ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Int(Rule):
+  """An integer in [min, max]."""
+  min: Optional[int] = None
+  max: Optional[int] = None
+  optional: bool = False
+
+  def _problem(self, value):
+    if (not _is_int(value) or (self.min is not None and value < self.min)
+        or (self.max is not None and value > self.max)):
+      if self.min is not None and self.max is not None:
+        return (f'must be an integer in [{self.min}, {self.max}]'
+                f'{self._or_none()}')
+      if self.min is not None:
+        return f'must be an integer >= {self.min}{self._or_none()}'
+      return f'must be an integer{self._or_none()}'
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Float(Rule):
+  """A finite real number in an interval ([ or ( ends by `*_open`)."""
+  min: Optional[float] = None
+  max: Optional[float] = None
+  min_open: bool = False
+  max_open: bool = False
+  optional: bool = False
+
+  def interval(self) -> str:
+    if self.min is not None and self.max is not None:
+      return (f'{"(" if self.min_open else "["}{self.min:g}, {self.max:g}'
+              f'{")" if self.max_open else "]"}')
+    if self.min is not None:
+      return f'{">" if self.min_open else ">="} {self.min:g}'
+    if self.max is not None:
+      return f'{"<" if self.max_open else "<="} {self.max:g}'
+    return ''
+
+  def contains(self, value: Any) -> bool:
+    if not _is_real(value) or not math.isfinite(value):
+      return False
+    if self.min is not None and (value < self.min or (
+        self.min_open and value == self.min)):
+      return False
+    if self.max is not None and (value > self.max or (
+        self.max_open and value == self.max)):
+      return False
+    return True
+
+  def _problem(self, value):
+    if self.contains(value):
+      return None
+    where = self.interval()
+    if ',' in where:
+      where = f' in {where}'
+    elif where:
+      where = f' {where}'
+    return f'must be a finite number{where}{self._or_none()}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Bool(Rule):
+  optional: bool = False
+
+  def _problem(self, value):
+    return None if isinstance(value, (bool, np.bool_)) else (
+        'must be True or False')
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice(Rule):
+  """One of `choices` (a sequence, or a function returning one)."""
+  choices: Any = ()
+  optional: bool = False
+
+  def _problem(self, value):
+    choices = _choices(self.choices)
+    if isinstance(value, str) and value in choices:
+      return None
+    return ('must be one of ' + ', '.join(repr(c) for c in choices)
+            + self._or_none())
+
+
+@dataclasses.dataclass(frozen=True)
+class Text(Rule):
+  """A non-empty string (a path, a name)."""
+  optional: bool = False
+
+  def _problem(self, value):
+    if isinstance(value, str) and value.strip():
+      return None
+    return f'must be a non-empty string{self._or_none()}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Fractions(Rule):
+  """A strictly increasing sequence of numbers in (0, 1) (may be empty)."""
+  optional: bool = False
+
+  def _problem(self, value):
+    if (isinstance(value, (list, tuple))
+        and all(Float(0, 1, True, True).contains(v) for v in value)
+        and all(a < b for a, b in zip(value, value[1:]))):
+      return None
+    return ('must be a tuple of increasing fractions in (0, 1), e.g. '
+            '(0.3, 0.6, 0.9), or ()')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageShape(Rule):
+  """(H, W, C) with positive H, W and C in {1, 3}."""
+  optional: bool = False
+
+  def _problem(self, value):
+    if (isinstance(value, (list, tuple)) and len(value) == 3
+        and all(_is_int(d) and d > 0 for d in value) and value[2] in (1, 3)):
+      return None
+    return ('must be (H, W, C) with positive H, W and C 1 or 3, e.g. '
+            f'(32, 32, 3){self._or_none()}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Classes(Rule):
+  """A non-empty tuple of class indices (>= 0) or names."""
+  optional: bool = False
+
+  def _problem(self, value):
+    if isinstance(value, (str, numbers.Integral)) and not isinstance(
+        value, bool):
+      value = (value,)
+    if (isinstance(value, (list, tuple)) and value and all(
+        (_is_int(c) and c >= 0) or (isinstance(c, str) and c.strip())
+        for c in value)):
+      return None
+    return ('must be a non-empty tuple of class indices or names, e.g. (3,) '
+            "or ('trouser',)")
+
+
+def _datasets() -> tuple[str, ...]:
+  return tuple(input_pipeline.DATASETS)
+
+
+FRACTION = Float(0, 1, max_open=True)  # [0, 1)
+WEIGHT = Float(min=0)  # A loss weight.
+BETA = Float(0, 1, max_open=True)  # Adam's b1, b2.
+
+FIELDS: dict[str, Rule] = {
+    'seed': Int(0, MAX_SEED),
+    # --- data ---
+    'data.dataset': Choice(_datasets),
+    'data.protocol': Choice(input_pipeline.PROTOCOLS),
+    'data.normal_classes': Classes(),
+    'data.ood_dataset': Choice(_datasets, optional=True),
+    'data.num_val_normal': Int(min=1),  # Threshold and AUROC need both.
+    'data.num_val_anomaly': Int(min=1),
+    'data.num_test_anomaly': Int(min=0),
+    'data.semi_supervised_ratio': FRACTION,
+    'data.corruption_ratio': FRACTION,
+    'data.image_shape': ImageShape(optional=True),
+    'data.data_dir': Text(optional=True),
+    'data.raw_dir': Text(optional=True),
+    'data.max_train': Int(min=1, optional=True),
+    'data.max_test': Int(min=2, optional=True),  # Both labels in test.
+    # --- model ---
+    'model.arch': Choice(lambda: sorted(models._SHAPES)),  # pylint: disable=protected-access
+    'model.latent_dim': Int(min=1),
+    'model.width': Int(min=1),
+    'model.spectral_norm': Bool(),
+    # --- loss ---
+    'loss.lambda_inter': WEIGHT,
+    'loss.num_inter': Int(min=2),  # One encoding is no interpolation.
+    'loss.detach_inter': Bool(),
+    'loss.lambda_neg': WEIGHT,
+    'loss.lambda_reg': WEIGHT,
+    'loss.reg_squared': Bool(),
+    'loss.lambda_gp': WEIGHT,
+    'loss.gp_style': Choice(lambda: sorted(losses.GP_STYLES)),
+    # --- sampling ---
+    'sampling.style': Choice(sampling.NEGATIVE_STYLES),
+    'sampling.radial_direction': Choice(sampling.RADIAL_DIRECTIONS),
+    'sampling.delta': Float(min=0, min_open=True),
+    'sampling.start_epoch': Int(min=0),
+    'sampling.fraction': FRACTION,
+    # --- optim ---
+    'optim.lr': Float(min=0, min_open=True),
+    'optim.b1_encoder': BETA,
+    'optim.b1_generator': BETA,
+    'optim.b1_critic': BETA,
+    'optim.b2': BETA,
+    'optim.decay_at': Fractions(),
+    'optim.decay': Float(0, 1, min_open=True),
+    # --- train ---
+    'train.batch_size': Int(min=1),
+    'train.num_epochs': Int(min=1),  # 0 would train nothing.
+    'train.n_critic': Int(min=1),
+    'train.steps_per_call': Int(min=1),
+    'train.halt_after_steps': Int(min=1, optional=True),
+    'train.max_steps_per_epoch': Int(min=1, optional=True),
+    # --- eval ---
+    'eval.batch_size': Int(min=1),
+    'eval.first_epoch': Int(min=1),
+    'eval.every_epochs': Int(min=1),
+    'eval.threshold_fpr': FRACTION,
+    'eval.calibration_size': Int(min=2, optional=True),  # A Gaussian fit.
+    # --- log ---
+    'log.every_steps': Int(min=1),
+    'log.checkpoint_every_steps': Int(min=1),
+    'log.figures': Bool(),
+}
+
+
+# ----------------------------------------------------------------------------
+# Combinations.
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What the checks know besides the config."""
+  num_devices: int = 1  # Of every process: the global batch's divisor.
+  num_processes: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Combination:
+  """A rule on several fields; runs only if `fields` passed their rules."""
+  fields: tuple[str, ...]
+  check: Callable[[ml_collections.ConfigDict, Context], list[str]]
+
+
+def _val(config, path: str) -> Any:
+  node = config
+  for key in path.split('.'):
+    node = node[key]
+  return node
+
+
+def _protocol_classes(config, context) -> list[str]:
+  del context
+  data = config.data
+  if data.protocol == 'ood':
+    problems = []
+    if data.ood_dataset is None or data.ood_dataset == data.dataset:
+      problems.append(
+          f'data.ood_dataset={data.ood_dataset!r}: the ood protocol needs an '
+          f'anomaly dataset other than data.dataset={data.dataset!r}, one of '
+          + ', '.join(repr(d) for d in _datasets() if d != data.dataset))
+    if data.num_test_anomaly < 1:
+      problems.append(f'data.num_test_anomaly={data.num_test_anomaly}: the '
+                      'ood protocol needs >= 1 test anomaly')
+    return problems
+  # one_class: the classes must exist and leave at least one anomaly class.
+  classes = data.normal_classes
+  if isinstance(classes, (str, numbers.Integral)):
+    classes = (classes,)
+  try:
+    indices = {input_pipeline.class_index(data.dataset, c) for c in classes}
+  except ValueError as e:
+    return [f'data.normal_classes={data.normal_classes!r}: '
+            f'{errors.one_line(e)}']
+  num_classes = len(input_pipeline.DATASETS[data.dataset])
+  if len(indices) >= num_classes:
+    return [f'data.normal_classes={data.normal_classes!r} names all '
+            f'{num_classes} classes of {data.dataset}; at least one class '
+            'must be left as anomalies']
+  return []
+
+
+def _image_shapes(config, context) -> list[str]:
+  """The images the model gets fit its architecture (shapes known ahead)."""
+  del context
+  data, arch = config.data, config.model.arch
+  arch_shapes = models._SHAPES  # pylint: disable=protected-access
+  names = [data.dataset] + ([data.ood_dataset] if data.protocol == 'ood'
+                            else [])
+  native = {n: NATIVE_SHAPES[n] for n in names if n in NATIVE_SHAPES}
+  if data.image_shape is not None:
+    shape, source = tuple(data.image_shape), 'data.image_shape'
+  elif len(set(native.values())) > 1:
+    return [f'data.image_shape=None but {" and ".join(native)} images have '
+            f'different shapes {list(native.values())}; set data.image_shape '
+            f'to convert them, e.g. {arch_shapes[arch] + (3,)}']
+  elif native and len(native) == len(names):
+    shape, source = next(iter(native.values())), f'{data.dataset} images'
+  else:  # A dataset of unknown shape: checked when the data is loaded.
+    return []
+  want = arch_shapes[arch]
+  if tuple(shape[:2]) == want:
+    return []
+  fits = [repr(a) for a, s in arch_shapes.items() if s == tuple(shape[:2])]
+  return [f'model.arch={arch!r} takes {want[0]}x{want[1]} images but '
+          f'{source} are {shape[0]}x{shape[1]}; set data.image_shape='
+          f'{want + (shape[2],)}'
+          + (f' or model.arch={" or ".join(fits)}' if fits else '')]
+
+
+def _batch_over_devices(config, context) -> list[str]:
+  batch, n = config.train.batch_size, context.num_devices
+  if batch % n:
+    below = batch // n * n
+    fits = ' or '.join(str(b) for b in (below, below + n) if b)
+    return [f'train.batch_size={batch} (the global batch) does not divide '
+            f'evenly over {n} devices ({context.num_processes} process(es) x '
+            f'{n // context.num_processes} device(s) each); use a multiple '
+            f'of {n}, e.g. {fits}']
+  return []
+
+
+def _batch_vs_train_cap(config, context) -> list[str]:
+  """A training set capped below one batch would train nothing."""
+  del context
+  data, batch = config.data, config.train.batch_size
+  if data.max_train is None:
+    return []
+  most = data.max_train + round(
+      data.max_train * data.semi_supervised_ratio) + round(
+          data.max_train * data.corruption_ratio)
+  if most < batch:
+    return [f'train.batch_size={batch} is larger than the training set '
+            f'(data.max_train={data.max_train}: at most {most} images), so '
+            'no step would run; lower train.batch_size or raise '
+            'data.max_train']
+  return []
+
+
+def _negatives_schedule(config, context) -> list[str]:
+  s, epochs = config.sampling, config.train.num_epochs
+  if s.style == 'none':
+    return []
+  problems = []
+  if s.start_epoch >= epochs:
+    problems.append(
+        f'sampling.start_epoch={s.start_epoch} with train.num_epochs='
+        f'{epochs}: atypical selection (sampling.style={s.style!r}) would '
+        f'never run; set sampling.start_epoch below {epochs} (epochs count '
+        "from 0), or sampling.style='none' to train without negatives")
+  if s.fraction == 0:
+    problems.append(
+        f'sampling.fraction=0 with sampling.style={s.style!r} draws no '
+        "negatives; set a fraction in (0, 1) or sampling.style='none'")
+  elif config.train.batch_size % context.num_devices == 0:
+    local = config.train.batch_size // context.num_devices
+    if sampling.num_negatives(local, s.fraction) == 0:
+      logging.warning(
+          'sampling.fraction=%g of a per-device batch of %d rounds to 0 '
+          'synthetic negatives per device: atypical selection is off. Raise '
+          'train.batch_size or sampling.fraction.', s.fraction, local)
+  return problems
+
+
+def _shell_radius(config, context) -> list[str]:
+  del context
+  s, d = config.sampling, config.model.latent_dim
+  if s.style == 'inward' and s.delta > math.sqrt(d):
+    return [f'sampling.delta={s.delta:g} with sampling.style=\'inward\': '
+            f'the shell [sqrt(d) - delta, sqrt(d)] of model.latent_dim={d} '
+            f'needs delta <= sqrt({d}) = {math.sqrt(d):.4g}']
+  return []
+
+
+def _validation_runs(config, context) -> list[str]:
+  """At least one epoch validates (model selection, calibration)."""
+  del context
+  e, epochs = config.eval, config.train.num_epochs
+  first = -(-e.first_epoch // e.every_epochs) * e.every_epochs
+  if first > epochs:
+    return [f'eval.first_epoch={e.first_epoch}, eval.every_epochs='
+            f'{e.every_epochs} with train.num_epochs={epochs}: no epoch would '
+            'be validated (no best checkpoint, no calibration); validate at '
+            f'an epoch <= {epochs}']
+  return []
+
+
+COMBINATIONS: tuple[Combination, ...] = (
+    Combination(('data.protocol', 'data.dataset', 'data.ood_dataset',
+                 'data.normal_classes', 'data.num_test_anomaly'),
+                _protocol_classes),
+    Combination(('data.protocol', 'data.dataset', 'data.ood_dataset',
+                 'data.image_shape', 'model.arch'), _image_shapes),
+    Combination(('train.batch_size',), _batch_over_devices),
+    Combination(('train.batch_size', 'data.max_train',
+                 'data.semi_supervised_ratio', 'data.corruption_ratio'),
+                _batch_vs_train_cap),
+    Combination(('sampling.style', 'sampling.start_epoch', 'sampling.fraction',
+                 'train.num_epochs', 'train.batch_size'), _negatives_schedule),
+    Combination(('sampling.style', 'sampling.delta', 'model.latent_dim'),
+                _shell_radius),
+    Combination(('eval.first_epoch', 'eval.every_epochs', 'train.num_epochs'),
+                _validation_runs),
+)
+
+
+# ----------------------------------------------------------------------------
+# Entry points.
+# ----------------------------------------------------------------------------
+def leaf_fields(config: Mapping[str, Any] | ml_collections.ConfigDict,
+                prefix: str = '') -> Iterator[tuple[str, Any]]:
+  """(dotted path, value) of every non-dict field, placeholders as None."""
+  if isinstance(config, ml_collections.ConfigDict):
+    config = config.to_dict()
+  for key, value in config.items():
+    if isinstance(value, dict):
+      yield from leaf_fields(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
+def problems(config: ml_collections.ConfigDict,
+             context: Context = Context()) -> list[str]:
+  """Every problem of `config`, field rules first ([] if none)."""
+  found, bad = [], set()
+  for path, value in leaf_fields(config):
+    rule = FIELDS.get(path)
+    if rule is None:
+      logging.warning('Config field %s=%r has no validation rule (add one to '
+                      'ama_jax/config_checks.py FIELDS).', path, value)
+      continue
+    problem = rule.problem(value)
+    if problem:
+      found.append(f'{path}={value!r}: {problem}')
+      bad.add(path)
+  present = {path for path, _ in leaf_fields(config)}
+  for combination in COMBINATIONS:
+    if set(combination.fields) <= present and not bad & set(
+        combination.fields):
+      found += combination.check(config, context)
+  return found
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
+             num_processes: int = 1) -> None:
+  """Raises ConfigError listing every problem of `config` (see docstring).
+
+  Args:
+    config: the experiment config (`configs/*.py`).
+    num_devices: devices of all processes (the global batch is split over
+      them).
+    num_processes: processes (for messages).
+  """
+  found = problems(config, Context(num_devices=num_devices,
+                                   num_processes=num_processes))
+  if found:
+    what = (f'{len(found)} problems' if len(found) > 1 else '1 problem')
+    raise errors.ConfigError(f'Invalid config ({what}): ' + '; '.join(found)
+                             + '.')
+
+
+def schedule_steps(config: ml_collections.ConfigDict,
+                   total_updates: int) -> list[int]:
+  """The updates at which the lr decays (as `train.lr_schedule` puts them)."""
+  return [max(1, int(round(f * total_updates)))
+          for f in config.optim.decay_at]
+
+
+def check_plan(config: ml_collections.ConfigDict, steps_per_epoch: int
+               ) -> None:
+  """Checks the lr schedule against the training length (after loading).
+
+  Raises:
+    ConfigError: two decay points fall on the same step, or one falls at or
+      after the last step (the schedule would not be the one configured).
+  """
+  total = steps_per_epoch * config.train.num_epochs
+  at = schedule_steps(config, total)
+  if len(set(at)) < len(at) or any(s >= total for s in at):
+    raise errors.ConfigError(
+        f'optim.decay_at={tuple(config.optim.decay_at)} puts the lr decays at '
+        f'steps {at} of {total} training steps ({steps_per_epoch} per epoch '
+        f'x train.num_epochs={config.train.num_epochs}): '
+        + ('two fall on the same step' if len(set(at)) < len(at) else
+           'one falls at or after the end')
+        + '; train longer or give fewer points (optim.decay_at=() for a '
+        'constant lr).')
+
+
+def field_rule(path: str) -> Optional[Rule]:
+  """The rule of a dotted field path (None: no rule)."""
+  return FIELDS.get(path)
+
+
+def fields_without_rules(config: ml_collections.ConfigDict) -> list[str]:
+  """Fields of `config` that `FIELDS` does not cover."""
+  return [path for path, _ in leaf_fields(config) if path not in FIELDS]
+
+
+def rules_without_fields(config: ml_collections.ConfigDict
+                         ) -> Sequence[str]:
+  """Rules that name no field of `config` (stale after a rename)."""
+  present = {path for path, _ in leaf_fields(config)}
+  return [path for path in FIELDS if path not in present]
