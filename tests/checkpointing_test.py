@@ -1,18 +1,22 @@
 """Tests of the latest/best checkpoint managers and read-only restore."""
+import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 
 from absl.testing import absltest
+from absl.testing import parameterized
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ama_jax import checkpointing
+from ama_jax import errors
 from ama_jax import train
 from configs import default
 
@@ -217,6 +221,197 @@ class CheckpointingTest(absltest.TestCase):
     self.assertEqual(hparams['model.width'], 8)
     self.assertEqual(hparams['data.image_shape'], 'None')
     self.assertEqual(hparams['optim.decay_at'], '[0.3, 0.6, 0.9]')
+
+
+def _damage(step_dir: pathlib.Path, how: str) -> None:
+  """Damages a saved step the way a crash, a full disk or a user might."""
+  data = sorted((step_dir / 'state' / 'ocdbt.process_0' / 'd').iterdir(),
+                key=lambda p: -p.stat().st_size)[0]
+  if how == 'truncated_data':
+    data.write_bytes(data.read_bytes()[:len(data.read_bytes()) // 2])
+  elif how == 'flipped_byte':  # Same size, different content.
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+  elif how == 'missing_state_metadata':
+    (step_dir / 'state' / '_METADATA').unlink()
+  elif how == 'truncated_meta':
+    meta = step_dir / 'meta' / 'metadata'
+    meta.write_text(meta.read_text()[:10])
+  elif how == 'missing_meta':
+    shutil.rmtree(step_dir / 'meta')
+  elif how == 'bad_step_metadata':
+    (step_dir / '_CHECKPOINT_METADATA').write_text('{"item_handlers": ')
+  else:
+    raise ValueError(how)
+
+
+_DAMAGE = {  # how -> what step_problem says.
+    'truncated_data': r'state/ocdbt\.process_0/d/\w+ has \d+ bytes, \d+ '
+                      'were written',
+    'flipped_byte': r'state/ocdbt\.process_0/d/\w+ is corrupt',
+    'missing_state_metadata': r'state/_METADATA is missing',
+    'truncated_meta': r'meta/metadata has 10 bytes',
+    'missing_meta': r'meta/metadata is missing',
+    'bad_step_metadata': r'_CHECKPOINT_METADATA is not valid JSON',
+}
+
+
+class DamageTest(parameterized.TestCase):
+  """Damaged checkpoints are named, skipped and kept aside, never read."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.config = default.get_config('runlocal')
+    cls.state = _tiny_state(cls.config)
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = pathlib.Path(self.create_tempdir().full_path)
+    ckpts = checkpointing.CheckpointManagers(self.workdir)
+    for step in (1, 2):
+      ckpts.save_latest(step, _at_step(self.state, step), {'step': step})
+    ckpts.save_best(2, _at_step(self.state, 2), {'step': 2, 'val_auroc': .7})
+    ckpts.close()
+
+  def _dir(self, step, kind='checkpoints'):
+    return self.workdir / kind / str(step)
+
+  def test_every_step_is_sealed_with_checksums_of_its_files(self):
+    for step_dir in (self._dir(1), self._dir(2), self._dir(2, 'best')):
+      record = json.loads((step_dir / checkpointing.CHECKSUMS).read_text())
+      self.assertIn('meta/metadata', record['files'])
+      self.assertTrue(any(name.startswith('state/ocdbt.process_0/d/')
+                          for name in record['files']))
+      self.assertIsNone(checkpointing.step_problem(step_dir))
+
+  @parameterized.parameters(*_DAMAGE)
+  def test_damage_is_named(self, how):
+    _damage(self._dir(2), how)
+    self.assertRegex(checkpointing.step_problem(self._dir(2)), _DAMAGE[how])
+    self.assertIsNone(checkpointing.step_problem(self._dir(1)))
+
+  @parameterized.parameters('truncated_data', 'missing_meta',
+                            'bad_step_metadata')
+  def test_resume_takes_the_newest_readable_step_and_keeps_the_damaged_one(
+      self, how):
+    _damage(self._dir(2), how)
+    with self.assertLogs(level='WARNING') as logs:
+      with checkpointing.CheckpointManagers(self.workdir) as ckpts:
+        restored, meta = ckpts.restore_latest(self.state)
+        self.assertEqual(meta['step'], 1)
+        chex.assert_trees_all_close(restored,
+                                    jax.device_get(_at_step(self.state, 1)))
+        # Training goes on: step 2 is written again beside the damaged one.
+        self.assertTrue(ckpts.save_latest(2, _at_step(self.state, 2),
+                                          {'step': 2}))
+    text = '\n'.join(logs.output)
+    self.assertRegex(text, r'step 2 in .*checkpoints/2 is damaged')
+    self.assertRegex(text, r'Resuming from step 1, .*2\.damaged')
+    self.assertTrue((self.workdir / 'checkpoints' / '2.damaged').is_dir())
+    self.assertEqual(checkpointing.available_steps(self.workdir, 'latest'),
+                     [1, 2])
+    self.assertIsNone(checkpointing.step_problem(self._dir(2)))
+
+  def test_no_readable_step_raises_naming_each_and_moves_nothing(self):
+    _damage(self._dir(1), 'missing_state_metadata')
+    _damage(self._dir(2), 'truncated_data')
+    pattern = (r'No readable checkpoint in .*checkpoints: step 2 \(.*/2\): '
+               r'.* step 1 \(.*/1\): state/_METADATA is missing\. Nothing was '
+               r'moved')
+    with self.assertRaisesRegex(errors.CheckpointDamagedError, pattern):
+      checkpointing.check_resumable(self.workdir)
+    with checkpointing.CheckpointManagers(self.workdir) as ckpts:
+      with self.assertRaisesRegex(errors.CheckpointDamagedError, pattern):
+        ckpts.restore_latest(self.state)
+    self.assertEqual(sorted(p.name for p in
+                            (self.workdir / 'checkpoints').iterdir()),
+                     ['1', '2'])
+
+  def test_unsealed_step_is_checked_by_reading_its_data(self):
+    # As saved by an older ama_jax: no checksums; its data is read back.
+    (self._dir(2) / checkpointing.CHECKSUMS).unlink()
+    self.assertIsNone(checkpointing.step_problem(self._dir(2)))
+    for data in (self._dir(2) / 'state').rglob('d/*'):
+      data.write_bytes(data.read_bytes()[:10])
+    self.assertRegex(checkpointing.step_problem(self._dir(2)),
+                     r'state/ data is unreadable \(OUT_OF_RANGE')
+    with checkpointing.CheckpointManagers(self.workdir) as ckpts:
+      _, meta = ckpts.restore_latest(self.state)
+    self.assertEqual(meta['step'], 1)
+    self.assertTrue((self.workdir / 'checkpoints' / '2.damaged').is_dir())
+
+  def test_readers_skip_a_damaged_latest_and_refuse_a_damaged_step(self):
+    _damage(self._dir(2), 'flipped_byte')
+    with self.assertLogs(level='WARNING') as logs:
+      meta = checkpointing.read_meta(self.workdir, kind='latest')
+    self.assertEqual(meta['step'], 1)
+    self.assertRegex(logs.output[0], r'step 2 .* is corrupt.*using step 1')
+    with self.assertRaisesRegex(errors.CheckpointDamagedError,
+                                r'step 2 in .*checkpoints/2 is damaged'):
+      checkpointing.restore(self.workdir, self.state, kind='latest', step=2)
+    restored, _ = checkpointing.restore(self.workdir, self.state,
+                                        kind='latest')
+    self.assertEqual(int(restored.step), 1)
+    self.assertTrue(self._dir(2).is_dir())  # Readers change nothing.
+
+  def test_damaged_best_is_refused_then_set_aside_by_training(self):
+    _damage(self._dir(2, 'best'), 'truncated_meta')
+    with self.assertRaisesRegex(errors.CheckpointDamagedError,
+                                r'No readable checkpoint in .*best: step 2'):
+      checkpointing.read_meta(self.workdir, kind='best')
+    with self.assertLogs(level='WARNING') as logs:
+      with checkpointing.CheckpointManagers(self.workdir) as ckpts:
+        self.assertIsNone(ckpts.best_step())
+        self.assertIsNone(ckpts.restore_best(self.state))
+        self.assertTrue(ckpts.save_best(3, _at_step(self.state, 3),
+                                        {'step': 3, 'val_auroc': 0.6}))
+    self.assertRegex(logs.output[0], r'Best checkpoint step 2 .* damaged .* '
+                     r'moved to 2\.damaged')
+    self.assertEqual(checkpointing.available_steps(self.workdir, 'best'), [3])
+
+  def test_best_replaced_by_an_earlier_step_survives_a_kill_in_between(self):
+    # save_best(1) after a kept best at step 2 sets step 2 aside first. A
+    # kill before step 1 is committed leaves only the aside copy:
+    best = self.workdir / 'best'
+    os.replace(best / '2', best / '2.superseded')
+    with checkpointing.CheckpointManagers(self.workdir) as ckpts:
+      self.assertEqual(ckpts.best_step(), 2)  # Put back.
+      self.assertTrue(ckpts.save_best(1, _at_step(self.state, 1),
+                                      {'step': 1, 'val_auroc': 0.9}))
+    self.assertEqual(sorted(p.name for p in best.iterdir()), ['1'])
+    _, meta = checkpointing.restore(self.workdir, self.state, kind='best')
+    self.assertEqual((meta['step'], meta['val_auroc']), (1, 0.9))
+
+  def test_kill_while_a_step_is_being_committed_keeps_the_previous_one(self):
+    # The child dies after step 3's files are written, before orbax renames
+    # its tmp directory (in the on-commit callback that seals it).
+    script = textwrap.dedent("""
+        import os, signal, sys
+        import numpy as np
+        from ama_jax import checkpointing
+        checkpointing.seal = lambda step_dir: os.kill(os.getpid(),
+                                                      signal.SIGKILL)
+        ckpts = checkpointing.CheckpointManagers(sys.argv[1])
+        ckpts.save_latest(3, {'w': np.ones(4)}, {'step': 3})
+        ckpts.wait_until_finished()
+        """)
+    workdir = pathlib.Path(self.create_tempdir().full_path)
+    ckpts = checkpointing.CheckpointManagers(workdir)
+    ckpts.save_latest(2, {'w': np.zeros(4)}, {'step': 2})
+    ckpts.close()
+    proc = subprocess.run([sys.executable, '-c', script, str(workdir)],
+                          cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False)
+    self.assertEqual(proc.returncode, -signal.SIGKILL, proc.stderr[-2000:])
+    self.assertTrue(list((workdir / 'checkpoints').glob('3.orbax-*')))
+    self.assertEqual(checkpointing.available_steps(workdir, 'latest'), [2])
+    with checkpointing.CheckpointManagers(workdir) as ckpts:
+      tree, meta = ckpts.restore_latest({'w': np.ones(4)})
+    self.assertEqual(meta['step'], 2)
+    np.testing.assert_array_equal(tree['w'], 0.0)
+    self.assertFalse(list((workdir / 'checkpoints').glob('3.orbax-*')))
 
 
 if __name__ == '__main__':
