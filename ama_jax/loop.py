@@ -31,17 +31,17 @@ import ml_collections
 import numpy as np
 
 from ama_jax import checkpointing
+from ama_jax import config_checks
+from ama_jax import errors
 from ama_jax import figures
 from ama_jax import input_pipeline
 from ama_jax import models
 from ama_jax import scoring
 from ama_jax import train
+from ama_jax import workdir_lock
 
 PRNGKey = jax.Array
-
-
-class NonFiniteLossError(FloatingPointError):
-  """A loss became NaN/Inf; the last good checkpoint is left untouched."""
+NonFiniteLossError = errors.NonFiniteLossError  # Raised by the loop.
 
 
 def _plan(config: ml_collections.ConfigDict, num_train: int,
@@ -58,7 +58,7 @@ def _plan(config: ml_collections.ConfigDict, num_train: int,
   if batch % num_devices:
     below = batch // num_devices * num_devices
     fits = ' or '.join(str(b) for b in (below, below + num_devices) if b)
-    raise ValueError(
+    raise errors.ConfigError(
         f'train.batch_size={batch} (the global batch) does not divide evenly '
         f'over {num_devices} devices ({num_processes} process(es) x '
         f'{num_devices // num_processes} device(s) each); set '
@@ -66,7 +66,7 @@ def _plan(config: ml_collections.ConfigDict, num_train: int,
         f'{fits}.')
   steps = num_train // batch  # drop_last, as the official code.
   if steps == 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f'train.batch_size={batch} is larger than the training set '
         f'({num_train} images); lower it.')
   if config.train.max_steps_per_epoch:
@@ -103,7 +103,9 @@ def _load_data(config: ml_collections.ConfigDict
   several = jax.process_count() > 1
   if several and jax.process_index() != 0:
     multihost_utils.sync_global_devices('ama_jax: data prepared')
-  data = input_pipeline.load_protocol(config.data, config.seed)
+  # Its ValueErrors are bad settings or data (documented): one line each.
+  with errors.reraise_as(errors.DataError, ValueError):
+    data = input_pipeline.load_protocol(config.data, config.seed)
   if several and jax.process_index() == 0:
     multihost_utils.sync_global_devices('ama_jax: data prepared')
   return data
@@ -181,8 +183,8 @@ class History:
     self._enabled = is_chief
     self._buffer: list[str] = []
     if is_chief and self.path.exists():
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line)['step'] <= resume_step]
+      kept = [line for line in _parsable_lines(self.path)
+              if json.loads(line)['step'] <= resume_step]
       tmp = self.path.with_suffix('.jsonl.tmp')
       tmp.write_text(''.join(line + '\n' for line in kept))
       os.replace(tmp, self.path)
@@ -205,6 +207,22 @@ class History:
       return []
     return [json.loads(line) for line in self.path.read_text().splitlines()
             if line.strip()]
+
+
+def _parsable_lines(path: pathlib.Path) -> list[str]:
+  """The JSON lines of a file; a line cut short by a kill is dropped."""
+  lines = []
+  for line in path.read_text().splitlines():
+    if not line.strip():
+      continue
+    try:
+      json.loads(line)
+    except ValueError:
+      logging.warning('%s: dropping an unreadable line (a run killed while '
+                      'writing it?): %r', path, line[:80])
+      continue
+    lines.append(line)
+  return lines
 
 
 class _Progress:
@@ -249,7 +267,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> train.AMAState:
   """Trains AMA per `config`, selects on validation, tests the best and last.
 
-  A workdir that already holds a checkpoint is resumed from it.
+  A workdir that already holds a checkpoint is resumed from its newest
+  readable one (damaged newer ones are set aside as `<step>.damaged`).
+  Before any work the whole config is validated, this process takes the
+  workdir's lock and a workdir whose checkpoints are all damaged is refused;
+  on any exit, pending checkpoint saves finish, the managers close and the
+  lock is released.
+
+  Raises:
+    errors.UserError: a known problem, one line to print: ConfigError,
+      DataError, CheckpointError (all checkpoints damaged, or written for
+      another model), WorkdirLockedError, NonFiniteLossError.
+  """
+  config_checks.validate(config, num_devices=jax.device_count(),
+                         num_processes=jax.process_count())
+  with workdir_lock.hold_for_job(workdir), contextlib.ExitStack() as cleanup:
+    checkpointing.check_resumable(workdir)
+    return _train_and_evaluate(config, workdir, cleanup)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        cleanup: contextlib.ExitStack) -> train.AMAState:
+  """`train_and_evaluate` once the config and workdir are checked.
+
+  `cleanup` closes what the run opens (checkpoint managers), also on error.
   """
   t_start = time.time()
   workdir = pathlib.Path(workdir)
@@ -262,6 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   num_train = len(data.train.images)
   local_batch, steps_per_epoch = _plan(config, num_train, len(devices),
                                        jax.process_count())
+  config_checks.check_plan(config, steps_per_epoch)
   num_epochs = config.train.num_epochs
   total_steps = steps_per_epoch * num_epochs
   writer, report = create_writer(workdir, is_chief, total_steps)
@@ -275,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   init_rng, train_rng, data_rng = jax.random.split(
       jax.random.key(config.seed), 3)
   state = train.create_train_state(init_rng, config, image_shape, total_steps)
-  ckpts = checkpointing.CheckpointManagers(workdir)
+  ckpts = cleanup.enter_context(checkpointing.CheckpointManagers(workdir))
   best_val_auroc = -np.inf
   restored = ckpts.restore_latest(_host_target(state))
   if restored is not None:
@@ -323,11 +365,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     pending.clear()
     for i, m in enumerate(host):
       if not bool(m['finite']):
+        good = ckpts.latest_step()
         raise NonFiniteLossError(
             f'Non-finite loss between steps {first} and {step} (first bad '
-            f'call ends at step {first + i}); the last good checkpoint in '
-            f'{workdir / "checkpoints"} is intact. Lower optim.lr or enable '
-            'loss.lambda_gp / model.spectral_norm.')
+            f'call ends at step {first + i}); ' + (
+                f'the last good checkpoint, step {good} in '
+                f'{workdir / "checkpoints"}, is intact' if good is not None
+                else 'no checkpoint was saved before it')
+            + '. Lower optim.lr or enable loss.lambda_gp / '
+            'model.spectral_norm.')
     for (at, _), m in zip(pending_steps, host):
       values = {key: float(v) for key, v in m.items() if key != 'finite'}
       _write_scalars(writer, at, 'train', values)
@@ -504,6 +550,15 @@ def _figures(workdir, data, state, eval_ae, calibration, r_train, r_test,
     figures.image_grid(str(workdir / 'negatives.png'), np.asarray(negatives),
                        n=len(x), title='Synthetic negatives '
                        f'({config.sampling.style})')
+
+
+def finished_at(workdir: str) -> Optional[int]:
+  """The step `<workdir>/results.json` was written at (None: no results)."""
+  path = pathlib.Path(workdir) / 'results.json'
+  try:
+    return json.loads(path.read_text()).get('steps')
+  except (OSError, ValueError, AttributeError):
+    return None
 
 
 def summary(workdir: str) -> str:

@@ -8,6 +8,10 @@ Config fields are overridden with `--config.<field>=<value>`; a `:arg` suffix
 selects a variant (`:runlocal` for a tiny smoke run). A workdir that holds a
 checkpoint is resumed.
 
+Known problems (a bad config value, missing data, a workdir in use by
+another run, no readable checkpoint, a diverging loss) end in one line
+`error: ...` on stderr and exit status 1; `--verbose` adds the traceback.
+
 Multi-host: every process runs the same command (launch/, README).
 `jax.distributed.initialize()` is called under `--multihost`; without the
 flag (`--nomultihost`: never) when the environment shows several processes:
@@ -26,6 +30,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from ama_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, '
@@ -77,10 +83,15 @@ def main(argv):
   from ama_jax import loop  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  state = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
-    print(loop.summary(FLAGS.workdir), flush=True)
+    step = int(jax.device_get(state.step))
+    if loop.finished_at(FLAGS.workdir) == step:
+      print(loop.summary(FLAGS.workdir), flush=True)
+    else:  # Stopped by train.halt_after_steps, before the final evaluation.
+      print(f'ama_jax: halted at step {step} (train.halt_after_steps); the '
+            'same command without it resumes.', flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_main(main)

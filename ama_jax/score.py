@@ -28,11 +28,14 @@ R(x)), `score` (calibrated, (R - mu)^2 / (2 sigma^2)) and `is_anomaly` (1 if
 score > threshold else 0), in input order, written atomically (a temporary
 file in the same folder, then renamed).
 
-Problems with the inputs (missing workdir or checkpoint, unreadable or
-non-image files, wrong image size or channels, NaN/Inf pixels, empty input,
-unwritable output) end the program with a one-line `error: ...` message on
-stderr and exit status 1. Logs are quiet (warnings only) unless
-`--verbosity=0` is passed.
+Problems with the inputs (missing workdir or checkpoint, a damaged
+checkpoint, unreadable or non-image files, wrong image size or channels,
+NaN/Inf pixels, empty input, unwritable output) end the program with a
+one-line `error: ...` message on stderr and exit status 1 (`--verbose`: with
+its traceback). A damaged checkpoint is never read: `--kind=latest` without
+`--step` then takes the newest readable step (a warning names the damaged
+one); the best step, or an explicit `--step`, is an error. Logs are quiet
+(warnings only) unless `--verbosity=0` is passed.
 """
 import csv
 import dataclasses
@@ -40,7 +43,6 @@ import functools
 import math
 import os
 import pathlib
-import sys
 import tempfile
 from typing import Optional, Sequence
 
@@ -53,6 +55,8 @@ from PIL import Image
 from PIL import UnidentifiedImageError
 
 from ama_jax import checkpointing
+from ama_jax import cli
+from ama_jax import errors
 from ama_jax import models
 from ama_jax import scoring
 from ama_jax import train
@@ -64,7 +68,7 @@ FORMATS = ('.npy, .npz, a folder of PNG/JPEG images or an IDX image file '
            f'(magic {IDX_IMAGES_MAGIC})')
 
 
-class ScoreError(Exception):
+class ScoreError(errors.UserError):
   """A problem with the command's inputs; its message says what to fix."""
 
 
@@ -336,7 +340,7 @@ def _scorer_from_meta(workdir: pathlib.Path, kind: str, meta: dict,
   try:
     state, _ = checkpointing.restore(workdir, abstract, kind=kind,
                                      step=meta['step'])
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, errors.CheckpointError) as e:
     raise ScoreError(str(e).splitlines()[0]) from e
   logging.info('Restored %s checkpoint step %d of %s (val AUROC %s).', kind,
                meta['step'], workdir, meta.get('val_auroc'))
@@ -349,6 +353,12 @@ def read_checked_meta(workdir: pathlib.Path, kind: str,
   """The checkpoint's meta, checked for what scoring needs."""
   try:
     meta = checkpointing.read_meta(workdir, kind=kind, step=step)
+  except errors.CheckpointDamagedError as e:
+    other = (checkpointing.LATEST if kind == checkpointing.BEST
+             else checkpointing.BEST)
+    raise ScoreError(f'{errors.one_line(e).rstrip(".")}. Score another '
+                     'checkpoint '
+                     f'(--kind={other}, or --step=N).') from e
   except (FileNotFoundError, ValueError, OSError) as e:
     raise ScoreError(f'Cannot read checkpoint metadata in {workdir}: '
                      f'{str(e).splitlines()[0]}') from e
@@ -485,10 +495,8 @@ def main(argv: Sequence[str],
   try:
     run(fv.workdir, fv.input, fv.output, kind=fv.kind, step=fv.step,
         batch_size=fv.batch_size)
-  except ScoreError as e:
-    message = ' '.join(str(e).split())  # One line, whatever the cause.
-    sys.stderr.write(f'error: {message}\n')
-    return 1
+  except errors.UserError as e:  # ScoreError, CheckpointError, ...
+    return cli.report(e, flag_values=fv)  # One line, whatever the cause.
   return 0
 
 
@@ -503,4 +511,4 @@ def _cli_main(argv: Sequence[str]) -> int:
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'input', 'output'])
-  app.run(_cli_main)
+  cli.run_main(_cli_main)
