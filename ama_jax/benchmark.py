@@ -32,6 +32,8 @@ import numpy as np
 
 from configs import default
 from ama_jax import cli
+from ama_jax import config_checks
+from ama_jax import errors
 from ama_jax import malloc_tuning
 from ama_jax import models
 from ama_jax import scoring
@@ -154,7 +156,18 @@ def run_torch() -> dict:
 
 def main(argv):
   del argv
+  small = [f'--{name}={FLAGS[name].value}' for name in
+           ('steps', 'rounds', 'score_batches', 'steps_per_call')
+           if FLAGS[name].value < 1]
+  if small:
+    raise errors.ConfigError(f'{", ".join(small)}: must be at least 1.')
   malloc_tuning.tune()  # Before JAX's first computation.
+  # The settings the flags make, checked as a training run checks them.
+  try:
+    config_checks.validate(_config(), num_devices=jax.local_device_count())
+  except errors.ConfigError as e:
+    raise errors.ConfigError(f'{e} (--batch sets train.batch_size, '
+                             '--n_critic train.n_critic)') from e
   ours, ref = [], []
   for _ in range(FLAGS.rounds):
     ours.append(run_ours())
