@@ -12,7 +12,8 @@ field, value, file or step) and what to do about it.
   |- CheckpointError      no usable checkpoint
   |  |- CheckpointDamagedError   files missing, truncated or corrupt
   |  `- CheckpointMismatchError  written for another model (also ValueError)
-  |- WorkdirLockedError   another live process owns the workdir
+  |- WorkdirError         the workdir cannot be created or written
+  |  `- WorkdirLockedError another live process owns it
   |- NonFiniteLossError   training diverged (also a FloatingPointError)
   `- (score.ScoreError)   bad inputs of the score command
 
@@ -61,7 +62,11 @@ class CheckpointMismatchError(CheckpointError, ValueError):
   """A readable checkpoint that does not fit the model/optimizer config."""
 
 
-class WorkdirLockedError(UserError):
+class WorkdirError(UserError):
+  """The workdir cannot be created or written (permissions, not a folder)."""
+
+
+class WorkdirLockedError(WorkdirError):
   """Another live process holds the workdir's lock."""
 
 

@@ -105,8 +105,14 @@ class WorkdirLock:
     """Takes the lock, or raises WorkdirLockedError naming its owner."""
     if self._fd is not None:
       return
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+      raise errors.WorkdirError(
+          f'Cannot use workdir {self.workdir}: {e.strerror or e} '
+          f'({e.filename or self.path}); pass a folder you can write to.'
+      ) from e
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

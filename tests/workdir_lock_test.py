@@ -78,6 +78,14 @@ class WorkdirLockTest(absltest.TestCase):
     self.assertFalse(job_lock.held)
     self.assertEqual(workdir_lock.lock_path(self.workdir).read_text(), '')
 
+  def test_unusable_workdir_is_a_workdir_error(self):
+    self.workdir.parent.joinpath('a_file').write_text('not a folder')
+    with self.assertRaisesRegex(errors.WorkdirError,
+                                r'Cannot use workdir .*a_file/run: Not a '
+                                'directory'):
+      workdir_lock.WorkdirLock(self.workdir.parent / 'a_file' / 'run'
+                               ).acquire()
+
 
 if __name__ == '__main__':
   absltest.main()
