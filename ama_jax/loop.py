@@ -34,6 +34,7 @@ from ama_jax import checkpointing
 from ama_jax import figures
 from ama_jax import input_pipeline
 from ama_jax import models
+from ama_jax import schedules
 from ama_jax import scoring
 from ama_jax import train
 
@@ -78,7 +79,9 @@ def _calibrate(scorer, data, config, *, max_train=None
                ) -> tuple[scoring.Calibration, np.ndarray]:
   """mu, sigma over training normals; threshold on validation normals.
 
-  Returns the calibration and R of the training normals it used.
+  The score is `eval.score`; 'auto' takes the one with the higher
+  validation AUROC (`scoring.choose_score`). Returns the calibration and R
+  of the training normals it used.
   """
   normal_train = data.train.images[data.train.labels == 0]
   if max_train is not None and len(normal_train) > max_train:
@@ -87,10 +90,14 @@ def _calibrate(scorer, data, config, *, max_train=None
     rows = np.random.default_rng(config.seed).choice(
         len(normal_train), max_train, replace=False)
     normal_train = normal_train[np.sort(rows)]
-  val_normal = data.val.images[data.val.labels == 0]
   r_train = scorer(normal_train)
-  return scoring.calibrate(r_train, scorer(val_normal),
-                           config.eval.threshold_fpr), r_train
+  r_val = scorer(data.val.images)
+  score = config.eval.score
+  if score == 'auto':
+    mu, sigma = scoring.fit_gaussian(r_train)
+    score = scoring.choose_score(r_val, data.val.labels, mu, sigma)
+  return scoring.calibrate(r_train, r_val[data.val.labels == 0],
+                           config.eval.threshold_fpr, score), r_train
 
 
 def _load_data(config: ml_collections.ConfigDict
@@ -274,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   init_rng, train_rng, data_rng = jax.random.split(
       jax.random.key(config.seed), 3)
-  state = train.create_train_state(init_rng, config, image_shape, total_steps)
+  state = train.create_train_state(init_rng, config, image_shape)
   ckpts = checkpointing.CheckpointManagers(workdir)
   best_val_auroc = -np.inf
   restored = ckpts.restore_latest(_host_target(state))
@@ -292,23 +299,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config.model, image_shape, axis_name=train.AXIS)
   eval_ae, eval_critic = models.create_models(config.model, image_shape)
   settings = train.StepSettings.from_config(
-      config, local_batch=local_batch, steps_per_epoch=steps_per_epoch)
-  # Built once per (phase, steps per call) variant, then reused.
-  p_steps: dict[tuple[bool, int], Any] = {}
-
-  def p_step(negatives: bool, num_steps: int):
-    key = (negatives, num_steps)
-    if key not in p_steps:
-      p_steps[key] = train.make_p_train_step(
-          ae_model, critic_model, settings, negatives=negatives,
-          num_steps=num_steps, devices=devices)
-    return p_steps[key]
+      config, local_batch=local_batch, num_devices=len(devices))
+  k = max(1, config.train.steps_per_call)
+  # One compiled call for the whole run: the schedule is data.
+  p_step = train.make_p_train_step(ae_model, critic_model, settings,
+                                   num_steps=k, devices=devices)
+  compiled = False
 
   train_rng = train.replicate(train_rng, devices)
   hooks = [report]
   calibration = None
   val_auroc = -np.inf
-  k = max(1, config.train.steps_per_call)
   pending: list[tuple[int, dict]] = []  # Device-side metrics, not yet read.
   step = start_step
   t_train, steps_timed = 0.0, 0
@@ -346,27 +347,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         best_val_auroc))
 
   # The training set goes to the devices once; each epoch sends row indices.
+  schedule = schedules.make_schedule(config, steps_per_epoch, total_steps)
   train_set = train.put_train_set(data.train.images, data.train.labels,
-                                  devices)
+                                  steps_per_epoch, schedule, devices)
   for epoch in range(start_step // steps_per_epoch, num_epochs):
-    negatives = (epoch >= config.sampling.start_epoch
-                 and config.sampling.style != 'none')
     epoch_end = (epoch + 1) * steps_per_epoch
     t0, s0 = time.time(), step
     # This process's devices' rows of the epoch (the order is global).
     epoch_data = train.epoch_data(
-        train_set, train.epoch_order(data_rng, epoch, num_train), settings,
-        devices)
+        train_set, train.epoch_order(data_rng, epoch, num_train),
+        local_batch, steps_per_epoch, devices)
     while step < epoch_end:
-      n = k if step + k <= epoch_end else 1
-      new_variant = (negatives, n) not in p_steps
+      n = min(k, epoch_end - step)
       t_call = time.time()
-      state, metrics = p_step(negatives, n)(state, epoch_data, train_rng)
-      if new_variant:  # One sync per variant: compile time in the log.
+      args = (state, epoch_data, train_rng) + ((np.int32(n),) if k > 1
+                                               else ())
+      state, metrics = p_step(*args)
+      if not compiled:  # One sync: compile time in the log.
         jax.block_until_ready(metrics)
-        logging.info('Training step (negatives=%s, %d step(s) per call) '
-                     'compiled and ran once in %.1f s.', negatives, n,
-                     time.time() - t_call)
+        logging.info('Training step (%d step(s) per call) compiled and ran '
+                     'once in %.1f s.', k, time.time() - t_call)
+        compiled = True
       step += n
       pending.append((step, metrics))
       for hook in hooks:
@@ -399,7 +400,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       history.append('val', step, {
           'epoch': epoch + 1, 'auroc': val_metrics['auroc'],
           'raw_auroc': val_metrics['raw_auroc'], 'mu': calibration.mu,
-          'sigma': calibration.sigma})
+          'sigma': calibration.sigma,
+          'one_sided': float(calibration.score == 'one_sided')})
       history.flush()
       logging.info('epoch %d step %d: val AUROC %.4f (raw R %.4f)', epoch + 1,
                    step, val_auroc, val_metrics['raw_auroc'])
@@ -479,8 +481,7 @@ def _figures(workdir, data, state, eval_ae, calibration, r_train, r_test,
   """The paper's Fig. 3, 4-5 and 10 for the selected state."""
   test = data.test
   for name, transform in (('raw_r', lambda r: r),
-                          ('score', lambda r: scoring.calibrated_scores(
-                              r, calibration.mu, calibration.sigma))):
+                          ('score', calibration.scores)):
     figures.score_histograms(
         str(workdir / f'hist_{name}.png'), train=transform(r_train),
         test_normal=transform(r_test[test.labels == 0]),
@@ -488,10 +489,9 @@ def _figures(workdir, data, state, eval_ae, calibration, r_train, r_test,
         title=f'{name} (best-validation state)', xlabel=name)
   figures.roc_curves(
       str(workdir / 'roc.png'), test.labels,
-      {'calibrated': scoring.calibrated_scores(r_test, calibration.mu,
-                                               calibration.sigma),
+      {f'calibrated ({calibration.score})': calibration.scores(r_test),
        'raw R': r_test}, title='Test ROC')
-  ae_vars = {'params': state.ae.params, 'batch_stats': state.ae.batch_stats}
+  ae_vars, _ = train.scoring_variables(state)
   rows = np.concatenate([np.flatnonzero(test.labels == 0)[:8],
                          np.flatnonzero(test.labels == 1)[:8]])
   x = test.images[rows]
@@ -501,11 +501,17 @@ def _figures(workdir, data, state, eval_ae, calibration, r_train, r_test,
                           title='Test images (8 normal, 8 anomalous) and '
                           'reconstructions')
   if config.sampling.style != 'none':
+    radius = None
+    if config.sampling.shell_radius == 'measured':  # Over the 8 normals.
+      z = eval_ae.apply(ae_vars, x[:8], train=False, method='encode')
+      radius = np.quantile(np.linalg.norm(z, axis=-1),
+                           config.sampling.radius_quantile)
     keys = jax.random.split(jax.random.key(config.seed), len(x))
     negatives = jax.jit(functools.partial(
         train.synthetic_negatives, eval_ae, style=config.sampling.style,
         delta=config.sampling.delta,
-        radial_direction=config.sampling.radial_direction))(ae_vars, x, keys)
+        radial_direction=config.sampling.radial_direction,
+        radius=radius))(ae_vars, x, keys)
     figures.image_grid(str(workdir / 'negatives.png'), np.asarray(negatives),
                        n=len(x), title='Synthetic negatives '
                        f'({config.sampling.style})')

@@ -23,7 +23,7 @@ def _tiny_state(config, seed: int = 0) -> train.AMAState:
   """An AMAState with the real optimizers, tiny params and non-zero moments."""
   rng = np.random.default_rng(seed)
   normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
-  ae_tx, critic_tx = train.make_optimizers(config, total_steps=10)
+  ae_tx, critic_tx = train.make_optimizers(config)
   ae = train.PlayerState.create(
       apply_fn=None, tx=ae_tx,
       params={'encoder': {'w': normal(3, 2)}, 'generator': {'b': normal(2)}},

@@ -78,7 +78,7 @@ def _main(workdir: pathlib.Path, *flags: str, num_devices: int,
 def _latest(workdir: pathlib.Path):
   config = default.get_config('runlocal')
   abstract = jax.eval_shape(lambda: train.create_train_state(
-      jax.random.key(0), config, (28, 28, 1), total_steps=8))
+      jax.random.key(0), config, (28, 28, 1)))
   return checkpointing.restore(str(workdir), abstract, kind='latest')
 
 
