@@ -75,11 +75,12 @@ def main(argv):
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
   from ama_jax import loop  # pylint: disable=g-import-not-at-top
+  from ama_jax import report  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
-    print(loop.summary(FLAGS.workdir), flush=True)
+    print(report.summary(FLAGS.workdir), flush=True)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,7 @@
   never takes GPU memory from JAX. TensorFlow is optional at run time: the
   MNIST / Fashion-MNIST path reads its data through `tfds.data_source`
   without it, and without it metrics go to the log and `metrics.jsonl`
-  instead of TensorBoard (`loop.create_writer`).
+  instead of TensorBoard (`metric_writers.create_writer`).
 """
 from absl import logging
 
