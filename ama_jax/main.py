@@ -39,6 +39,9 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes; default: '
                      'detected.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index; default: '
                      'detected.')
+flags.DEFINE_string('compilation_cache', None, 'Folder of JAX\'s persistent '
+                    'compilation cache; default: a per-user folder '
+                    '(ama_jax/runtime.py); "off": none.')
 config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py[:arg]).',
     lock_config=True)
@@ -66,7 +69,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from ama_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.setup()  # Before JAX computes: malloc, TF off the GPU.
+  # Before JAX computes: malloc, compilation cache, TF off the GPU.
+  runtime.setup(FLAGS.compilation_cache)
   import jax  # pylint: disable=g-import-not-at-top
   if multihost():
     # Cross-process collectives of CPU devices (GPUs and TPUs have their own).
