@@ -176,10 +176,10 @@ def summary(workdir: str) -> str:
     score = results.get('calibration', {}).get(name, {}).get('score',
                                                              'two_sided')
     lines.append(
-        f"test ({name} state, {score} score): AUROC {m['auroc']:.4f}  "
+        f"test ({name} state): AUROC {m['auroc']:.4f}  "
         f"AUPRC(anomaly+) {m['auprc_anomaly']:.4f}  "
         f"AUPRC(normal+) {m['auprc_normal']:.4f}  FPR80 {m['fpr80']:.4f}  "
-        f"| raw R: AUROC {m['raw_auroc']:.4f}")
+        f"| raw R: AUROC {m['raw_auroc']:.4f}  [{score} score]")
   lines.append(f'results: {pathlib.Path(workdir) / "results.json"}')
   return '\n'.join(lines)
 
