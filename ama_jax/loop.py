@@ -380,6 +380,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     run.ckpts.wait_until_finished()
   with timer('final evaluation'):
     best = run.ckpts.restore_best(_host_target(trainer.state))
+    if best is not None:  # Placed as the trained state is: same program.
+      best = (train.replicate(best[0], run.devices), best[1])
     results = report.final_evaluation(
         config, run.workdir, run.data, trainer.state, best,
         *run.eval_models, run.local_devices, run.writer, trainer.step)

@@ -79,6 +79,15 @@ def fit_gaussian(r: np.ndarray) -> tuple[float, float]:
   return float(r.mean()), float(max(r.std(), 1e-12))
 
 
+@functools.lru_cache(maxsize=8)
+def _pmapped_scores(ae_model, critic_model, devices: tuple) -> Any:
+  """`raw_scores` pmapped over `devices`; built once per (models, devices),
+  so the scorers of every validation of a run share one compiled program."""
+  fn = functools.partial(raw_scores, ae_model, critic_model)
+  return jax.pmap(fn, axis_name=AXIS, in_axes=(None, None, 0),
+                  devices=devices)
+
+
 @dataclasses.dataclass
 class Scorer:
   """Scores arrays of any length, padded and sharded over local devices.
@@ -103,9 +112,8 @@ class Scorer:
     self.devices = self.devices or jax.local_devices()
     n = len(self.devices)
     self.per_device = max(1, -(-self.batch_size // n))
-    fn = functools.partial(raw_scores, self.ae_model, self.critic_model)
-    self._p_scores = jax.pmap(fn, axis_name=AXIS, in_axes=(None, None, 0),
-                              devices=self.devices)
+    self._p_scores = _pmapped_scores(self.ae_model, self.critic_model,
+                                     tuple(self.devices))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """R(x) for images [N, H, W, C] in [-1, 1] -> [N] float32 (numpy)."""
