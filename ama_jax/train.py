@@ -98,7 +98,10 @@ class TrainData:
   images the device's steps take in the current epoch (`epoch_data`), step
   i of the epoch taking rows[i * local_batch:(i + 1) * local_batch].
   """
-  images: jax.Array  # [..., N, H, W, C] float32 in [-1, 1].
+  # [..., N, H, W, C]: uint8 pixel values when the images are exactly
+  # value / 127.5 - 1 (a quarter of the memory; `pixels_to_float` in the
+  # step), else float32 in [-1, 1].
+  images: jax.Array
   labels: jax.Array  # [..., N] int32: 0 normal, 1 labelled anomaly.
   rows: jax.Array  # [..., steps_per_epoch * local_batch] int32.
   steps_per_epoch: jax.Array  # [...] int32.
@@ -265,13 +268,37 @@ def _row_keys(step_rng: PRNGKey, global_rows: jax.Array, name: int
 _NEGATIVES, _ALPHA, _PARTNERS, _GP, _GP_INTER = 0, 1, 2, 3, 4
 
 
+# float32 of each uint8 pixel value as the input pipeline computes it
+# (v / 127.5 - 1 in numpy float32); a table lookup keeps it bit-identical
+# (XLA would compute the division as a multiplication).
+_PIXEL_VALUES = np.arange(256, dtype=np.float32) / 127.5 - 1.0
+
+
+def pixels_to_float(images: jax.Array) -> jax.Array:
+  """uint8 pixel values -> float32 in [-1, 1]; float32 passes through."""
+  if images.dtype != jnp.uint8:
+    return images
+  return jnp.asarray(_PIXEL_VALUES)[images.astype(jnp.int32)]
+
+
+def _as_pixels(images: np.ndarray) -> np.ndarray:
+  """uint8 pixel values of float images in [-1, 1] when they are exactly
+  value / 127.5 - 1 (the input pipeline's conversion), else the images."""
+  images = np.asarray(images, np.float32)
+  pixels = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  if np.array_equal(_PIXEL_VALUES[pixels], images):
+    return pixels
+  return images
+
+
 def _take_batch(data: TrainData, step: jax.Array, local_batch: int
                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """This device's rows of the global batch and their global row numbers."""
   start = (step % data.steps_per_epoch) * local_batch
   global_rows = lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
   rows = lax.dynamic_slice_in_dim(data.rows, start, local_batch)
-  return data.images[rows], data.labels[rows], global_rows
+  return (pixels_to_float(data.images[rows]), data.labels[rows],
+          global_rows)
 
 
 def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
@@ -758,7 +785,7 @@ def put_train_set(images: np.ndarray, labels: np.ndarray,
                   steps_per_epoch: int, schedule: schedules.Schedule,
                   devices=None) -> TrainData:
   """The training set and the run's schedule on each of this process's
-  devices (once per run).
+  devices (once per run). Images held as uint8 where that is exact.
 
   Args:
     images: [N, H, W, C] the whole training set (host memory, the same on
@@ -783,7 +810,7 @@ def put_train_set(images: np.ndarray, labels: np.ndarray,
         [jax.device_put(x[None], d) for d in local])
 
   return TrainData(
-      images=put(np.asarray(images, np.float32)),
+      images=put(_as_pixels(images)),
       labels=put(np.asarray(labels, np.int32)),
       rows=put(np.zeros(0, np.int32)),
       steps_per_epoch=put(np.int32(steps_per_epoch)),

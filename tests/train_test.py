@@ -126,6 +126,23 @@ class EpochDataTest(absltest.TestCase):
       train.epoch_data(train_set, np.arange(20)[::-1], 3, 2, devices)
 
 
+  def test_pixel_images_sit_on_the_devices_as_uint8_and_come_back_exact(self):
+    devices = jax.local_devices()
+    pixels = np.random.default_rng(0).integers(0, 256, (8, *_SHAPE))
+    images = pixels.astype(np.float32) / 127.5 - 1.0  # The pipeline's values.
+    config = default.get_config('runlocal')
+    schedule = schedules.make_schedule(config, 2, 4)
+    train_set = train.put_train_set(images, np.zeros(8, np.int32), 2,
+                                    schedule, devices)
+    self.assertEqual(train_set.images.dtype, np.uint8)
+    back = jax.device_get(jax.jit(train.pixels_to_float)(train_set.images))
+    np.testing.assert_array_equal(back[0], images)  # Bit for bit.
+    resized = images * 0.999  # Not pixel values: kept as float32.
+    self.assertEqual(train.put_train_set(
+        resized, np.zeros(8, np.int32), 2, schedule,
+        devices).images.dtype, np.float32)
+
+
 class MultiDeviceTest(absltest.TestCase):
 
   def test_eight_devices_match_one_device_with_every_random_term_on(self):
