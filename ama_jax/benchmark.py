@@ -36,6 +36,7 @@ from ama_jax import config_checks
 from ama_jax import errors
 from ama_jax import malloc_tuning
 from ama_jax import models
+from ama_jax import schedules
 from ama_jax import scoring
 from ama_jax import train
 
@@ -87,31 +88,34 @@ def run_ours() -> dict:
   num_train = FLAGS.batch * 8
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (num_train, *image_shape)).astype(np.float32)
-  state = train.create_train_state(jax.random.key(0), config, image_shape,
-                                   total_steps=10**6)
+  state = train.create_train_state(jax.random.key(0), config, image_shape)
   ae_model, critic_model = models.create_models(config.model, image_shape,
                                                 axis_name=train.AXIS)
+  config.sampling.start_step = 0  # Negatives on from the first step.
   settings = train.StepSettings.from_config(
-      config, local_batch=FLAGS.batch // len(devices), steps_per_epoch=8)
+      config, local_batch=FLAGS.batch // len(devices),
+      num_devices=len(devices))
+  schedule = schedules.make_schedule(config, 8, 10**6)
   data = train.epoch_data(
-      train.put_train_set(images, np.zeros(num_train, np.int32), devices),
-      np.arange(num_train), settings, devices)
+      train.put_train_set(images, np.zeros(num_train, np.int32), 8, schedule,
+                          devices),
+      np.arange(num_train), settings.local_batch, 8, devices)
   p_step = train.make_p_train_step(ae_model, critic_model, settings,
-                                   negatives=True,
                                    num_steps=FLAGS.steps_per_call,
                                    devices=devices)
   state, rng = train.replicate((state, jax.random.key(1)), devices)
+  count = (np.int32(FLAGS.steps_per_call),) if FLAGS.steps_per_call > 1 else ()
   t0 = time.perf_counter()
-  state, metrics = p_step(state, data, rng)
+  state, metrics = p_step(state, data, rng, *count)
   jax.block_until_ready((state, metrics))
   compile_s = time.perf_counter() - t0
   for _ in range(FLAGS.warmup):
-    state, metrics = p_step(state, data, rng)
+    state, metrics = p_step(state, data, rng, *count)
   jax.block_until_ready(state)
   times = []
   for _ in range(FLAGS.steps):
     t0 = time.perf_counter()
-    state, metrics = p_step(state, data, rng)
+    state, metrics = p_step(state, data, rng, *count)
     jax.block_until_ready(state)
     times.append(time.perf_counter() - t0)
   images_per_call = FLAGS.batch * FLAGS.steps_per_call

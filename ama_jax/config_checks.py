@@ -41,6 +41,8 @@ from ama_jax import input_pipeline
 from ama_jax import losses
 from ama_jax import models
 from ama_jax import sampling
+from ama_jax import schedules
+from ama_jax import scoring
 
 # Image shape (H, W, C) of each dataset as stored, for checks before loading.
 NATIVE_SHAPES = {
@@ -48,6 +50,7 @@ NATIVE_SHAPES = {
     'cifar10': (32, 32, 3), 'svhn_cropped': (32, 32, 3),
 }
 MAX_SEED = 2**32 - 1  # jax.random.key folds larger seeds onto smaller ones.
+SHELL_RADII = ('sqrt_d', 'measured')  # sampling.shell_radius (train.py).
 
 
 # ----------------------------------------------------------------------------
@@ -190,6 +193,20 @@ class Fractions(Rule):
 
 
 @dataclasses.dataclass(frozen=True)
+class EpochPoints(Rule):
+  """A strictly increasing sequence of epochs > 0 (may be fractional)."""
+  optional: bool = False
+
+  def _problem(self, value):
+    if (isinstance(value, (list, tuple))
+        and all(Float(0, min_open=True).contains(v) for v in value)
+        and all(a < b for a, b in zip(value, value[1:]))):
+      return None
+    return ('must be a tuple of increasing epochs > 0, e.g. (30, 60, 90)'
+            f'{self._or_none()}')
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageShape(Rule):
   """(H, W, C) with positive H, W and C in {1, 3}."""
   optional: bool = False
@@ -258,11 +275,16 @@ FIELDS: dict[str, Rule] = {
     'loss.reg_squared': Bool(),
     'loss.lambda_gp': WEIGHT,
     'loss.gp_style': Choice(lambda: sorted(losses.GP_STYLES)),
+    'loss.gp_inter': Bool(),
     # --- sampling ---
     'sampling.style': Choice(sampling.NEGATIVE_STYLES),
     'sampling.radial_direction': Choice(sampling.RADIAL_DIRECTIONS),
     'sampling.delta': Float(min=0, min_open=True),
+    'sampling.shell_radius': Choice(SHELL_RADII),
+    'sampling.radius_quantile': Float(0, 1),
     'sampling.start_epoch': Int(min=0),
+    'sampling.start_step': Int(min=0, optional=True),
+    'sampling.ramp_steps': Int(min=0),
     'sampling.fraction': FRACTION,
     # --- optim ---
     'optim.lr': Float(min=0, min_open=True),
@@ -270,8 +292,13 @@ FIELDS: dict[str, Rule] = {
     'optim.b1_generator': BETA,
     'optim.b1_critic': BETA,
     'optim.b2': BETA,
+    'optim.schedule': Choice(schedules.SCHEDULES),
     'optim.decay_at': Fractions(),
+    'optim.decay_at_epochs': EpochPoints(optional=True),
     'optim.decay': Float(0, 1, min_open=True),
+    'optim.warmup_steps': Int(min=0),
+    'optim.final_lr_fraction': Float(0, 1),
+    'optim.ema_decay': Float(0, 1, max_open=True),  # 0: no average.
     # --- train ---
     'train.batch_size': Int(min=1),
     'train.num_epochs': Int(min=1),  # 0 would train nothing.
@@ -284,6 +311,7 @@ FIELDS: dict[str, Rule] = {
     'eval.first_epoch': Int(min=1),
     'eval.every_epochs': Int(min=1),
     'eval.threshold_fpr': FRACTION,
+    'eval.score': Choice(lambda: scoring.SCORES + ('auto',)),
     'eval.calibration_size': Int(min=2, optional=True),  # A Gaussian fit.
     # --- log ---
     'log.every_steps': Int(min=1),
@@ -409,7 +437,7 @@ def _negatives_schedule(config, context) -> list[str]:
   if s.style == 'none':
     return []
   problems = []
-  if s.start_epoch >= epochs:
+  if s.get('start_step') is None and s.start_epoch >= epochs:
     problems.append(
         f'sampling.start_epoch={s.start_epoch} with train.num_epochs='
         f'{epochs}: atypical selection (sampling.style={s.style!r}) would '
@@ -432,10 +460,26 @@ def _negatives_schedule(config, context) -> list[str]:
 def _shell_radius(config, context) -> list[str]:
   del context
   s, d = config.sampling, config.model.latent_dim
-  if s.style == 'inward' and s.delta > math.sqrt(d):
+  if (s.style == 'inward' and s.get('shell_radius', 'sqrt_d') == 'sqrt_d'
+      and s.delta > math.sqrt(d)):
     return [f'sampling.delta={s.delta:g} with sampling.style=\'inward\': '
             f'the shell [sqrt(d) - delta, sqrt(d)] of model.latent_dim={d} '
             f'needs delta <= sqrt({d}) = {math.sqrt(d):.4g}']
+  return []
+
+
+def _decay_epochs(config, context) -> list[str]:
+  """Decay points given in epochs fall inside training."""
+  del context
+  optim, epochs = config.optim, config.train.num_epochs
+  points = optim.get('decay_at_epochs')
+  if optim.schedule != 'step' or points is None:
+    return []
+  late = [p for p in points if p >= epochs]
+  if late:
+    return [f'optim.decay_at_epochs={tuple(points)} with train.num_epochs='
+            f'{epochs}: decay point(s) {late} fall at or after the end; give '
+            f'epochs below {epochs}']
   return []
 
 
@@ -466,6 +510,8 @@ COMBINATIONS: tuple[Combination, ...] = (
                  'train.num_epochs', 'train.batch_size'), _negatives_schedule),
     Combination(('sampling.style', 'sampling.delta', 'model.latent_dim'),
                 _shell_radius),
+    Combination(('optim.schedule', 'optim.decay_at_epochs',
+                 'train.num_epochs'), _decay_epochs),
     Combination(('eval.first_epoch', 'eval.every_epochs', 'train.num_epochs'),
                 _validation_runs),
 )
@@ -526,32 +572,41 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
                              + '.')
 
 
-def schedule_steps(config: ml_collections.ConfigDict,
-                   total_updates: int) -> list[int]:
-  """The updates at which the lr decays (as `train.lr_schedule` puts them)."""
-  return [max(1, int(round(f * total_updates)))
-          for f in config.optim.decay_at]
-
-
 def check_plan(config: ml_collections.ConfigDict, steps_per_epoch: int
                ) -> None:
-  """Checks the lr schedule against the training length (after loading).
+  """Checks the schedules against the training length (after loading).
 
   Raises:
-    ConfigError: two decay points fall on the same step, or one falls at or
-      after the last step (the schedule would not be the one configured).
+    ConfigError: two lr decay points fall on the same step or one at or
+      after the last step, the warm-up outlasts training, or
+      `sampling.start_step` comes after the last step (the schedule would
+      not be the one configured).
   """
   total = steps_per_epoch * config.train.num_epochs
-  at = schedule_steps(config, total)
+  length = (f'{total} training steps ({steps_per_epoch} per epoch x '
+            f'train.num_epochs={config.train.num_epochs})')
+  found = []
+  at = schedules.decay_boundaries(config, steps_per_epoch, total)
   if len(set(at)) < len(at) or any(s >= total for s in at):
-    raise errors.ConfigError(
-        f'optim.decay_at={tuple(config.optim.decay_at)} puts the lr decays at '
-        f'steps {at} of {total} training steps ({steps_per_epoch} per epoch '
-        f'x train.num_epochs={config.train.num_epochs}): '
+    field = ('optim.decay_at_epochs' if config.optim.get('decay_at_epochs')
+             is not None else 'optim.decay_at')
+    found.append(
+        f'{field}={tuple(config.optim[field.split(".")[1]])} puts the lr '
+        f'decays at steps {at} of {length}: '
         + ('two fall on the same step' if len(set(at)) < len(at) else
            'one falls at or after the end')
-        + '; train longer or give fewer points (optim.decay_at=() for a '
-        'constant lr).')
+        + "; train longer or give fewer points (optim.schedule='constant' "
+        'for a constant lr)')
+  warmup = config.optim.get('warmup_steps') or 0
+  if warmup >= total:
+    found.append(f'optim.warmup_steps={warmup} is not shorter than the '
+                 f'{length}')
+  start = schedules.negatives_start_step(config, steps_per_epoch)
+  if config.sampling.get('start_step') is not None and start >= total:
+    found.append(f'sampling.start_step={start}: atypical selection would '
+                 f'never run in {length}')
+  if found:
+    raise errors.ConfigError('; '.join(found) + '.')
 
 
 def field_rule(path: str) -> Optional[Rule]:

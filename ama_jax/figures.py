@@ -384,7 +384,7 @@ def training_curves(
 
   Args:
     path: output PNG path.
-    records: `loop.History` records: {'kind': 'train' | 'val', 'step', ...}.
+    records: `metric_writers.History` records: {'kind': 'train' | 'val', 'step', ...}.
       Train records hold the step's metrics (`TRAINING_PANELS` keys; missing
       keys are skipped), val records 'auroc' and 'raw_auroc'.
     shell: horizontal lines for the latent-norm panel, e.g. the radii of

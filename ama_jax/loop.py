@@ -1,9 +1,12 @@
 """The training program: `train_and_evaluate(config, workdir) -> AMAState`.
 
-Order: writer -> data -> state -> restore -> pmaps -> loop (train, validate,
-select, checkpoint) -> final evaluation of the best and last states ->
+Phases: set up (data, plan, state, resume, the compiled step) -> for each
+epoch: train it, validate and keep the best checkpoint when it is time ->
+wait for the checkpoints -> final evaluation of the best and last states ->
 results.json and figures. Model selection uses the validation split only;
-the test split is scored once, at the end.
+the test split is scored once, at the end. Every phase is timed; the end of
+the run logs (and results.json keeps) the seconds of each and the share of
+the wall time spent in training steps.
 
 Several processes (multi-host) run this same function: the training step is
 one pmap over the devices of all of them (`train.mesh_devices`), each
@@ -15,11 +18,9 @@ same decisions (best checkpoint, halting, errors).
 All processes join checkpoint saves and restores (orbax writes from process
 0); only process 0 writes metrics, figures and results.json.
 """
+import collections
 import contextlib
-import functools
-import importlib
-import json
-import os
+import dataclasses
 import pathlib
 import time
 from typing import Any, Optional
@@ -35,7 +36,10 @@ from ama_jax import config_checks
 from ama_jax import errors
 from ama_jax import figures
 from ama_jax import input_pipeline
+from ama_jax import metric_writers
 from ama_jax import models
+from ama_jax import report
+from ama_jax import schedules
 from ama_jax import scoring
 from ama_jax import train
 from ama_jax import workdir_lock
@@ -44,8 +48,8 @@ PRNGKey = jax.Array
 NonFiniteLossError = errors.NonFiniteLossError  # Raised by the loop.
 
 
-def _plan(config: ml_collections.ConfigDict, num_train: int,
-          num_devices: int, num_processes: int = 1) -> tuple[int, int]:
+def plan(config: ml_collections.ConfigDict, num_train: int,
+         num_devices: int, num_processes: int = 1) -> tuple[int, int]:
   """(per-device batch, steps per epoch), with clear errors.
 
   Args:
@@ -74,23 +78,25 @@ def _plan(config: ml_collections.ConfigDict, num_train: int,
   return batch // num_devices, steps
 
 
-def _calibrate(scorer, data, config, *, max_train=None
-               ) -> tuple[scoring.Calibration, np.ndarray]:
-  """mu, sigma over training normals; threshold on validation normals.
+def itstime(epoch: int, *, every: int, first: int, last: int) -> bool:
+  """Whether something done every `every` epochs from `first` on (and at
+  the `last` epoch) is due after 1-based `epoch`."""
+  return epoch >= first and (epoch % every == 0 or epoch == last)
 
-  Returns the calibration and R of the training normals it used.
-  """
-  normal_train = data.train.images[data.train.labels == 0]
-  if max_train is not None and len(normal_train) > max_train:
-    # Deterministic subsample for per-epoch selection (speed); the final
-    # calibration uses every training normal.
-    rows = np.random.default_rng(config.seed).choice(
-        len(normal_train), max_train, replace=False)
-    normal_train = normal_train[np.sort(rows)]
-  val_normal = data.val.images[data.val.labels == 0]
-  r_train = scorer(normal_train)
-  return scoring.calibrate(r_train, scorer(val_normal),
-                           config.eval.threshold_fpr), r_train
+
+class PhaseTimer:
+  """Wall seconds per named phase of the run."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = collections.defaultdict(float)
+
+  @contextlib.contextmanager
+  def __call__(self, name: str):
+    t0 = time.time()
+    try:
+      yield
+    finally:
+      self.seconds[name] += time.time() - t0
 
 
 def _load_data(config: ml_collections.ConfigDict
@@ -121,146 +127,248 @@ def _host_target(tree: Any) -> Any:
                       tree)
 
 
-def _evaluate_split(scorer, split, calibration) -> tuple[dict, np.ndarray]:
-  r = scorer(split.images)
-  return scoring.evaluate(r, split.labels, calibration), r
-
-
-def _meta(config, state, epoch, calibration, image_shape,
-          val_auroc, best_val_auroc) -> dict[str, Any]:
-  return {'config': checkpointing.config_to_dict(config),
-          'step': int(state.step), 'epoch': epoch,
-          'image_shape': list(image_shape), 'val_auroc': _finite(val_auroc),
-          'best_val_auroc': _finite(best_val_auroc),
-          **(calibration.to_dict() if calibration else {})}
-
-
 def _finite(value) -> Optional[float]:
   """float(value), or None before the first validation (strict JSON)."""
   value = float(value)
   return value if np.isfinite(value) else None
 
 
-class JsonlWriter:
-  """Metrics to the log and `<workdir>/metrics.jsonl`, without TensorFlow.
+@dataclasses.dataclass
+class Run:
+  """What a run sets up once (`set_up`) and its phases share."""
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  data: input_pipeline.ProtocolData
+  devices: list  # Of every process: the step's axis.
+  local_devices: list
+  local_batch: int
+  steps_per_epoch: int
+  writer: Any
+  report_progress: Any
+  history: metric_writers.History
+  ckpts: checkpointing.CheckpointManagers
+  eval_models: tuple  # (autoencoder, critic) without a pmap axis.
+  p_step: Any  # The compiled training call (`train.make_p_train_step`).
+  train_set: train.TrainData
+  train_rng: PRNGKey
+  data_rng: PRNGKey
 
-  The subset of clu's `MetricWriter` that the loop uses; `create_writer`
-  falls back to it where clu's writers cannot be imported (they need
-  TensorFlow for TensorBoard summaries).
+  @property
+  def num_epochs(self) -> int:
+    return self.config.train.num_epochs
+
+  @property
+  def is_chief(self) -> bool:
+    return jax.process_index() == 0
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+           cleanup: Optional[contextlib.ExitStack] = None
+           ) -> tuple[Run, train.AMAState, Optional[dict]]:
+  """Data, plan, state (resumed if the workdir holds one), compiled step.
+
+  `cleanup`, if given, closes the checkpoint managers when the run ends,
+  also on error.
+
+  Returns:
+    (run, the replicated state, the meta of the checkpoint resumed from).
   """
+  workdir.mkdir(parents=True, exist_ok=True)
+  data = _load_data(config)
+  image_shape = tuple(data.image_shape)
+  devices, local_devices = train.mesh_devices(), jax.local_devices()
+  num_train = len(data.train.images)
+  local_batch, steps_per_epoch = plan(config, num_train, len(devices),
+                                      jax.process_count())
+  config_checks.check_plan(config, steps_per_epoch)
+  total_steps = steps_per_epoch * config.train.num_epochs
+  is_chief = jax.process_index() == 0
+  writer, report_progress = metric_writers.create_writer(workdir, is_chief,
+                                                         total_steps)
+  writer.write_hparams(checkpointing.flat_hparams(config))
+  logging.info('Global batch %d = %d per device x %d devices (%d local '
+               'device(s) x %d process(es)); %d training images, %d '
+               'steps/epoch, %d epochs.', config.train.batch_size,
+               local_batch, len(devices), len(local_devices),
+               jax.process_count(), num_train, steps_per_epoch,
+               config.train.num_epochs)
 
-  def __init__(self, workdir: pathlib.Path, just_logging: bool):
-    self._path = None if just_logging else workdir / 'metrics.jsonl'
+  init_rng, train_rng, data_rng = jax.random.split(
+      jax.random.key(config.seed), 3)
+  state = train.create_train_state(init_rng, config, image_shape)
+  ckpts = checkpointing.CheckpointManagers(workdir)
+  if cleanup is not None:
+    cleanup.enter_context(ckpts)
+  restored = ckpts.restore_latest(_host_target(state))
+  meta = None
+  if restored is not None:
+    state, meta = restored
+    logging.info('Resumed from step %d of %s.', int(state.step), workdir)
+  state = train.replicate(state, devices)
+  history = metric_writers.History(workdir, is_chief,
+                                   int(jax.device_get(state.step)))
 
-  def _write(self, record: dict) -> None:
-    logging.info('%s', record)
-    if self._path is not None:
-      with self._path.open('a') as f:
-        f.write(json.dumps(record, default=checkpointing.to_json) + '\n')
-
-  def write_scalars(self, step: int, scalars: dict) -> None:
-    self._write({'step': int(step), **scalars})
-
-  def write_hparams(self, hparams: dict) -> None:
-    self._write({'hparams': hparams})
-
-  def flush(self) -> None:
-    pass
-
-
-class History:
-  """Per-step training metrics and per-epoch validation, for `training.png`.
-
-  Appended to `<workdir>/history.jsonl` (process 0 only), one record per
-  line: {"kind": "train" | "val", "step": N, ...values}. A resumed run first
-  drops the records after the step it resumes from (written after the last
-  checkpoint by the run that stopped), so the file describes one history.
-  """
-
-  def __init__(self, workdir: pathlib.Path, is_chief: bool,
-               resume_step: int):
-    self.path = workdir / 'history.jsonl'
-    self._enabled = is_chief
-    self._buffer: list[str] = []
-    if is_chief and self.path.exists():
-      kept = [line for line in _parsable_lines(self.path)
-              if json.loads(line)['step'] <= resume_step]
-      tmp = self.path.with_suffix('.jsonl.tmp')
-      tmp.write_text(''.join(line + '\n' for line in kept))
-      os.replace(tmp, self.path)
-
-  def append(self, kind: str, step: int, values: dict) -> None:
-    if self._enabled:
-      self._buffer.append(json.dumps(
-          {'kind': kind, 'step': int(step), **values},
-          default=checkpointing.to_json))
-
-  def flush(self) -> None:
-    if self._buffer:
-      with self.path.open('a') as f:
-        f.write(''.join(line + '\n' for line in self._buffer))
-      self._buffer.clear()
-
-  def read(self) -> list[dict]:
-    self.flush()
-    if not self.path.exists():
-      return []
-    return [json.loads(line) for line in self.path.read_text().splitlines()
-            if line.strip()]
+  ae_model, critic_model = models.create_models(
+      config.model, image_shape, axis_name=train.AXIS)
+  settings = train.StepSettings.from_config(
+      config, local_batch=local_batch, num_devices=len(devices))
+  # One compiled call for the whole run: the schedule is data.
+  p_step = train.make_p_train_step(
+      ae_model, critic_model, settings,
+      num_steps=max(1, config.train.steps_per_call), devices=devices)
+  # The training set goes to the devices once; each epoch sends row indices.
+  schedule = schedules.make_schedule(config, steps_per_epoch, total_steps)
+  train_set = train.put_train_set(data.train.images, data.train.labels,
+                                  steps_per_epoch, schedule, devices)
+  run = Run(config=config, workdir=workdir, data=data, devices=devices,
+            local_devices=local_devices, local_batch=local_batch,
+            steps_per_epoch=steps_per_epoch, writer=writer,
+            report_progress=report_progress, history=history, ckpts=ckpts,
+            eval_models=models.create_models(config.model, image_shape),
+            p_step=p_step, train_set=train_set,
+            train_rng=train.replicate(train_rng, devices), data_rng=data_rng)
+  return run, state, meta
 
 
-def _parsable_lines(path: pathlib.Path) -> list[str]:
-  """The JSON lines of a file; a line cut short by a kill is dropped."""
-  lines = []
-  for line in path.read_text().splitlines():
-    if not line.strip():
-      continue
-    try:
-      json.loads(line)
-    except ValueError:
-      logging.warning('%s: dropping an unreadable line (a run killed while '
-                      'writing it?): %r', path, line[:80])
-      continue
-    lines.append(line)
-  return lines
+class Trainer:
+  """The training phases of a run and the state they advance."""
 
+  def __init__(self, run: Run, state: train.AMAState, meta: Optional[dict],
+               timer: PhaseTimer):
+    self.run, self.state, self.timer = run, state, timer
+    self.step = int(jax.device_get(state.step))
+    self.calibration: Optional[scoring.Calibration] = None
+    self.val_auroc = -np.inf
+    best = (meta or {}).get('best_val_auroc')
+    self.best_val_auroc = -np.inf if best is None else best
+    self.pending: list[tuple[int, dict]] = []  # Metrics not yet read.
+    self.compiled = False
+    self.steps_timed = 0
 
-class _Progress:
-  """Stand-in for clu's ReportProgress: times sections into the log."""
+  # -- training ---------------------------------------------------------
+  def train_epoch(self, epoch: int) -> bool:
+    """Trains epoch `epoch` (0-based) from the current step.
 
-  def __call__(self, step: int, t: Optional[float] = None) -> None:
-    del step, t
+    Returns:
+      False when the run halts (`train.halt_after_steps`) inside it.
+    """
+    run, config = self.run, self.run.config
+    k = max(1, config.train.steps_per_call)
+    epoch_end = (epoch + 1) * run.steps_per_epoch
+    s0 = self.step
+    with self.timer('training steps'):
+      # This process's devices' rows of the epoch (the order is global).
+      data = train.epoch_data(
+          run.train_set,
+          train.epoch_order(run.data_rng, epoch, len(run.data.train.images)),
+          run.local_batch, run.steps_per_epoch, run.devices)
+      while self.step < epoch_end:
+        n = min(k, epoch_end - self.step)
+        self._call(data, n, k)
+        self.step += n
+        run.report_progress(self.step)
+        if self.step % config.log.every_steps < n or self.step == epoch_end:
+          self.flush()
+        if self.step % config.log.checkpoint_every_steps < n:
+          self.save_latest(epoch)
+        halt = config.train.halt_after_steps
+        if halt and self.step >= halt:
+          self.save_latest(epoch)
+          run.ckpts.wait_until_finished()
+          logging.info('Halting at step %d (train.halt_after_steps).',
+                       self.step)
+          return False
+      jax.block_until_ready(self.state)
+    self.steps_timed += self.step - s0
+    return True
 
-  @contextlib.contextmanager
-  def timed(self, name: str):
+  def _call(self, data: train.TrainData, n: int, k: int) -> None:
+    """One compiled call of n <= k steps; the first one logs compile time."""
     t0 = time.time()
-    yield
-    logging.info('%s took %.1f s', name, time.time() - t0)
+    args = (self.state, data, self.run.train_rng)
+    self.state, metrics = self.run.p_step(
+        *args, *((np.int32(n),) if k > 1 else ()))
+    if not self.compiled:
+      jax.block_until_ready(metrics)
+      logging.info('Training step (%d step(s) per call) compiled and ran '
+                   'once in %.1f s.', k, time.time() - t0)
+      self.compiled = True
+    self.pending.append((self.step + n, metrics))
 
+  def flush(self) -> None:
+    """Reads pending metrics (one host sync), checks finiteness, logs.
 
-def create_writer(workdir: pathlib.Path, is_chief: bool, total_steps: int):
-  """(writer, progress hook): clu's TensorBoard writer when TF is installed.
+    Every step goes to history.jsonl, their mean to the metric writer
+    (clu's TensorBoard summaries cost ~0.1 s per scalar under TF's eager
+    mode; `log.every_steps=1` writes every step there too).
+    """
+    if not self.pending:
+      return
+    host = jax.device_get([m for _, m in self.pending])
+    steps = [at for at, _ in self.pending]
+    self.pending.clear()
+    for at, m in zip(steps, host):
+      if not bool(m['finite']):
+        good = self.run.ckpts.latest_step()
+        raise NonFiniteLossError(
+            f'Non-finite loss between steps {steps[0]} and {self.step} '
+            f'(first bad call ends at step {at}); ' + (
+                f'the last good checkpoint, step {good} in '
+                f'{self.run.workdir / "checkpoints"}, is intact'
+                if good is not None else 'no checkpoint was saved before it')
+            + '. Lower optim.lr or enable loss.lambda_gp / '
+            'model.spectral_norm.')
+    for at, m in zip(steps, host):
+      self.run.history.append('train', at, {
+          key: float(v) for key, v in m.items() if key != 'finite'})
+    self.run.history.flush()
+    metric_writers.write_scalars(
+        self.run.writer, self.step, 'train',
+        {key: float(np.mean([m[key] for m in host]))
+         for key in host[0] if key != 'finite'})
 
-  Without TensorFlow, clu's metric writers cannot be imported; metrics then
-  go to the log and `metrics.jsonl` (`JsonlWriter`), not to TensorBoard.
-  """
-  try:
-    metric_writers = importlib.import_module('clu.metric_writers')
-    periodic_actions = importlib.import_module('clu.periodic_actions')
-  except ImportError as e:
-    logging.warning('clu metric writers unavailable (%s): metrics go to the '
-                    'log and %s/metrics.jsonl, not TensorBoard.', e, workdir)
-    return JsonlWriter(workdir, just_logging=not is_chief), _Progress()
-  writer = metric_writers.create_default_writer(
-      str(workdir), just_logging=not is_chief)
-  return writer, periodic_actions.ReportProgress(num_train_steps=total_steps,
-                                                 writer=writer)
+  # -- checkpoints --------------------------------------------------------
+  def _meta(self, epoch: int) -> dict[str, Any]:
+    return {'config': checkpointing.config_to_dict(self.run.config),
+            'step': self.step, 'epoch': epoch,
+            'image_shape': list(self.run.data.image_shape),
+            'val_auroc': _finite(self.val_auroc),
+            'best_val_auroc': _finite(self.best_val_auroc),
+            **(self.calibration.to_dict() if self.calibration else {})}
 
+  def save_latest(self, epoch: int) -> None:
+    self.flush()  # Never save a state whose losses were not checked.
+    with self.timer('checkpoints'):
+      self.run.ckpts.save_latest(self.step, self.state, self._meta(epoch))
 
-def _write_scalars(writer, step: int, prefix: str, values: dict) -> None:
-  writer.write_scalars(step, {f'{prefix}/{k}': float(v)
-                              for k, v in values.items()
-                              if np.isscalar(v) or np.ndim(v) == 0})
+  # -- validation ---------------------------------------------------------
+  def validate(self, epoch: int) -> None:
+    """Calibrates, scores validation, keeps the best state (validation
+    AUROC of the calibrated score)."""
+    run, config = self.run, self.run.config
+    with self.timer('validation'):
+      scorer = scoring.scorer_from_state(
+          self.state, *run.eval_models, config.eval.batch_size,
+          run.local_devices)
+      self.calibration, _, r_val = report.calibrate(
+          scorer, run.data, config, max_train=config.eval.calibration_size)
+      val_metrics = scoring.evaluate(r_val, run.data.val.labels,
+                                     self.calibration)
+    self.val_auroc = val_metrics['auroc']
+    metric_writers.write_scalars(run.writer, self.step, 'val', val_metrics)
+    run.history.append('val', self.step, {
+        'epoch': epoch + 1, 'auroc': val_metrics['auroc'],
+        'raw_auroc': val_metrics['raw_auroc'], 'mu': self.calibration.mu,
+        'sigma': self.calibration.sigma,
+        'one_sided': float(self.calibration.score == 'one_sided')})
+    run.history.flush()
+    logging.info('epoch %d step %d: val AUROC %.4f (%s score; raw R %.4f)',
+                 epoch + 1, self.step, self.val_auroc, self.calibration.score,
+                 val_metrics['raw_auroc'])
+    if self.val_auroc > self.best_val_auroc:
+      self.best_val_auroc = self.val_auroc
+      with self.timer('checkpoints'):
+        run.ckpts.save_best(self.step, self.state, self._meta(epoch))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -277,7 +385,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Raises:
     errors.UserError: a known problem, one line to print: ConfigError,
       DataError, CheckpointError (all checkpoints damaged, or written for
-      another model), WorkdirLockedError, NonFiniteLossError.
+      another model), WorkdirError (e.g. locked by another run),
+      NonFiniteLossError.
   """
   config_checks.validate(config, num_devices=jax.device_count(),
                          num_processes=jax.process_count())
@@ -288,314 +397,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         cleanup: contextlib.ExitStack) -> train.AMAState:
-  """`train_and_evaluate` once the config and workdir are checked.
-
-  `cleanup` closes what the run opens (checkpoint managers), also on error.
-  """
+  """`train_and_evaluate` once the config and workdir are checked."""
   t_start = time.time()
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  is_chief = jax.process_index() == 0
-  data = _load_data(config)
-  image_shape = tuple(data.image_shape)
-  devices = train.mesh_devices()  # Of every process: the step's axis.
-  local_devices = jax.local_devices()
-  num_train = len(data.train.images)
-  local_batch, steps_per_epoch = _plan(config, num_train, len(devices),
-                                       jax.process_count())
-  config_checks.check_plan(config, steps_per_epoch)
-  num_epochs = config.train.num_epochs
-  total_steps = steps_per_epoch * num_epochs
-  writer, report = create_writer(workdir, is_chief, total_steps)
-  writer.write_hparams(checkpointing.flat_hparams(config))
-  logging.info('Global batch %d = %d per device x %d devices (%d local '
-               'device(s) x %d process(es)); %d training images, %d '
-               'steps/epoch, %d epochs.', config.train.batch_size,
-               local_batch, len(devices), len(local_devices),
-               jax.process_count(), num_train, steps_per_epoch, num_epochs)
-
-  init_rng, train_rng, data_rng = jax.random.split(
-      jax.random.key(config.seed), 3)
-  state = train.create_train_state(init_rng, config, image_shape, total_steps)
-  ckpts = cleanup.enter_context(checkpointing.CheckpointManagers(workdir))
-  best_val_auroc = -np.inf
-  restored = ckpts.restore_latest(_host_target(state))
-  if restored is not None:
-    state, meta = restored
-    best_val_auroc = meta.get('best_val_auroc')
-    if best_val_auroc is None:  # Saved before the first validation.
-      best_val_auroc = -np.inf
-    logging.info('Resumed from step %d of %s.', int(state.step), workdir)
-  state = train.replicate(state, devices)
-  start_step = int(jax.device_get(state.step))
-  history = History(workdir, is_chief, start_step)
-
-  ae_model, critic_model = models.create_models(
-      config.model, image_shape, axis_name=train.AXIS)
-  eval_ae, eval_critic = models.create_models(config.model, image_shape)
-  settings = train.StepSettings.from_config(
-      config, local_batch=local_batch, steps_per_epoch=steps_per_epoch)
-  # Built once per (phase, steps per call) variant, then reused.
-  p_steps: dict[tuple[bool, int], Any] = {}
-
-  def p_step(negatives: bool, num_steps: int):
-    key = (negatives, num_steps)
-    if key not in p_steps:
-      p_steps[key] = train.make_p_train_step(
-          ae_model, critic_model, settings, negatives=negatives,
-          num_steps=num_steps, devices=devices)
-    return p_steps[key]
-
-  train_rng = train.replicate(train_rng, devices)
-  hooks = [report]
-  calibration = None
-  val_auroc = -np.inf
-  k = max(1, config.train.steps_per_call)
-  pending: list[tuple[int, dict]] = []  # Device-side metrics, not yet read.
-  step = start_step
-  t_train, steps_timed = 0.0, 0
-
-  def flush(step: int) -> None:
-    """Reads pending metrics (one host sync), checks finiteness, logs."""
-    if not pending:
-      return
-    host = jax.device_get([m for _, m in pending])
-    first = pending[0][0]
-    pending_steps = list(pending)
-    pending.clear()
-    for i, m in enumerate(host):
-      if not bool(m['finite']):
-        good = ckpts.latest_step()
-        raise NonFiniteLossError(
-            f'Non-finite loss between steps {first} and {step} (first bad '
-            f'call ends at step {first + i}); ' + (
-                f'the last good checkpoint, step {good} in '
-                f'{workdir / "checkpoints"}, is intact' if good is not None
-                else 'no checkpoint was saved before it')
-            + '. Lower optim.lr or enable loss.lambda_gp / '
-            'model.spectral_norm.')
-    for (at, _), m in zip(pending_steps, host):
-      values = {key: float(v) for key, v in m.items() if key != 'finite'}
-      _write_scalars(writer, at, 'train', values)
-      history.append('train', at, values)
-    history.flush()
-
-  def save_latest(epoch: int) -> None:
-    flush(step)  # Never save a state whose losses were not checked.
-    ckpts.save_latest(step, state, _meta(
-        config, state, epoch, calibration, image_shape, val_auroc,
-        best_val_auroc))
-
-  # The training set goes to the devices once; each epoch sends row indices.
-  train_set = train.put_train_set(data.train.images, data.train.labels,
-                                  devices)
-  for epoch in range(start_step // steps_per_epoch, num_epochs):
-    negatives = (epoch >= config.sampling.start_epoch
-                 and config.sampling.style != 'none')
-    epoch_end = (epoch + 1) * steps_per_epoch
-    t0, s0 = time.time(), step
-    # This process's devices' rows of the epoch (the order is global).
-    epoch_data = train.epoch_data(
-        train_set, train.epoch_order(data_rng, epoch, num_train), settings,
-        devices)
-    while step < epoch_end:
-      n = k if step + k <= epoch_end else 1
-      new_variant = (negatives, n) not in p_steps
-      t_call = time.time()
-      state, metrics = p_step(negatives, n)(state, epoch_data, train_rng)
-      if new_variant:  # One sync per variant: compile time in the log.
-        jax.block_until_ready(metrics)
-        logging.info('Training step (negatives=%s, %d step(s) per call) '
-                     'compiled and ran once in %.1f s.', negatives, n,
-                     time.time() - t_call)
-      step += n
-      pending.append((step, metrics))
-      for hook in hooks:
-        hook(step)
-      if step % config.log.every_steps < n or step == epoch_end:
-        flush(step)
-      if step % config.log.checkpoint_every_steps < n:
-        save_latest(epoch)
-      halt = config.train.halt_after_steps
-      if halt and step >= halt:
-        save_latest(epoch)
-        ckpts.wait_until_finished()
-        logging.info('Halting at step %d (train.halt_after_steps).', step)
-        return state
-    jax.block_until_ready(state)
-    t_train += time.time() - t0
-    steps_timed += step - s0
-
-    if (epoch + 1 >= config.eval.first_epoch
-        and (epoch + 1) % config.eval.every_epochs == 0):
-      with report.timed('eval'):
-        scorer = scoring.scorer_from_state(state, eval_ae, eval_critic,
-                                           config.eval.batch_size,
-                                           local_devices)
-        calibration, _ = _calibrate(scorer, data, config,
-                                    max_train=config.eval.calibration_size)
-        val_metrics, _ = _evaluate_split(scorer, data.val, calibration)
-      val_auroc = val_metrics['auroc']
-      _write_scalars(writer, step, 'val', val_metrics)
-      history.append('val', step, {
-          'epoch': epoch + 1, 'auroc': val_metrics['auroc'],
-          'raw_auroc': val_metrics['raw_auroc'], 'mu': calibration.mu,
-          'sigma': calibration.sigma})
-      history.flush()
-      logging.info('epoch %d step %d: val AUROC %.4f (raw R %.4f)', epoch + 1,
-                   step, val_auroc, val_metrics['raw_auroc'])
-      if val_auroc > best_val_auroc:
-        best_val_auroc = val_auroc
-        ckpts.save_best(step, state, _meta(
-            config, state, epoch, calibration, image_shape, val_auroc,
-            best_val_auroc))
-  save_latest(num_epochs - 1)
-  ckpts.wait_until_finished()
-
-  results = _final_evaluation(config, workdir, data, state, ckpts, eval_ae,
-                              eval_critic, local_devices, writer, step)
-  results.update(
-      wall_time_s=time.time() - t_start,
-      train_images_per_s=(steps_timed * config.train.batch_size / t_train
-                          if t_train else None),
-      steps=step, steps_per_epoch=steps_per_epoch, epochs=num_epochs,
-      devices=len(devices), local_devices=len(local_devices),
-      processes=jax.process_count())
-  if is_chief:
-    _write_json(workdir / 'results.json', results)
-    if config.log.figures:
+  timer = PhaseTimer()
+  with timer('set-up'):
+    run, state, meta = set_up(config, pathlib.Path(workdir), cleanup)
+  trainer = Trainer(run, state, meta, timer)
+  for epoch in range(trainer.step // run.steps_per_epoch, run.num_epochs):
+    if not trainer.train_epoch(epoch):
+      return trainer.state
+    if itstime(epoch + 1, every=config.eval.every_epochs,
+               first=config.eval.first_epoch, last=run.num_epochs):
+      trainer.validate(epoch)
+  trainer.save_latest(run.num_epochs - 1)
+  with timer('checkpoints'):
+    run.ckpts.wait_until_finished()
+  with timer('final evaluation'):
+    best = run.ckpts.restore_best(_host_target(trainer.state))
+    if best is not None:  # Placed as the trained state is: same program.
+      best = (train.replicate(best[0], run.devices), best[1])
+    results = report.final_evaluation(
+        config, run.workdir, run.data, trainer.state, best,
+        *run.eval_models, run.local_devices, run.writer, trainer.step)
+  if run.is_chief and config.log.figures:
+    with timer('figures'):
       figures.training_curves(
-          workdir / 'training.png', history.read(),
-          shell=shell_radii(config), title=f'{workdir.name}: training')
-  writer.flush()
-  ckpts.close()
-  return state
-
-
-def _final_evaluation(config, workdir, data, state, ckpts, eval_ae,
-                      eval_critic, devices, writer, step) -> dict[str, Any]:
-  """Test metrics for the best-validation state and for the last state."""
-  results = {'config': checkpointing.config_to_dict(config),
-             'seed': config.seed, 'counts': data.counts, 'test': {}}
-  candidates = [('last', state)]
-  best = ckpts.restore_best(_host_target(state))
-  if best is not None:
-    candidates.insert(0, ('best', best[0]))
-    results['best_step'] = best[1]['step']
-    results['best_val_auroc'] = best[1]['val_auroc']
-  for name, st in candidates:
-    scorer = scoring.scorer_from_state(st, eval_ae, eval_critic,
-                                       config.eval.batch_size, devices)
-    calibration, r_train = _calibrate(scorer, data, config)
-    test_metrics, r_test = _evaluate_split(scorer, data.test, calibration)
-    val_metrics, _ = _evaluate_split(scorer, data.val, calibration)
-    results['test'][name] = test_metrics
-    results.setdefault('val', {})[name] = val_metrics
-    results.setdefault('calibration', {})[name] = calibration.to_dict()
-    _write_scalars(writer, step, f'test_{name}', test_metrics)
-    logging.info('test (%s state): AUROC %.4f AUPRC %.4f FPR80 %.4f '
-                 '(raw R AUROC %.4f)', name, test_metrics['auroc'],
-                 test_metrics['auprc_anomaly'], test_metrics['fpr80'],
-                 test_metrics['raw_auroc'])
-    if name == candidates[0][0] and config.log.figures and (
-        jax.process_index() == 0):
-      _figures(workdir, data, st, eval_ae, calibration, r_train[:10000],
-               r_test, config)
-  return results
-
-
-def shell_radii(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """The radii of atypical selection's shell (paper: sqrt(d) +- delta)."""
-  d, delta = config.model.latent_dim, config.sampling.delta
-  root = float(np.sqrt(d))
-  if config.sampling.style == 'outward':
-    return {'sqrt(d)': root, 'sqrt(d)+delta': root + delta}
-  if config.sampling.style == 'inward':
-    return {'sqrt(d)-delta': root - delta, 'sqrt(d)': root}
-  return {}
-
-
-def _figures(workdir, data, state, eval_ae, calibration, r_train, r_test,
-             config) -> None:
-  """The paper's Fig. 3, 4-5 and 10 for the selected state."""
-  test = data.test
-  for name, transform in (('raw_r', lambda r: r),
-                          ('score', lambda r: scoring.calibrated_scores(
-                              r, calibration.mu, calibration.sigma))):
-    figures.score_histograms(
-        str(workdir / f'hist_{name}.png'), train=transform(r_train),
-        test_normal=transform(r_test[test.labels == 0]),
-        test_anomaly=transform(r_test[test.labels == 1]),
-        title=f'{name} (best-validation state)', xlabel=name)
-  figures.roc_curves(
-      str(workdir / 'roc.png'), test.labels,
-      {'calibrated': scoring.calibrated_scores(r_test, calibration.mu,
-                                               calibration.sigma),
-       'raw R': r_test}, title='Test ROC')
-  ae_vars = {'params': state.ae.params, 'batch_stats': state.ae.batch_stats}
-  rows = np.concatenate([np.flatnonzero(test.labels == 0)[:8],
-                         np.flatnonzero(test.labels == 1)[:8]])
-  x = test.images[rows]
-  x_rec, _ = jax.jit(lambda v, x: eval_ae.apply(v, x, train=False))(ae_vars, x)
-  figures.reconstructions(str(workdir / 'reconstructions.png'), x,
-                          np.asarray(x_rec), n=len(rows),
-                          title='Test images (8 normal, 8 anomalous) and '
-                          'reconstructions')
-  if config.sampling.style != 'none':
-    keys = jax.random.split(jax.random.key(config.seed), len(x))
-    negatives = jax.jit(functools.partial(
-        train.synthetic_negatives, eval_ae, style=config.sampling.style,
-        delta=config.sampling.delta,
-        radial_direction=config.sampling.radial_direction))(ae_vars, x, keys)
-    figures.image_grid(str(workdir / 'negatives.png'), np.asarray(negatives),
-                       n=len(x), title='Synthetic negatives '
-                       f'({config.sampling.style})')
-
-
-def finished_at(workdir: str) -> Optional[int]:
-  """The step `<workdir>/results.json` was written at (None: no results)."""
-  path = pathlib.Path(workdir) / 'results.json'
-  try:
-    return json.loads(path.read_text()).get('steps')
-  except (OSError, ValueError, AttributeError):
-    return None
-
-
-def summary(workdir: str) -> str:
-  """A short human-readable summary of `<workdir>/results.json`."""
-  results = json.loads((pathlib.Path(workdir) / 'results.json').read_text())
-  data = results['config']['data']
-  what = (f"{data['dataset']} -> {data['ood_dataset']} (OOD)"
-          if data['protocol'] == 'ood' else
-          f"{data['dataset']} one-class, normal {data['normal_classes']}")
-  lines = [f"ama_jax: {what}, {results['epochs']} epochs, "
-           f"{results['counts']['train']['total']} training images, "
-           f"{results['wall_time_s']:.0f} s"]
-  if 'best_step' in results:
-    lines.append(f"best validation AUROC {results['best_val_auroc']:.4f} at "
-                 f"step {results['best_step']}")
-  for name, m in results['test'].items():
-    lines.append(
-        f"test ({name} state): AUROC {m['auroc']:.4f}  "
-        f"AUPRC(anomaly+) {m['auprc_anomaly']:.4f}  "
-        f"AUPRC(normal+) {m['auprc_normal']:.4f}  FPR80 {m['fpr80']:.4f}  "
-        f"| raw R: AUROC {m['raw_auroc']:.4f}")
-  lines.append(f'results: {pathlib.Path(workdir) / "results.json"}')
-  return '\n'.join(lines)
-
-
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-  """Atomic JSON write (a crash never leaves a partial file)."""
-  tmp = path.with_suffix('.json.tmp')
-  tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-  os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-  if isinstance(o, (np.integer,)):
-    return int(o)
-  if isinstance(o, (np.floating,)):
-    return float(o)
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  raise TypeError(f'Not JSON serializable: {type(o)}')
+          run.workdir / 'training.png', run.history.read(),
+          shell=report.shell_radii(config),
+          title=f'{run.workdir.name}: training')
+  wall = time.time() - t_start
+  steps_s = timer.seconds['training steps']
+  results.update(
+      wall_time_s=wall, timing_s=dict(timer.seconds),
+      train_share=steps_s / wall,
+      train_images_per_s=(trainer.steps_timed * config.train.batch_size
+                          / steps_s if steps_s else None),
+      steps=trainer.step, steps_per_epoch=run.steps_per_epoch,
+      epochs=run.num_epochs, devices=len(run.devices),
+      local_devices=len(run.local_devices), processes=jax.process_count())
+  logging.info('Run took %.0f s: %s; training steps %.0f%% of it.', wall,
+               ', '.join(f'{k} {v:.1f} s' for k, v in timer.seconds.items()),
+               100 * steps_s / wall)
+  if run.is_chief:
+    report.write_json(run.workdir / 'results.json', results)
+  run.writer.flush()
+  run.ckpts.close()
+  return trainer.state

@@ -24,7 +24,9 @@ JAX detects the coordinator, process count and index (SLURM, Cloud TPU, Open
 MPI); elsewhere give each process `--coordinator_address=host:port
 --num_processes=N --process_id=i` (CPU devices then talk over gloo).
 """
+import json
 import os
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -45,6 +47,9 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes; default: '
                      'detected.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index; default: '
                      'detected.')
+flags.DEFINE_string('compilation_cache', None, 'Folder of JAX\'s persistent '
+                    'compilation cache; default: a per-user folder '
+                    '(ama_jax/runtime.py); "off": none.')
 config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py[:arg]).',
     lock_config=True)
@@ -72,7 +77,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from ama_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.setup()  # Before JAX computes: malloc, TF off the GPU.
+  # Before JAX computes: malloc, compilation cache, TF off the GPU.
+  runtime.setup(FLAGS.compilation_cache)
   import jax  # pylint: disable=g-import-not-at-top
   if multihost():
     # Cross-process collectives of CPU devices (GPUs and TPUs have their own).
@@ -81,16 +87,26 @@ def main(argv):
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
   from ama_jax import loop  # pylint: disable=g-import-not-at-top
+  from ama_jax import report  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   state = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
     step = int(jax.device_get(state.step))
-    if loop.finished_at(FLAGS.workdir) == step:
-      print(loop.summary(FLAGS.workdir), flush=True)
+    if _finished_at(FLAGS.workdir) == step:
+      print(report.summary(FLAGS.workdir), flush=True)
     else:  # Stopped by train.halt_after_steps, before the final evaluation.
       print(f'ama_jax: halted at step {step} (train.halt_after_steps); the '
             'same command without it resumes.', flush=True)
+
+
+def _finished_at(workdir: str) -> Optional[int]:
+  """The step `<workdir>/results.json` was written at (None: no results)."""
+  try:
+    with open(os.path.join(workdir, 'results.json')) as f:
+      return json.load(f).get('steps')
+  except (OSError, ValueError, AttributeError):
+    return None
 
 
 if __name__ == '__main__':

@@ -2,20 +2,78 @@
 
 `setup()` runs once, first thing in `main`, before JAX computes anything:
 
-- glibc malloc settings for XLA:CPU (`malloc_tuning`);
+- glibc malloc settings for XLA:CPU (`malloc_tuning`), only when JAX will
+  run on the CPU (no accelerator plugin installed, or `JAX_PLATFORMS`
+  starting with `cpu`): they are process-wide, and tuned for XLA:CPU's
+  per-call temporaries;
+- JAX's persistent compilation cache (XLA executables and autotuning
+  results), on by default in a per-user folder (`default_cache_dir()`:
+  `$AMA_JAX_CACHE_DIR`, else `$XDG_CACHE_HOME/ama_jax/xla`, else
+  `~/.cache/ama_jax/xla`), so that a second run of the same program skips
+  compilation; `setup(compilation_cache='off')` (the programs'
+  `--compilation_cache=off`) turns it off, and a `JAX_COMPILATION_CACHE_DIR`
+  already set in the environment is left to JAX;
 - TensorFlow, when installed, is kept off the accelerators, so that TFDS
   never takes GPU memory from JAX. TensorFlow is optional at run time: the
   MNIST / Fashion-MNIST path reads its data through `tfds.data_source`
   without it, and without it metrics go to the log and `metrics.jsonl`
-  instead of TensorBoard (`loop.create_writer`).
+  instead of TensorBoard (`metric_writers.create_writer`).
 """
+import importlib.metadata
+import importlib.util
+import os
+import pathlib
+from typing import Optional
+
 from absl import logging
 
 from ama_jax import malloc_tuning
 
+_ACCELERATOR_MODULES = ('libtpu', 'jax_cuda12_plugin', 'jax_cuda13_plugin',
+                        'jax_rocm60_plugin', 'jax_rocm7_plugin')
 
-def setup() -> None:
-  malloc_tuning.tune()  # Before JAX's first computation (CPU speed).
+
+def default_cache_dir() -> pathlib.Path:
+  """The per-user folder of the persistent compilation cache."""
+  if os.environ.get('AMA_JAX_CACHE_DIR'):
+    return pathlib.Path(os.environ['AMA_JAX_CACHE_DIR'])
+  base = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+  return pathlib.Path(base) / 'ama_jax' / 'xla'
+
+
+def backend_is_cpu() -> bool:
+  """Whether JAX will run on the CPU, decided without starting JAX.
+
+  (Starting a backend here would come before `jax.distributed.initialize`
+  in multi-host runs, which must come first.)
+  """
+  platforms = os.environ.get('JAX_PLATFORMS', '').strip()
+  if platforms:
+    return platforms.split(',')[0].strip() == 'cpu'
+  if any(importlib.util.find_spec(m) for m in _ACCELERATOR_MODULES):
+    return False
+  return not list(importlib.metadata.entry_points(group='jax_plugins'))
+
+
+def setup(compilation_cache: Optional[str] = None) -> None:
+  """Process-wide settings (see the module docstring).
+
+  Args:
+    compilation_cache: folder of the persistent compilation cache; None:
+      `default_cache_dir()`; 'off' (or ''): no persistent cache.
+  """
+  if backend_is_cpu():
+    malloc_tuning.tune()  # Before JAX's first computation (CPU speed).
+  import jax  # pylint: disable=g-import-not-at-top
+  if compilation_cache in ('off', ''):
+    jax.config.update('jax_enable_compilation_cache', False)
+  elif not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    folder = pathlib.Path(compilation_cache or default_cache_dir())
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update('jax_compilation_cache_dir', str(folder))
+    # Every compiled program, and XLA's GPU autotuning results with them.
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   except ImportError:

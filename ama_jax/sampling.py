@@ -48,12 +48,14 @@ def negative_latents(
     delta: float,
     radial_direction: str = 'inward',
     cube_scale: Optional[Array] = None,
+    radius: Optional[Array] = None,
 ) -> Array:
   """Latents of synthetic negatives, one per row of `z`.
 
   Styles (d = latent size):
     'inward' / 'outward' (the paper): direction uniform on the sphere, radius
-      uniform in [sqrt(d) - delta, sqrt(d)] / [sqrt(d), sqrt(d) + delta].
+      uniform in [r - delta, r] / [r, r + delta] with r = sqrt(d) (the
+      paper) or the given `radius` (e.g. where the encoder puts normals).
       (The radius, not the volume, is uniform; z is ignored.)
     'radial' (official code, its 'inward'/'outward'): z * alpha or z / alpha
       with alpha ~ U[0, delta] (the official `atyp_ratio`), floored at 1e-6.
@@ -73,6 +75,8 @@ def negative_latents(
     radial_direction: 'inward' or 'outward', for style 'radial'.
     cube_scale: 'cube' only: the scale s; default min |z| over z. Under pmap
       pass the global minimum (`lax.pmin`) so devices agree.
+    radius: 'inward' / 'outward' only: the shell's reference radius r
+      (default sqrt(d)). An inward shell is floored at radius 0.
 
   Returns:
     z_neg [B, d].
@@ -94,12 +98,12 @@ def negative_latents(
     return z
   batch, d = z.shape
   rngs = _row_keys(rngs, batch)
-  sqrt_d = math.sqrt(d)
+  r = math.sqrt(d) if radius is None else radius
 
   if style == 'inward':
-    draw = lambda rng, _: _shell(rng, d, sqrt_d - delta, sqrt_d)
+    draw = lambda rng, _: _shell(rng, d, jnp.maximum(r - delta, 0.0), r)
   elif style == 'outward':
-    draw = lambda rng, _: _shell(rng, d, sqrt_d, sqrt_d + delta)
+    draw = lambda rng, _: _shell(rng, d, r, r + delta)
   elif style == 'radial':
 
     def draw(rng, z_row):

@@ -330,8 +330,8 @@ def _scorer_from_meta(workdir: pathlib.Path, kind: str, meta: dict,
   try:
     # Shapes and dtypes only: nothing is initialized or compiled.
     abstract = jax.eval_shape(functools.partial(
-        train.create_train_state, config=config, image_shape=image_shape,
-        total_steps=1), jax.random.key(0))
+        train.create_train_state, config=config, image_shape=image_shape),
+        jax.random.key(0))
     ae_model, critic_model = models.create_models(config.model, image_shape)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise ScoreError(f'The config saved in the {kind} checkpoint of {workdir} '
@@ -472,7 +472,8 @@ def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
   images = load_images(input_path, meta['image_shape'])
   scorer = _scorer_from_meta(workdir, kind, meta, batch_size)
   r = scorer(images.images)
-  scores = scoring.calibrated_scores(r, meta['mu'], meta['sigma'])
+  scores = scoring.calibrated_scores(r, meta['mu'], meta['sigma'],
+                                    meta.get('score', 'two_sided'))
   is_anomaly = scores > meta['threshold']
   write_csv(output, images.ids, r, scores, is_anomaly)
   summary = {'kind': kind, 'step': meta['step'], 'num_images': len(r),

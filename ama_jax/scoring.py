@@ -3,11 +3,19 @@
 R(x) = ||f(x, x) - f(x, G(E(x)))||_1 with f the critic's penultimate
 features, everything in evaluation mode (BatchNorm running statistics,
 spectral-norm vectors frozen), so a score never depends on what else is in
-the batch. The calibrated score is -log A(x) up to a constant,
-(R - mu)^2 / (2 sigma^2) with mu, sigma the mean and standard deviation of R
-over the training set's normal images: ranking by it equals ranking by A(x)
-(low likelihood = anomalous) without the ties at A = 0 that far-out images
-would otherwise all share.
+the batch. Two calibrated scores, with mu, sigma the mean and standard
+deviation of R over the training set's normal images:
+
+- 'two_sided' (the paper's eq. 7): -log A(x) up to a constant,
+  (R - mu)^2 / (2 sigma^2). Ranking by it equals ranking by A(x) (low
+  likelihood = anomalous) without the ties at A = 0 that far-out images
+  would otherwise all share. An unusually low R is anomalous too (the
+  paper's CIFAR-10 -> SVHN case).
+- 'one_sided': the z-score (R - mu) / sigma; only a high R is anomalous.
+  It ranks as raw R does (Zenati et al.'s score), calibrated.
+
+`eval.score='auto'` picks one of the two per evaluation by validation
+AUROC (a choice on validation only).
 """
 import dataclasses
 import functools
@@ -44,9 +52,22 @@ def raw_scores(ae_model, critic_model, ae_vars, critic_vars,
   return jnp.sum(jnp.abs(f_real - f_fake), axis=-1)
 
 
-def calibrated_scores(r: np.ndarray, mu: float, sigma: float) -> np.ndarray:
-  """-log A(x) + const = (R - mu)^2 / (2 sigma^2); higher = more anomalous."""
-  return (np.asarray(r, np.float64) - mu) ** 2 / (2.0 * sigma ** 2)
+SCORES = ('two_sided', 'one_sided')
+
+
+def calibrated_scores(r: np.ndarray, mu: float, sigma: float,
+                      score: str = 'two_sided') -> np.ndarray:
+  """Calibrated score of R (see the module docstring); higher = anomalous.
+
+  'two_sided': -log A(x) + const = (R - mu)^2 / (2 sigma^2);
+  'one_sided': (R - mu) / sigma.
+  """
+  z = (np.asarray(r, np.float64) - mu) / sigma
+  if score == 'two_sided':
+    return z ** 2 / 2.0
+  if score == 'one_sided':
+    return z
+  raise ValueError(f'Unknown score {score!r}; choose one of {SCORES}.')
 
 
 def fit_gaussian(r: np.ndarray) -> tuple[float, float]:
@@ -56,6 +77,15 @@ def fit_gaussian(r: np.ndarray) -> tuple[float, float]:
     raise ValueError(f'Cannot calibrate on {r.size} scores (need >= 2, all '
                      'finite).')
   return float(r.mean()), float(max(r.std(), 1e-12))
+
+
+@functools.lru_cache(maxsize=8)
+def _pmapped_scores(ae_model, critic_model, devices: tuple) -> Any:
+  """`raw_scores` pmapped over `devices`; built once per (models, devices),
+  so the scorers of every validation of a run share one compiled program."""
+  fn = functools.partial(raw_scores, ae_model, critic_model)
+  return jax.pmap(fn, axis_name=AXIS, in_axes=(None, None, 0),
+                  devices=devices)
 
 
 @dataclasses.dataclass
@@ -82,9 +112,8 @@ class Scorer:
     self.devices = self.devices or jax.local_devices()
     n = len(self.devices)
     self.per_device = max(1, -(-self.batch_size // n))
-    fn = functools.partial(raw_scores, self.ae_model, self.critic_model)
-    self._p_scores = jax.pmap(fn, axis_name=AXIS, in_axes=(None, None, 0),
-                              devices=self.devices)
+    self._p_scores = _pmapped_scores(self.ae_model, self.critic_model,
+                                     tuple(self.devices))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """R(x) for images [N, H, W, C] in [-1, 1] -> [N] float32 (numpy)."""
@@ -121,10 +150,17 @@ class Scorer:
 
 def scorer_from_state(state, ae_model, critic_model, batch_size: int = 500,
                       devices=None) -> Scorer:
-  """A `Scorer` over the (host or device) variables of a training state."""
-  ae_vars = {'params': state.ae.params, 'batch_stats': state.ae.batch_stats}
-  critic_vars = {'params': state.critic.params,
-                 'batch_stats': state.critic.batch_stats}
+  """A `Scorer` over the (host or device) variables of a training state.
+
+  It scores with the moving averages of the weights when the state keeps
+  them (`optim.ema_decay` > 0), else with the trained weights.
+  """
+  if getattr(state, 'ema', None) is not None:
+    ae_vars, critic_vars = state.ema['ae'], state.ema['critic']
+  else:
+    ae_vars = {'params': state.ae.params, 'batch_stats': state.ae.batch_stats}
+    critic_vars = {'params': state.critic.params,
+                   'batch_stats': state.critic.batch_stats}
   return Scorer(ae_model, critic_model, ae_vars, critic_vars,
                 batch_size=batch_size, devices=devices)
 
@@ -136,26 +172,42 @@ class Calibration:
   sigma: float
   threshold: float  # On the calibrated score; above it = anomaly.
   threshold_fpr: float  # Target false-positive rate it was chosen for.
+  score: str = 'two_sided'  # Which calibrated score (SCORES).
 
-  def to_dict(self) -> dict[str, float]:
+  def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+  def scores(self, r: np.ndarray) -> np.ndarray:
+    """The calibrated scores of raw R values."""
+    return calibrated_scores(r, self.mu, self.sigma, self.score)
 
 
 def calibrate(r_train_normal: np.ndarray, r_heldout_normal: np.ndarray,
-              threshold_fpr: float) -> Calibration:
+              threshold_fpr: float, score: str = 'two_sided') -> Calibration:
   """Fits mu, sigma on training normals; threshold on held-out normals."""
   mu, sigma = fit_gaussian(r_train_normal)
   threshold = evaluation.threshold_at_fpr(
-      calibrated_scores(r_heldout_normal, mu, sigma), threshold_fpr)
+      calibrated_scores(r_heldout_normal, mu, sigma, score), threshold_fpr)
   return Calibration(mu=mu, sigma=sigma, threshold=float(threshold),
-                     threshold_fpr=threshold_fpr)
+                     threshold_fpr=threshold_fpr, score=score)
+
+
+def choose_score(r_val: np.ndarray, labels: np.ndarray, mu: float,
+                 sigma: float) -> str:
+  """The score in SCORES with the higher validation AUROC ('two_sided' on
+  ties, and when validation has no anomalies to tell them apart)."""
+  if len(set(np.asarray(labels).tolist())) < 2:
+    return 'two_sided'
+  aurocs = {s: evaluation.compute_metrics(
+      labels, calibrated_scores(r_val, mu, sigma, s))['auroc']
+            for s in SCORES}
+  return max(SCORES, key=lambda s: (aurocs[s], s == 'two_sided'))
 
 
 def evaluate(r: np.ndarray, labels: np.ndarray,
              calibration: Calibration) -> dict[str, float]:
   """Metrics of the calibrated score and of raw R (prefix `raw_`)."""
-  metrics = evaluation.compute_metrics(
-      labels, calibrated_scores(r, calibration.mu, calibration.sigma))
+  metrics = evaluation.compute_metrics(labels, calibration.scores(r))
   raw = evaluation.compute_metrics(labels, r)
   metrics.update({f'raw_{k}': v for k, v in raw.items()
                   if not k.startswith('num_')})

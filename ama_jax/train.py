@@ -2,7 +2,12 @@
 
 One call of `train_step` is one AMA iteration (paper eqs. 1-5; official
 code's `train.py`): synthetic negatives, `n_critic` critic updates on the
-same batch, then one encoder/generator update.
+same batch, then one encoder/generator update, then (optionally) the
+exponential moving average of the weights that validation and scoring use.
+
+Everything that changes during a run (the learning rate, whether the
+negatives are on and their weight, the epoch's rows) is data
+(`schedules.Schedule`, `TrainData`), so a run compiles its step once.
 
 Multi-device contract: the state is passed unreplicated (`in_axes=None`) and
 every leaf of the returned state is identical on all devices. The devices are
@@ -13,17 +18,17 @@ The training set is put on every device once per run (`put_train_set`); each
 epoch uploads only the row indices each device's steps take (`epoch_data`),
 and the step gathers its batch by those indices inside compiled code (no
 host work between steps). Every random draw is keyed by the example's row in
-the global batch (never by the device or process), and losses are sums over
-local rows divided by global counts whose gradients are `psum`med, so a run
-on n devices computes exactly what one device computes on the same global
-batch (up to float summation order), however the devices are split over
-processes.
+the global batch (never by the device or process), which rows are synthetic
+negatives is decided on the global batch, and losses are sums over local
+rows divided by global counts whose gradients are `psum`med, so a run on n
+devices computes exactly what one device computes on the same global batch
+(up to float summation order), however the devices are split over processes.
 Interpolation partners are drawn from the whole global batch through
 `all_gather`; its transpose (a reduce-scatter) routes their gradients back.
 """
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax
 from flax.training import train_state
@@ -37,6 +42,7 @@ import optax
 from ama_jax import losses
 from ama_jax import models
 from ama_jax import sampling
+from ama_jax import schedules
 
 AXIS = 'batch'
 PRNGKey = jax.Array
@@ -44,7 +50,11 @@ Metrics = dict[str, jax.Array]
 
 
 class PlayerState(train_state.TrainState):
-  """Params, optimizer state and normalization statistics of one player."""
+  """Params, optimizer state and normalization statistics of one player.
+
+  `tx` gives the update direction (Adam without its learning rate); the
+  step multiplies it by the scheduled rate (`schedules.learning_rate`).
+  """
   batch_stats: Any  # BatchNorm stats (AE) or spectral-norm u/sigma (critic).
 
 
@@ -53,10 +63,29 @@ class AMAState:
   """Everything training updates; a pytree, so pmap and orbax see all of it."""
   ae: PlayerState  # params == {'encoder': ..., 'generator': ...}
   critic: PlayerState
+  # Exponential moving average of both players' variables (`optim.ema_decay`
+  # > 0): {'ae': {'params', 'batch_stats'}, 'critic': {...}}; None when off.
+  ema: Optional[dict[str, Any]] = None
 
   @property
   def step(self) -> jax.Array:
     return self.ae.step
+
+
+def variables(player: PlayerState) -> dict[str, Any]:
+  """The flax variables of a player: {'params', 'batch_stats'}."""
+  return {'params': player.params, 'batch_stats': player.batch_stats}
+
+
+def scoring_variables(state: AMAState) -> tuple[dict, dict]:
+  """(AE variables, critic variables) that validation and scoring use.
+
+  The moving averages when the run keeps them (`optim.ema_decay` > 0), else
+  the trained variables.
+  """
+  if state.ema is not None:
+    return state.ema['ae'], state.ema['critic']
+  return variables(state.ae), variables(state.critic)
 
 
 @flax.struct.dataclass
@@ -69,112 +98,160 @@ class TrainData:
   images the device's steps take in the current epoch (`epoch_data`), step
   i of the epoch taking rows[i * local_batch:(i + 1) * local_batch].
   """
-  images: jax.Array  # [..., N, H, W, C] float32 in [-1, 1].
+  # [..., N, H, W, C]: uint8 pixel values when the images are exactly
+  # value / 127.5 - 1 (a quarter of the memory; `pixels_to_float` in the
+  # step), else float32 in [-1, 1].
+  images: jax.Array
   labels: jax.Array  # [..., N] int32: 0 normal, 1 labelled anomaly.
   rows: jax.Array  # [..., steps_per_epoch * local_batch] int32.
+  steps_per_epoch: jax.Array  # [...] int32.
+  schedule: schedules.Schedule  # Every leaf [...].
 
 
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
-  """Static (compile-time) settings of `train_step`, hashable."""
+  """Static (compile-time) settings of `train_step`, hashable.
+
+  Taken from the config in one place (`from_config`): the loss weights and
+  switches that shape the computation. The schedule is data.
+  """
   local_batch: int
-  steps_per_epoch: int
+  num_devices: int = 1
   n_critic: int = 1
   lambda_inter: float = 0.5
   num_inter: int = 3
   detach_inter: bool = False
-  lambda_neg: float = 5.0
+  lambda_neg: float = 5.0  # Weight of labelled anomalies (semi-supervised).
   lambda_reg: float = 1.0
   reg_squared: bool = False
   lambda_gp: float = 0.0
   gp_style: str = 'per_sample'
+  gp_inter: bool = False
   negative_style: str = 'outward'
   radial_direction: str = 'inward'
   delta: float = 0.5
+  shell_radius: str = 'sqrt_d'
+  radius_quantile: float = 0.5
   negative_fraction: float = 0.1
+  ema_decay: float = 0.0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, *, local_batch: int,
-                  steps_per_epoch: int) -> 'StepSettings':
+                  num_devices: int = 1) -> 'StepSettings':
+    loss, smp = config.loss, config.sampling
     return cls(
-        local_batch=local_batch, steps_per_epoch=steps_per_epoch,
-        n_critic=config.train.n_critic,
-        lambda_inter=config.loss.lambda_inter,
-        num_inter=config.loss.num_inter,
-        detach_inter=config.loss.detach_inter,
-        lambda_neg=config.loss.lambda_neg,
-        lambda_reg=config.loss.lambda_reg,
-        reg_squared=config.loss.reg_squared,
-        lambda_gp=config.loss.lambda_gp, gp_style=config.loss.gp_style,
-        negative_style=config.sampling.style,
-        radial_direction=config.sampling.radial_direction,
-        delta=config.sampling.delta,
-        negative_fraction=config.sampling.fraction)
+        local_batch=local_batch, num_devices=num_devices,
+        n_critic=config.train.n_critic, lambda_inter=loss.lambda_inter,
+        num_inter=loss.num_inter, detach_inter=loss.detach_inter,
+        lambda_neg=loss.lambda_neg, lambda_reg=loss.lambda_reg,
+        reg_squared=loss.reg_squared, lambda_gp=loss.lambda_gp,
+        gp_style=loss.gp_style, gp_inter=bool(loss.get('gp_inter', False)),
+        negative_style=smp.style, radial_direction=smp.radial_direction,
+        delta=smp.delta, shell_radius=smp.get('shell_radius', 'sqrt_d'),
+        radius_quantile=smp.get('radius_quantile', 0.5),
+        negative_fraction=smp.fraction,
+        ema_decay=float(config.optim.get('ema_decay') or 0.0))
 
   @property
-  def negative_rows(self) -> np.ndarray:
-    """Local rows replaced by synthetic negatives (static, evenly spread)."""
+  def global_batch(self) -> int:
+    return self.local_batch * self.num_devices
+
+  @property
+  def negative_slots(self) -> tuple[np.ndarray, np.ndarray]:
+    """([devices, k] local rows, [devices, k] valid) of synthetic negatives.
+
+    `sampling.negative_mask` marks round(fraction x global batch) rows of
+    the global batch, evenly spread; device q holds global rows q b ...
+    (q + 1) b - 1, so it gets floor or ceil of its share. Every device works
+    on k = the largest share (a static shape); a device with fewer negatives
+    pads its slots with one of its normal rows, marked invalid (its image
+    and weight stay as they are).
+    """
+    b, d = self.local_batch, self.num_devices
     if self.negative_style == 'none' or self.negative_fraction <= 0:
-      return np.zeros((0,), np.int32)
-    mask = sampling.negative_mask(np.arange(self.local_batch),
-                                  self.local_batch, self.negative_fraction)
-    return np.flatnonzero(mask).astype(np.int32)
+      return np.zeros((d, 0), np.int32), np.zeros((d, 0), bool)
+    mask = sampling.negative_mask(np.arange(b * d), b * d,
+                                  self.negative_fraction).reshape(d, b)
+    k = int(mask.sum(axis=1).max())
+    rows = np.zeros((d, k), np.int32)
+    valid = np.zeros((d, k), bool)
+    for q in range(d):
+      own = np.flatnonzero(mask[q])
+      spare = np.flatnonzero(~mask[q])
+      rows[q] = np.concatenate(
+          [own, np.full(k - len(own), spare[0] if len(spare) else 0)])
+      valid[q, :len(own)] = True
+    return rows, valid
 
 
 # ----------------------------------------------------------------------------
 # State and optimizers.
 # ----------------------------------------------------------------------------
-def lr_schedule(config: ml_collections.ConfigDict,
-                total_updates: int) -> optax.Schedule:
-  """Paper: lr x `decay` at 30%, 60% and 90% of training (MultiStepLR)."""
-  boundaries = {max(1, int(round(f * total_updates))): config.optim.decay
-                for f in config.optim.decay_at}
-  return optax.piecewise_constant_schedule(config.optim.lr, boundaries)
-
-
-def make_optimizers(config: ml_collections.ConfigDict, total_steps: int
+def make_optimizers(config: ml_collections.ConfigDict
                     ) -> tuple[optax.GradientTransformation,
                                optax.GradientTransformation]:
-  """Adam for E, G (one state, two betas) and for the critic."""
+  """Adam directions (no learning rate) for E, G (two betas) and the critic.
+
+  The step scales them by the scheduled rate: params -= lr(t) * direction,
+  which is Adam with that rate.
+  """
   optim = config.optim
-  ae_lr = lr_schedule(config, total_steps)
-  # The critic takes n_critic updates per step: its schedule counts those.
-  critic_lr = lr_schedule(config, total_steps * config.train.n_critic)
   ae_tx = optax.multi_transform(
-      {'encoder': optax.adam(ae_lr, b1=optim.b1_encoder, b2=optim.b2),
-       'generator': optax.adam(ae_lr, b1=optim.b1_generator, b2=optim.b2)},
+      {'encoder': optax.scale_by_adam(b1=optim.b1_encoder, b2=optim.b2),
+       'generator': optax.scale_by_adam(b1=optim.b1_generator, b2=optim.b2)},
       lambda params: {k: k for k in params})
-  critic_tx = optax.adam(critic_lr, b1=optim.b1_critic, b2=optim.b2)
+  critic_tx = optax.scale_by_adam(b1=optim.b1_critic, b2=optim.b2)
   return ae_tx, critic_tx
 
 
 def create_train_state(rng: PRNGKey, config: ml_collections.ConfigDict,
-                       image_shape: tuple[int, int, int], total_steps: int
-                       ) -> AMAState:
+                       image_shape: tuple[int, int, int]) -> AMAState:
   """Initializes both players (under jit) with their optimizers."""
   ae_model, critic_model = models.create_models(config.model, image_shape)
-  ae_tx, critic_tx = make_optimizers(config, total_steps)
+  ae_tx, critic_tx = make_optimizers(config)
   x = jnp.zeros((2, *image_shape), jnp.float32)
+  keep_ema = bool(config.optim.get('ema_decay'))
 
   @jax.jit
   def init(rng):
     ae_rng, critic_rng = jax.random.split(rng)
     ae_vars = ae_model.init(ae_rng, x, train=False)
     critic_vars = critic_model.init(critic_rng, x, x, train=False)
-    return AMAState(
-        ae=PlayerState.create(apply_fn=ae_model.apply,
-                              params=ae_vars['params'], tx=ae_tx,
-                              batch_stats=ae_vars.get('batch_stats', {})),
-        critic=PlayerState.create(
-            apply_fn=critic_model.apply, params=critic_vars['params'],
-            tx=critic_tx, batch_stats=critic_vars.get('batch_stats', {})))
+    ae = PlayerState.create(apply_fn=ae_model.apply, params=ae_vars['params'],
+                            tx=ae_tx,
+                            batch_stats=ae_vars.get('batch_stats', {}))
+    critic = PlayerState.create(
+        apply_fn=critic_model.apply, params=critic_vars['params'],
+        tx=critic_tx, batch_stats=critic_vars.get('batch_stats', {}))
+    ema = ({'ae': variables(ae), 'critic': variables(critic)} if keep_ema
+           else None)
+    return AMAState(ae=ae, critic=critic, ema=ema)
 
   return init(rng)
 
 
-def _variables(player: PlayerState, params=None) -> dict[str, Any]:
-  return {'params': player.params if params is None else params,
-          'batch_stats': player.batch_stats}
+def _update(player: PlayerState, grads, lr: jax.Array,
+            batch_stats) -> PlayerState:
+  """One optimizer step at learning rate `lr` (Adam's direction x lr)."""
+  direction, opt_state = player.tx.update(grads, player.opt_state,
+                                          player.params)
+  params = jax.tree.map(lambda p, u: p - lr * u, player.params, direction)
+  return player.replace(step=player.step + 1, params=params,
+                        opt_state=opt_state, batch_stats=batch_stats)
+
+
+def _ema_update(state: AMAState, decay: float) -> Optional[dict[str, Any]]:
+  """EMA of both players' variables; the decay warms up as (1 + t)/(10 + t).
+
+  The warm-up keeps the early average from being dominated by the random
+  initialisation in short runs.
+  """
+  if state.ema is None:
+    return None
+  t = state.step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  new = {'ae': variables(state.ae), 'critic': variables(state.critic)}
+  return jax.tree.map(lambda e, v: d * e + (1 - d) * v, state.ema, new)
 
 
 # ----------------------------------------------------------------------------
@@ -188,21 +265,45 @@ def _row_keys(step_rng: PRNGKey, global_rows: jax.Array, name: int
 
 
 # Purposes of per-example keys (never reuse a number).
-_NEGATIVES, _ALPHA, _PARTNERS, _GP = 0, 1, 2, 3
+_NEGATIVES, _ALPHA, _PARTNERS, _GP, _GP_INTER = 0, 1, 2, 3, 4
 
 
-def _take_batch(data: TrainData, step: jax.Array, s: StepSettings
+# float32 of each uint8 pixel value as the input pipeline computes it
+# (v / 127.5 - 1 in numpy float32); a table lookup keeps it bit-identical
+# (XLA would compute the division as a multiplication).
+_PIXEL_VALUES = np.arange(256, dtype=np.float32) / 127.5 - 1.0
+
+
+def pixels_to_float(images: jax.Array) -> jax.Array:
+  """uint8 pixel values -> float32 in [-1, 1]; float32 passes through."""
+  if images.dtype != jnp.uint8:
+    return images
+  return jnp.asarray(_PIXEL_VALUES)[images.astype(jnp.int32)]
+
+
+def _as_pixels(images: np.ndarray) -> np.ndarray:
+  """uint8 pixel values of float images in [-1, 1] when they are exactly
+  value / 127.5 - 1 (the input pipeline's conversion), else the images."""
+  images = np.asarray(images, np.float32)
+  pixels = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  if np.array_equal(_PIXEL_VALUES[pixels], images):
+    return pixels
+  return images
+
+
+def _take_batch(data: TrainData, step: jax.Array, local_batch: int
                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """This device's rows of the global batch and their global row numbers."""
-  start = (step % s.steps_per_epoch) * s.local_batch
-  global_rows = lax.axis_index(AXIS) * s.local_batch + jnp.arange(
-      s.local_batch)
-  rows = lax.dynamic_slice_in_dim(data.rows, start, s.local_batch)
-  return data.images[rows], data.labels[rows], global_rows
+  start = (step % data.steps_per_epoch) * local_batch
+  global_rows = lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
+  rows = lax.dynamic_slice_in_dim(data.rows, start, local_batch)
+  return (pixels_to_float(data.images[rows]), data.labels[rows],
+          global_rows)
 
 
 def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
                         style: str, delta: float, radial_direction: str,
+                        radius: Optional[jax.Array] = None,
                         axis_name: Optional[str] = None,
                         return_latents: bool = False):
   """G(z_neg) for the rows of x, E and G in eval mode (paper Fig. 3).
@@ -212,8 +313,9 @@ def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
     x: [n, H, W, C] images whose encodings seed 'radial' / 'cube' styles.
     keys: [n] typed keys, one per row.
     style, delta, radial_direction: `config.sampling` fields.
+    radius: the shell's reference radius for 'inward'/'outward' (default
+      sqrt(d), the paper).
     axis_name: inside pmap, the axis over which 'cube' takes min |z|.
-
     return_latents: also return z_neg.
 
   Returns:
@@ -225,27 +327,62 @@ def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
     scale = lax.pmin(scale, axis_name)
   z_neg = sampling.negative_latents(keys, z, style=style, delta=delta,
                                     radial_direction=radial_direction,
-                                    cube_scale=scale)
+                                    cube_scale=scale, radius=radius)
   x_neg = ae_model.apply(ae_vars, z_neg, train=False, method='decode')
   return (x_neg, z_neg) if return_latents else x_neg
 
 
-def _add_negatives(ae_model, ae: PlayerState, x: jax.Array,
-                   weights: jax.Array, keys: jax.Array, s: StepSettings
-                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Replaces the static negative rows by G(z_neg) (E, G in eval mode).
+class Negatives(NamedTuple):
+  """What `_add_negatives` did to the batch (for the diagnostics)."""
+  z_norm: jax.Array  # [k] ||z_neg|| of this device's slots.
+  valid: jax.Array  # [k] bool: the slot holds a negative.
+  radius: jax.Array  # The shell's reference radius.
 
-  Returns (x, weights, ||z_neg|| of the negative rows).
+
+def _measured_radius(ae_model, ae_vars, x_slots, valid, s: StepSettings
+                     ) -> jax.Array:
+  """A quantile of ||E(x)|| over the (real) images of the global batch's
+  negative slots, before they are replaced: where the encoder puts normals."""
+  z = ae_model.apply(ae_vars, x_slots, train=False, method='encode')
+  norms = lax.all_gather(jnp.linalg.norm(z, axis=-1), AXIS, tiled=True)
+  valid = lax.all_gather(valid, AXIS, tiled=True)
+  return jnp.nanquantile(jnp.where(valid, norms, jnp.nan), s.radius_quantile)
+
+
+def _add_negatives(ae_model, ae: PlayerState, x: jax.Array,
+                   weights: jax.Array, labels: jax.Array, weight: jax.Array,
+                   step_rng: PRNGKey, global_rows: jax.Array,
+                   s: StepSettings) -> tuple[jax.Array, jax.Array, Negatives]:
+  """Replaces the negative slots by G(z_neg) once `weight` > 0.
+
+  E and G run in eval mode and the negatives carry no gradient, as in the
+  official code (no_grad, eval). Before atypical selection starts (weight
+  0) the negatives are still drawn, but the batch is left unchanged, so the
+  compiled step is the same throughout the run.
   """
-  rows = s.negative_rows
+  table_rows, table_valid = s.negative_slots
+  q = lax.axis_index(AXIS)
+  rows = jnp.asarray(table_rows)[q]
+  valid = jnp.asarray(table_valid)[q] & (labels[rows] == 0)
+  ae_vars = variables(ae)
+  x_slots = x[rows]
+  radius = None
+  if s.shell_radius == 'measured' and s.negative_style in ('inward',
+                                                           'outward'):
+    radius = _measured_radius(ae_model, ae_vars, x_slots, valid, s)
+  keys = _row_keys(step_rng, global_rows, _NEGATIVES)[rows]
   x_neg, z_neg = synthetic_negatives(
-      ae_model, _variables(ae), x[rows], keys[rows], style=s.negative_style,
-      delta=s.delta, radial_direction=s.radial_direction, axis_name=AXIS,
-      return_latents=True)
-  # The official code makes negatives without gradients (no_grad, eval).
-  x = x.at[rows].set(lax.stop_gradient(x_neg))
-  weights = weights.at[rows].set(-s.lambda_neg)
-  return x, weights, jnp.linalg.norm(z_neg, axis=-1)
+      ae_model, ae_vars, x_slots, keys, style=s.negative_style,
+      delta=s.delta, radial_direction=s.radial_direction, radius=radius,
+      axis_name=AXIS, return_latents=True)
+  on = valid & (weight > 0)
+  x = x.at[rows].set(jnp.where(on[:, None, None, None],
+                               lax.stop_gradient(x_neg), x_slots))
+  weights = weights.at[rows].set(jnp.where(on, -weight, weights[rows]))
+  if radius is None:
+    radius = jnp.float32(np.sqrt(z_neg.shape[-1]))
+  return x, weights, Negatives(z_norm=jnp.linalg.norm(z_neg, axis=-1),
+                               valid=on, radius=radius)
 
 
 def _interpolation_plan(weights: jax.Array, global_rows: jax.Array,
@@ -289,49 +426,63 @@ def _ae_forward(ae_model, params, batch_stats, x, alpha, anchors,
   return (x_rec, z, x_inter), updates.get('batch_stats', batch_stats)
 
 
-def _inter_rows(s: StepSettings, negatives: bool) -> np.ndarray:
-  """Local rows whose interpolants the losses use (static).
+class CriticPairs(NamedTuple):
+  """Critic outputs on the pairs of one step, by name.
 
-  Rows holding synthetic negatives have weight 0 in eq. (4), so the critic
-  need not see their pairs: leaving them out changes no value or gradient
-  and saves f x m x b critic rows per update. (Their interpolants are still
-  decoded, so the generator's BatchNorm statistics stay those of the whole
-  batch.)
+  fake: [b] D(x, x_rec); real: [b] D(x, x) (None where not needed);
+  inter: [b, m] D(x_k, x_inter_i) for the m anchors k of interpolant i
+  (None without interpolation).
   """
-  if negatives and len(s.negative_rows):
-    return np.setdiff1d(np.arange(s.local_batch), s.negative_rows)
-  return np.arange(s.local_batch)
+  fake: jax.Array
+  real: Optional[jax.Array]
+  inter: Optional[jax.Array]
 
 
-def _critic_pairs(x, x_all, x_rec, x_inter, anchors, with_real: bool):
-  """Stacks every (left, right) pair the losses need into one batch.
+def critic_on_pairs(critic_fn, x, x_rec, x_inter=None, x_anchors=None, *,
+                    with_real: bool) -> tuple[CriticPairs, jax.Array]:
+  """Runs the critic once on every pair the losses need (one batch).
 
-  x_inter and anchors [k, m] are those of the interpolation rows only.
+  Args:
+    critic_fn: (lefts, rights) -> (logits, features); stacks on channels.
+    x, x_rec: [b, H, W, C] images and reconstructions.
+    x_inter: [b, H, W, C] decoded interpolants, or None.
+    x_anchors: [m, b, H, W, C] each interpolant's anchor images.
+    with_real: also score the mirrored pairs (x, x).
+
+  Returns:
+    (CriticPairs of logits, the critic's features of the `fake` pairs).
   """
   lefts, rights = [x], [x_rec]
   if with_real:
     lefts.append(x)
     rights.append(x)
   if x_inter is not None:
-    m = anchors.shape[1]
-    lefts.append(jnp.concatenate([x_all[anchors[:, k]] for k in range(m)]))
+    m = x_anchors.shape[0]
+    lefts.append(x_anchors.reshape(-1, *x.shape[1:]))
     rights.append(jnp.concatenate([x_inter] * m))
-  return jnp.concatenate(lefts), jnp.concatenate(rights)
+  logits, features = critic_fn(jnp.concatenate(lefts),
+                               jnp.concatenate(rights))
+  b = x.shape[0]
+  fake, rest = logits[:b], logits[b:]
+  real = None
+  if with_real:
+    real, rest = rest[:b], rest[b:]
+  inter = None if x_inter is None else rest.reshape(-1, b).T  # [b, m]
+  return CriticPairs(fake=fake, real=real, inter=inter), features[:b]
 
 
 def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
-               ae_model, critic_model, settings: StepSettings,
-               negatives: bool) -> tuple[AMAState, Metrics]:
+               ae_model, critic_model, settings: StepSettings
+               ) -> tuple[AMAState, Metrics]:
   """One AMA iteration on this device's share of the global batch.
 
   Args:
     state: the unreplicated training state (identical on all devices).
-    data: the training set and this device's rows of the current epoch
-      (`epoch_data`).
+    data: the training set, this device's rows of the current epoch and the
+      schedule (`epoch_data`).
     train_rng: base key of the step's random terms, from the config seed.
     ae_model, critic_model: the flax modules (static).
     settings: static settings (`StepSettings`).
-    negatives: static; True once atypical selection has started.
 
   Returns:
     (new state, metrics) where every metric is a global value.
@@ -339,16 +490,21 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
   s = settings
   step = state.step
   step_rng = jax.random.fold_in(train_rng, step)
-  x, labels, global_rows = _take_batch(data, step, s)
+  lr = schedules.learning_rate(data.schedule, step)
+  x, labels, global_rows = _take_batch(data, step, s.local_batch)
   b = s.local_batch
-  # Official code's labels: +1 normal, -lambda_neg for (real or synthetic)
-  # anomalies; the sign flip turns "reconstruct" into "don't reconstruct".
+
+  # 1. The batch, with synthetic negatives (atypical selection, eq. 5).
+  # Row weights, as the official code's labels: +1 normal, -lambda_neg for
+  # (real or synthetic) anomalies; the sign flip turns "reconstruct" into
+  # "don't reconstruct".
   weights = jnp.where(labels == 1, -s.lambda_neg, 1.0)
-  z_neg_norm = None
-  if negatives and len(s.negative_rows):
-    x, weights, z_neg_norm = _add_negatives(
-        ae_model, state.ae, x, weights,
-        _row_keys(step_rng, global_rows, _NEGATIVES), s)
+  negatives = None
+  if s.negative_slots[0].shape[1]:
+    x, weights, negatives = _add_negatives(
+        ae_model, state.ae, x, weights, labels,
+        schedules.negative_weight(data.schedule, step), step_rng,
+        global_rows, s)
   normal = (weights > 0).astype(jnp.float32)
   negative = (weights < 0).astype(jnp.float32)
   num_rows = lax.psum(jnp.float32(b), AXIS)
@@ -356,75 +512,82 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
   # Diagnostics average over at least one row (0 when there is none).
   num_negative = jnp.maximum(lax.psum(negative.sum(), AXIS), 1.0)
 
+  # 2. Simplex interpolation plan (eq. 4): weights and anchor rows.
   use_inter = s.lambda_inter != 0
-  alpha = anchors = None
+  alpha = anchors = x_anchors = None
   if use_inter:
     alpha, anchors = _interpolation_plan(weights, global_rows, step_rng, s)
-  x_all = lax.all_gather(x, AXIS, tiled=True) if use_inter else None
+    x_all = lax.all_gather(x, AXIS, tiled=True)
+    x_anchors = jnp.moveaxis(x_all[anchors], 1, 0)  # [m, b, H, W, C]
 
-  # E and G do not change during the critic updates, so their forward pass
-  # is run once; its VJP gives the AE gradient after the critic updates.
+  # 3. Autoencoder forward, once: E and G do not change during the critic
+  # updates; its VJP gives the AE gradient after them.
   (x_rec, z, x_inter), ae_vjp, new_ae_stats = jax.vjp(
       lambda p: _ae_forward(ae_model, p, state.ae.batch_stats, x, alpha,
                             anchors, s),
       state.ae.params, has_aux=True)
-  # The critic sees reconstructions as constants (PyTorch's .detach()).
-  rows = _inter_rows(s, negatives)
-  left, right = _critic_pairs(
-      x, x_all, lax.stop_gradient(x_rec),
-      None if x_inter is None else lax.stop_gradient(x_inter[rows]),
-      None if anchors is None else anchors[rows], with_real=True)
 
-  def critic_loss_fn(params, batch_stats, gp_keys):
-    (logits, _), updates = critic_model.apply(
-        {'params': params, 'batch_stats': batch_stats}, left, right,
-        train=True, mutable=['batch_stats'])
-    fake, real = logits[:b], logits[b:2 * b]
-    loss = losses.critic_loss(real_logits=real, fake_logits=fake,
-                              weights=weights, denominator=num_rows)
-    # Critic gaps D(x, x) - D(x, xhat): normals (the Wasserstein estimate
-    # of eq. 1) and synthetic negatives (eq. 5; the critic pushes it < 0).
-    aux = {'wasserstein': jnp.sum(normal * (real - fake)) / num_normal,
+  # 4. Critic updates on the same batch; reconstructions are constants
+  # (PyTorch's .detach()).
+  x_rec_c = lax.stop_gradient(x_rec)
+  x_inter_c = None if x_inter is None else lax.stop_gradient(x_inter)
+  gp_keys = _row_keys(step_rng, global_rows, _GP)
+  gp_inter_keys = _row_keys(step_rng, global_rows, _GP_INTER)
+
+  def critic_loss_fn(params, batch_stats, i):
+    critic_vars = {'params': params, 'batch_stats': batch_stats}
+    (pairs, _), updates = critic_model.apply(
+        critic_vars, x, x_rec_c, x_inter_c, x_anchors, with_real=True,
+        train=True, mutable=['batch_stats'], method=critic_on_pairs_method)
+    loss = losses.critic_loss(real_logits=pairs.real,
+                              fake_logits=pairs.fake, weights=weights,
+                              denominator=num_rows)
+    # Critic gaps D(x, x) - D(x, xhat): normals (the Wasserstein estimate of
+    # eq. 1) and synthetic negatives (eq. 5; the critic pushes it below 0).
+    aux = {'wasserstein': jnp.sum(normal * (pairs.real - pairs.fake))
+                          / num_normal,
            'diag/critic_gap_negative':
-               jnp.sum(negative * (real - fake)) / num_negative}
+               jnp.sum(negative * (pairs.real - pairs.fake)) / num_negative}
     if use_inter:
-      real_all = lax.all_gather(real, AXIS, tiled=True)
-      inter_logits = logits[2 * b:].reshape(-1, len(rows)).T  # [k, m]
+      real_all = lax.all_gather(pairs.real, AXIS, tiled=True)
+      anchor_real = real_all[anchors]  # [b, m]
       inter = losses.interpolation_critic_loss(
-          anchor_real_logits=real_all[anchors[rows]],
-          inter_logits=inter_logits, mask=normal[rows],
-          denominator=num_normal)
+          anchor_real_logits=anchor_real, inter_logits=pairs.inter,
+          mask=normal, denominator=num_normal)
       loss += s.lambda_inter * inter
       aux['critic_inter'] = inter
-      # Critic values on the interpolation pairs (x_k, x_inter) beside
-      # those on the anchors' mirrored pairs (x_k, x_k).
+      # Critic values on the interpolation pairs (x_k, x_inter) beside those
+      # on the anchors' mirrored pairs (x_k, x_k).
+      per_pair = num_normal * s.num_inter
       aux['diag/critic_inter_pair'] = jnp.sum(
-          normal[rows, None] * inter_logits) / (num_normal * s.num_inter)
+          normal[:, None] * pairs.inter) / per_pair
       aux['diag/critic_inter_anchor_real'] = jnp.sum(
-          normal[rows, None] * real_all[anchors[rows]]) / (
-              num_normal * s.num_inter)
+          normal[:, None] * anchor_real) / per_pair
     if s.lambda_gp:
-      gp_alpha = jax.vmap(jax.random.uniform)(gp_keys)
-      critic_vars = {'params': params, 'batch_stats': batch_stats}
+      stacked = lambda xy: critic_model.apply(
+          critic_vars, xy, train=False, method='stacked')[0]
+      fold = lambda keys: jax.vmap(jax.random.fold_in, (0, None))(keys, i)
       gp = losses.gradient_penalty(
-          lambda xy: critic_model.apply(critic_vars, xy, train=False,
-                                        method='stacked')[0],
-          x, lax.stop_gradient(x_rec), gp_alpha, style=s.gp_style)
+          stacked, x, x_rec_c, jax.vmap(jax.random.uniform)(fold(gp_keys)),
+          style=s.gp_style)
+      if s.gp_inter and use_inter:
+        # The same penalty on (x, x_inter) pairs, so the critic stays
+        # Lipschitz where eq. (4) evaluates it too.
+        gp = gp + losses.gradient_penalty(
+            stacked, x, x_inter_c,
+            jax.vmap(jax.random.uniform)(fold(gp_inter_keys)),
+            style=s.gp_style)
       gp *= b / num_rows  # Local mean -> this device's share of the mean.
       loss += s.lambda_gp * gp
       aux['gradient_penalty'] = gp
     new_stats = updates.get('batch_stats', batch_stats)
     return loss, (aux, new_stats)
 
-  gp_keys = _row_keys(step_rng, global_rows, _GP)
-
-  def critic_update(critic: PlayerState, i):
-    keys = jax.vmap(jax.random.fold_in, (0, None))(gp_keys, i)
+  def critic_update(critic: PlayerState, i: int):
     (loss, (aux, stats)), grads = jax.value_and_grad(
-        critic_loss_fn, has_aux=True)(critic.params, critic.batch_stats, keys)
+        critic_loss_fn, has_aux=True)(critic.params, critic.batch_stats, i)
     grads = lax.psum(grads, AXIS)
-    critic = critic.apply_gradients(grads=grads,
-                                    batch_stats=lax.pmean(stats, AXIS))
+    critic = _update(critic, grads, lr, lax.pmean(stats, AXIS))
     # Loss pieces are local sums over global counts: psum gives the value.
     aux = lax.psum(dict(aux, critic_loss=loss), AXIS)
     return critic, dict(aux, critic_grad_norm=optax.tree.norm(grads))
@@ -436,99 +599,127 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
   for i in range(s.n_critic):
     critic, critic_aux = critic_update(critic, i)
 
-  # Encoder/generator loss as a function of the AE outputs.
+  # 5. Encoder/generator update, as a function of the AE outputs.
+  # Detached (official code), the interpolation term is a constant for E and
+  # G: it is left out rather than computed for its value only.
+  ae_inter = use_inter and not s.detach_inter
+
   def ae_loss_fn(outputs):
     x_rec, z, x_inter = outputs
-    # Detached (official code), the interpolation term is a constant for E
-    # and G: it is left out rather than computed for its value only.
-    ae_inter = use_inter and not s.detach_inter
-    left, right = _critic_pairs(
-        x, x_all, x_rec, x_inter[rows] if ae_inter else None,
-        anchors[rows] if ae_inter else None, with_real=False)
-    logits, _ = critic_model.apply(_variables(critic), left, right,
-                                   train=False)
-    adv = losses.ae_adversarial_loss(fake_logits=logits[:b], weights=weights,
+    pairs, _ = critic_model.apply(
+        variables(critic), x, x_rec, x_inter if ae_inter else None,
+        x_anchors, with_real=False, train=False,
+        method=critic_on_pairs_method)
+    adv = losses.ae_adversarial_loss(fake_logits=pairs.fake, weights=weights,
                                      denominator=num_rows)
     reg = losses.latent_norm(z, mask=normal, squared=s.reg_squared,
                              denominator=num_normal)
     loss = adv + s.lambda_reg * reg
     aux = {'ae_adversarial': adv, 'latent_norm': reg}
     if ae_inter:
-      inter = losses.interpolation_ae_loss(
-          inter_logits=logits[b:].reshape(-1, len(rows)).T,
-          mask=normal[rows], denominator=num_normal)
+      inter = losses.interpolation_ae_loss(inter_logits=pairs.inter,
+                                           mask=normal,
+                                           denominator=num_normal)
       loss += s.lambda_inter * inter
       aux['ae_inter'] = inter
     return loss, aux
 
-  outputs = (x_rec, z, x_inter)
   (ae_loss, ae_aux), out_grads = jax.value_and_grad(
-      ae_loss_fn, has_aux=True)(outputs)
+      ae_loss_fn, has_aux=True)((x_rec, z, x_inter))
   (ae_grads,) = ae_vjp(out_grads)
   ae_grads = lax.psum(ae_grads, AXIS)
-  ae = state.ae.apply_gradients(grads=ae_grads,
-                                batch_stats=lax.pmean(new_ae_stats, AXIS))
+  ae = _update(state.ae, ae_grads, lr, lax.pmean(new_ae_stats, AXIS))
+  new_state = AMAState(ae=ae, critic=critic, ema=state.ema)
+  new_state = new_state.replace(ema=_ema_update(new_state, s.ema_decay))
 
+  # 6. Metrics, and the finiteness check.
   l1 = jnp.mean(jnp.abs(x - x_rec), axis=(1, 2, 3))
   metrics = lax.psum(dict(
       ae_aux, ae_loss=ae_loss, num_negatives=jnp.sum(weights < 0),
       **{'diag/l1_rec_normal': jnp.sum(normal * l1) / num_normal,
          'diag/l1_rec_negative': jnp.sum(negative * l1) / num_negative}),
       AXIS)
-  metrics.update(critic_aux, ae_grad_norm=optax.tree.norm(ae_grads))
-  metrics.update(_latent_diagnostics(z, normal, negative, z_neg_norm))
+  metrics.update(critic_aux, ae_grad_norm=optax.tree.norm(ae_grads),
+                 lr=lr, lambda_neg=schedules.negative_weight(data.schedule,
+                                                              step))
+  metrics.update(_latent_diagnostics(z, normal, negative, negatives))
   # A state is good only if its losses and its new parameters are finite.
   metrics['finite'] = jnp.isfinite(
       metrics['critic_loss'] + metrics['ae_loss']
       + optax.tree.norm(ae.params) + optax.tree.norm(critic.params))
-  return AMAState(ae=ae, critic=critic), metrics
+  return new_state, metrics
 
 
-def _latent_diagnostics(z, normal, negative, z_neg_norm) -> Metrics:
+def critic_on_pairs_method(module, x, x_rec, x_inter, x_anchors, *,
+                           with_real: bool, train: bool):
+  """`critic_on_pairs` as a method of the `models.Critic` module."""
+  return critic_on_pairs(lambda l, r: module(l, r, train), x, x_rec, x_inter,
+                         x_anchors, with_real=with_real)
+
+
+def _latent_diagnostics(z, normal, negative, negatives: Optional[Negatives]
+                        ) -> Metrics:
   """Quantiles of ||E(x)|| over the global batch's normals; negatives' radii.
 
-  Beside them: the radius of the latents the negatives were drawn from
-  (||z_neg||) and where the encoder maps the negatives back (||E(G(z_neg))||),
-  to compare with the shell of atypical selection.
+  Beside them: the shell's reference radius (sqrt(d), or the measured one),
+  the radius of the latents the negatives were drawn from (||z_neg||) and
+  where the encoder maps the negatives back (||E(G(z_neg))||).
   """
   norm = lax.all_gather(jnp.linalg.norm(z, axis=-1), AXIS, tiled=True)
   normal = lax.all_gather(normal, AXIS, tiled=True) > 0
-  negative = lax.all_gather(negative, AXIS, tiled=True) > 0
   q = jnp.nanquantile(jnp.where(normal, norm, jnp.nan),
                       jnp.array([0.05, 0.5, 0.95]))
   out = {'diag/z_norm_normal_q05': q[0], 'diag/z_norm_normal_q50': q[1],
          'diag/z_norm_normal_q95': q[2]}
-  if z_neg_norm is not None:
-    count = jnp.maximum(jnp.sum(negative), 1)
-    out['diag/z_norm_negative_reencoded'] = jnp.sum(
-        jnp.where(negative, norm, 0.0)) / count
-    out['diag/z_neg_norm'] = jnp.mean(
-        lax.all_gather(z_neg_norm, AXIS, tiled=True))
+  if negatives is not None:
+    on = lax.all_gather(negatives.valid, AXIS, tiled=True)
+    z_neg = lax.all_gather(negatives.z_norm, AXIS, tiled=True)
+    out['diag/z_neg_norm'] = (jnp.sum(jnp.where(on, z_neg, 0.0))
+                              / jnp.maximum(jnp.sum(on), 1))
+    out['diag/shell_radius'] = negatives.radius
+    negative = lax.all_gather(negative, AXIS, tiled=True) > 0
+    out['diag/z_norm_negative_reencoded'] = (
+        jnp.sum(jnp.where(negative, norm, 0.0))
+        / jnp.maximum(jnp.sum(negative), 1))
   return out
 
 
-def train_steps(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
-                num_steps: int, **kwargs) -> tuple[AMAState, Metrics]:
-  """`num_steps` train steps (of one epoch) in one call; metrics averaged."""
+def train_steps(state: AMAState, data: TrainData, train_rng: PRNGKey,
+                count: Optional[jax.Array] = None, *, num_steps: int,
+                **kwargs) -> tuple[AMAState, Metrics]:
+  """Up to `num_steps` train steps (of one epoch) in one call.
+
+  With num_steps > 1 the steps are a `lax.scan` of fixed length; only the
+  first `count` (data, default all) change the state, so the end of an epoch
+  that is not a multiple of num_steps reuses the same compiled call.
+  Metrics are averaged over the steps taken.
+  """
   if num_steps == 1:
     return train_step(state, data, train_rng, **kwargs)
+  count = num_steps if count is None else count
 
-  def body(state, _):
-    return train_step(state, data, train_rng, **kwargs)
+  def body(state, i):
+    new, metrics = train_step(state, data, train_rng, **kwargs)
+    take = i < count
+    state = jax.tree.map(lambda a, b: jnp.where(take, a, b), new, state)
+    return state, (metrics, take)
 
-  state, metrics = lax.scan(body, state, None, length=num_steps)
-  finite = jnp.all(metrics.pop('finite'))
-  return state, dict(jax.tree.map(lambda m: m.mean(0), metrics),
+  state, (metrics, taken) = lax.scan(body, state, jnp.arange(num_steps))
+  finite = jnp.all(jnp.where(taken, metrics.pop('finite'), True))
+  weight = taken.astype(jnp.float32) / jnp.maximum(jnp.sum(taken), 1)
+  return state, dict(jax.tree.map(
+      lambda m: jnp.tensordot(weight, m.astype(jnp.float32), 1), metrics),
                      finite=finite)
 
 
 def make_p_train_step(ae_model, critic_model, settings: StepSettings, *,
-                      negatives: bool, num_steps: int = 1, devices=None,
+                      num_steps: int = 1, devices=None,
                       per_device_state: bool = False) -> Callable:
-  """Builds the pmapped (and donated) training call; build once per variant.
+  """Builds the pmapped (and donated) training call; build once per run.
 
-  The returned function takes (state, data, train_rng): the state and key
-  unreplicated (from `replicate`), the data from `epoch_data`; it returns
+  The returned function takes (state, data, train_rng[, count]): the state
+  and key unreplicated (from `replicate`), the data from `epoch_data`, and
+  with num_steps > 1 the number of steps to take (<= num_steps); it returns
   (state, metrics), both unreplicated. `devices` (default `mesh_devices()`)
   must be the list `epoch_data` was given; with several processes, every
   process calls the function with the same arguments except its own data.
@@ -538,8 +729,9 @@ def make_p_train_step(ae_model, critic_model, settings: StepSettings, *,
   """
   step = functools.partial(
       train_steps, num_steps=num_steps, ae_model=ae_model,
-      critic_model=critic_model, settings=settings, negatives=negatives)
-  return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, None),
+      critic_model=critic_model, settings=settings)
+  in_axes = (None, 0, None) + ((None,) if num_steps > 1 else ())
+  return jax.pmap(step, axis_name=AXIS, in_axes=in_axes,
                   out_axes=(0 if per_device_state else None, None),
                   donate_argnums=(0,), devices=devices or mesh_devices())
 
@@ -590,13 +782,17 @@ def epoch_order(data_rng: PRNGKey, epoch: int, num_train: int) -> np.ndarray:
 
 
 def put_train_set(images: np.ndarray, labels: np.ndarray,
+                  steps_per_epoch: int, schedule: schedules.Schedule,
                   devices=None) -> TrainData:
-  """The whole training set on each of this process's devices (once per run).
+  """The training set and the run's schedule on each of this process's
+  devices (once per run). Images held as uint8 where that is exact.
 
   Args:
     images: [N, H, W, C] the whole training set (host memory, the same on
       every process).
     labels: [N] int labels (0 normal, 1 labelled anomaly).
+    steps_per_epoch: steps of one epoch.
+    schedule: the run's `schedules.Schedule`.
     devices: the training step's devices (default `mesh_devices()`).
 
   Returns:
@@ -607,19 +803,22 @@ def put_train_set(images: np.ndarray, labels: np.ndarray,
   local = _local(devices)
   sharding = _local_sharding(local)
 
-  def put(x: np.ndarray) -> jax.Array:
+  def put(x) -> jax.Array:
+    x = np.asarray(x)
     return jax.make_array_from_single_device_arrays(
         (len(local), *x.shape), sharding,
         [jax.device_put(x[None], d) for d in local])
 
   return TrainData(
-      images=put(np.asarray(images, np.float32)),
+      images=put(_as_pixels(images)),
       labels=put(np.asarray(labels, np.int32)),
-      rows=put(np.zeros(0, np.int32)))
+      rows=put(np.zeros(0, np.int32)),
+      steps_per_epoch=put(np.int32(steps_per_epoch)),
+      schedule=jax.tree.map(put, schedule))
 
 
-def epoch_data(train_set: TrainData, order: np.ndarray,
-               settings: StepSettings, devices=None) -> TrainData:
+def epoch_data(train_set: TrainData, order: np.ndarray, local_batch: int,
+               steps_per_epoch: int, devices=None) -> TrainData:
   """`train_set` with each of this process's devices' rows of one epoch.
 
   Step i of the epoch takes the global batch order[i * B: (i + 1) * B]
@@ -632,7 +831,8 @@ def epoch_data(train_set: TrainData, order: np.ndarray,
   Args:
     train_set: from `put_train_set` with the same devices.
     order: `epoch_order` of the epoch.
-    settings: gives the local batch and the steps per epoch.
+    local_batch: rows per device and step.
+    steps_per_epoch: steps of the epoch (as given to `put_train_set`).
     devices: the training step's devices (default `mesh_devices()`).
 
   Returns:
@@ -640,7 +840,7 @@ def epoch_data(train_set: TrainData, order: np.ndarray,
     function takes it.
   """
   devices = list(devices or mesh_devices())
-  b, steps = settings.local_batch, settings.steps_per_epoch
+  b, steps = local_batch, steps_per_epoch
   used = steps * b * len(devices)
   if len(order) < used:
     raise ValueError(f'An epoch of {steps} steps x {b * len(devices)} images '

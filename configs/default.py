@@ -112,6 +112,9 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   loss.lambda_gp = 10.0
   # 'per_sample' (WGAN-GP) | 'per_pixel' (official code's channel-wise norm).
   loss.gp_style = 'per_sample'
+  # Also penalise the critic's gradient on the interpolation pairs
+  # (x, x_inter) of eq. (4), not only on the mirrored pairs (paper: no).
+  loss.gp_inter = False
 
   # --- Atypical selection: synthetic negatives (eq. 5). ---
   config.sampling = sampling = ml_collections.ConfigDict()
@@ -120,7 +123,17 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   sampling.style = 'outward'  # Paper: outward for MNIST/FMNIST.
   sampling.radial_direction = 'inward'  # For 'radial': 'inward' | 'outward'.
   sampling.delta = 0.5
+  # Reference radius r of the 'inward'/'outward' shell [r - delta, r] /
+  # [r, r + delta]: 'sqrt_d' (the paper's Gaussian-annulus radius) or
+  # 'measured' (the `radius_quantile` quantile of ||E(x)|| over the batch's
+  # normal images, i.e. where the encoder actually puts them).
+  sampling.shell_radius = 'sqrt_d'
+  sampling.radius_quantile = 0.5
   sampling.start_epoch = 10  # Negatives from this epoch on (paper: 10).
+  # Negatives from this step on instead (overrides start_epoch); None: off.
+  sampling.start_step = placeholder(int)
+  # lambda_neg rises linearly from 0 over this many steps (0: at once).
+  sampling.ramp_steps = 0
   sampling.fraction = 0.1  # Fraction of each batch replaced by negatives.
 
   # --- Optimisation (appendix). ---
@@ -130,8 +143,19 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   optim.b1_generator = 0.0
   optim.b1_critic = 0.0
   optim.b2 = 0.999  # Paper: 0.999; official code: 0.9.
+  # Learning-rate schedule (ama_jax/schedules.py): 'step' (paper: lr x
+  # `decay` at `decay_at`), 'constant', or 'cosine' (from lr after the
+  # warm-up down to lr x `final_lr_fraction` at the last step).
+  optim.schedule = 'step'
   optim.decay_at = (0.3, 0.6, 0.9)  # Fractions of training; lr x decay.
+  # The decay points in epochs instead (overrides decay_at), e.g. (30, 60).
+  optim.decay_at_epochs = placeholder(tuple)
   optim.decay = 0.1
+  optim.warmup_steps = 0  # Linear warm-up of the rate over these steps.
+  optim.final_lr_fraction = 0.0  # 'cosine': final rate / lr.
+  # Exponential moving average of the weights (0: off, the paper). When on,
+  # validation, model selection, calibration and scoring use the average.
+  optim.ema_decay = 0.0
 
   # --- Training loop. ---
   config.train = train = ml_collections.ConfigDict()
@@ -152,6 +176,10 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   evaluation.first_epoch = 1  # Validation-based selection from this epoch.
   evaluation.every_epochs = 1
   evaluation.threshold_fpr = 0.05  # Target false-positive rate of threshold.
+  # Calibrated score (ama_jax/scoring.py): 'two_sided' (the paper's A(x),
+  # eq. 7), 'one_sided' ((R - mu) / sigma: only a high R is anomalous), or
+  # 'auto' (whichever has the higher validation AUROC, at every evaluation).
+  evaluation.score = 'two_sided'
   # Training normals scored for the per-epoch calibration (mu, sigma) used
   # in model selection and stored with the best checkpoint (None: all of
   # them, as eq. 7). A cap speeds up long runs; the final test metrics are

@@ -17,10 +17,8 @@ each a `python -m ama_jax.reproduce ... --shard=i/n` process:
            measured: the three seeds start at once at the largest count.
 
 The throughput is measured, not assumed: once every stage-1 worker has
-compiled all its training-step variants (the one with negatives comes at
-the start of atypical selection, epoch 10 of 100, and takes about a minute
-on a GPU), the training steps that all workers log (`metrics.jsonl`) are
-counted over `--measure_s` seconds. Workers still running when the budget
+compiled its training step (once per run), the training steps that all
+workers log (`history.jsonl`) are counted over `--measure_s` seconds. Workers still running when the budget
 ends are stopped (their checkpoints stay: the same command resumes them).
 The runs land where `ama_jax.reproduce` puts them, so
 `python -m ama_jax.reproduce --table=... --report_only` reports them, with
@@ -72,7 +70,7 @@ def worker(name: str, workdir: pathlib.Path, args: list[str],
 
 def logged_step(workdir: pathlib.Path) -> int:
   """The last training step a run logged (0 before its first flush)."""
-  path = workdir / 'metrics.jsonl'
+  path = workdir / 'history.jsonl'
   if not path.exists():
     return 0
   steps = [json.loads(line).get('step', 0)
@@ -80,15 +78,10 @@ def logged_step(workdir: pathlib.Path) -> int:
   return max(steps, default=0)
 
 
-def compiled_variants(log: pathlib.Path) -> int:
-  """Training-step variants a worker has compiled (the loop logs each)."""
-  return log.read_text().count('compiled and ran once') if log.exists() else 0
-
-
-def step_variants(epochs: int) -> int:
-  """Variants a full run compiles: without and, once atypical selection
-  starts (`reproduce.default_start_epoch`), with negatives."""
-  return 2 if max(1, round(epochs * 10 / 100)) < epochs else 1
+def compiled(log: pathlib.Path) -> bool:
+  """Whether a worker has compiled its training step (the loop logs it once;
+  the step is the same program for the whole run)."""
+  return log.exists() and 'compiled and ran once' in log.read_text()
 
 
 def steps_per_epoch(log: pathlib.Path) -> int:
@@ -143,19 +136,18 @@ def main() -> None:
           else f'rc={w["proc"].returncode}'
           for w in workers}}), flush=True)
 
-  # Measure the aggregate rate once every worker is past compilation (both
-  # step variants: a window over a recompile under-measures, 55 vs ~95
-  # steps/s for ten workers on an H200). Logged steps move in jumps (one
-  # flush per `log.every_steps`), so the window lasts at least `measure_s`
-  # and until they have moved.
+  # Measure the aggregate rate once every worker is past compilation (a
+  # window over a compilation under-measures: 55 vs ~95 steps/s for ten
+  # workers on an H200, when the step still recompiled once negatives
+  # started). Logged steps move in jumps (one flush per `log.every_steps`),
+  # so the window lasts at least `measure_s` and until they have moved.
   rate, start = args.steps_per_s, None
-  variants = step_variants(e1)
   while classes and rate is None and time.time() < deadline - 60:
     time.sleep(2)
     progress()
     running = [w for w in workers if w['proc'].poll() is None]
-    if start is None and all(compiled_variants(w['log']) >= variants
-                             and logged_step(w['dir']) for w in running):
+    if start is None and all(compiled(w['log']) and logged_step(w['dir'])
+                             for w in running):
       start = (sum(logged_step(w['dir']) for w in workers), time.time())
     elif start is not None and time.time() - start[1] >= args.measure_s:
       moved = sum(logged_step(w['dir']) for w in workers) - start[0]

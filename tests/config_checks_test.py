@@ -101,11 +101,16 @@ class FieldRulesTest(parameterized.TestCase):
       ('loss.lambda_gp', float('inf'), r'finite number >= 0'),
       ('loss.gp_style', 'per_batch', r"one of 'per_pixel', 'per_sample'"),
       ('loss.detach_inter', 1, 'True or False'),
+      ('loss.gp_inter', 'no', 'True or False'),
       ('sampling.style', 'sideways', r"one of 'inward', 'outward', 'radial'"),
       ('sampling.radial_direction', 'up', r"one of 'inward', 'outward'"),
       ('sampling.delta', 0.0, r'finite number > 0'),
       ('sampling.start_epoch', -1, r'integer >= 0'),
       ('sampling.fraction', 1.0, r'finite number in \[0, 1\)'),
+      ('sampling.shell_radius', 'mean', r"one of 'sqrt_d', 'measured'"),
+      ('sampling.radius_quantile', 1.5, r'finite number in \[0, 1\]'),
+      ('sampling.start_step', -1, r'integer >= 0 or None'),
+      ('sampling.ramp_steps', -10, r'integer >= 0'),
       ('optim.lr', 0.0, r'finite number > 0'),
       ('optim.lr', float('nan'), r'finite number > 0'),
       ('optim.b1_encoder', 1.0, r'finite number in \[0, 1\)'),
@@ -113,6 +118,11 @@ class FieldRulesTest(parameterized.TestCase):
       ('optim.decay_at', (0.6, 0.3), 'increasing fractions in'),
       ('optim.decay_at', (0.5, 1.5), 'increasing fractions in'),
       ('optim.decay', 0.0, r'finite number in \(0, 1\]'),
+      ('optim.schedule', 'linear', r"one of 'step', 'constant', 'cosine'"),
+      ('optim.decay_at_epochs', (60, 30), 'increasing epochs > 0'),
+      ('optim.warmup_steps', -1, r'integer >= 0'),
+      ('optim.final_lr_fraction', 2.0, r'finite number in \[0, 1\]'),
+      ('optim.ema_decay', 1.0, r'finite number in \[0, 1\)'),
       ('train.batch_size', -1, r'integer >= 1'),
       ('train.num_epochs', 0, r'integer >= 1'),
       ('train.n_critic', 0, r'integer >= 1'),
@@ -124,6 +134,8 @@ class FieldRulesTest(parameterized.TestCase):
       ('eval.every_epochs', 0, r'integer >= 1'),
       ('eval.threshold_fpr', 1.5, r'finite number in \[0, 1\)'),
       ('eval.calibration_size', 1, r'integer >= 2 or None'),
+      ('eval.score', 'three_sided', r"one of 'two_sided', 'one_sided', "
+       "'auto'"),
       ('log.every_steps', 0, r'integer >= 1'),
       ('log.checkpoint_every_steps', -5, r'integer >= 1'),
       ('log.figures', None, r'must be set \(is None\)'),
@@ -191,6 +203,8 @@ class CombinationsTest(parameterized.TestCase):
        r'no epoch would be validated'),
       ('no_validation_every', {'eval.every_epochs': 3}, 2,
        r'no epoch would be validated'),
+      ('decay_epochs_after_the_end', {'optim.decay_at_epochs': (1, 2)}, 2,
+       r'decay point\(s\) \[2\] fall at or after the end'),
   )
   def test_combination_is_an_error(self, overrides, devices, message):
     with self.assertRaisesRegex(errors.ConfigError, message):
@@ -201,6 +215,17 @@ class CombinationsTest(parameterized.TestCase):
                                    'sampling.start_epoch': 5}))
     self.assertLen(found, 1)
     self.assertIn("sampling.style='x'", found[0])
+
+  def test_start_step_replaces_the_start_epoch_check(self):
+    config = _runlocal(**{'train.num_epochs': 1, 'sampling.start_step': 2,
+                          'optim.decay_at': (0.5,)})
+    self.assertEqual(_problems(config), [])
+    config_checks.check_plan(config, steps_per_epoch=4)
+    with self.assertRaisesRegex(errors.ConfigError,
+                                r'sampling\.start_step=2: atypical selection '
+                                'would never run in 2 training steps'):
+      config_checks.check_plan(_runlocal(**{'sampling.start_step': 2,
+                                            'optim.decay_at': ()}), 1)
 
   def test_style_none_needs_no_negatives_schedule(self):
     self.assertEqual(_problems(_runlocal(**{
@@ -218,6 +243,16 @@ class CombinationsTest(parameterized.TestCase):
       config_checks.check_plan(_runlocal(**{'optim.decay_at': (0.99,)}),
                                steps_per_epoch=4)
     config_checks.check_plan(_runlocal(**{'optim.decay_at': ()}), 1)
+    config_checks.check_plan(_runlocal(**{'optim.schedule': 'constant'}), 1)
+    with self.assertRaisesRegex(errors.ConfigError,
+                                r'optim\.decay_at_epochs=\(1, 1\.1\) puts '
+                                r'the lr decays at steps \[4, 4\]'):
+      config_checks.check_plan(
+          _runlocal(**{'optim.decay_at_epochs': (1, 1.1),
+                       'train.num_epochs': 2}), steps_per_epoch=4)
+    with self.assertRaisesRegex(errors.ConfigError,
+                                r'optim\.warmup_steps=8 is not shorter'):
+      config_checks.check_plan(_runlocal(**{'optim.warmup_steps': 8}), 4)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ import optax
 
 from configs import default
 from ama_jax import models
+from ama_jax import schedules
 from ama_jax import train
 
 SHAPE = (28, 28, 1)
@@ -24,22 +25,31 @@ def run(devices, per_device_state, steps=3):
   config = default.get_config('runlocal')
   config.loss.lambda_gp = 1.0
   config.train.n_critic = 2
-  config.sampling.fraction = 0.5  # 1 negative per 2-row device batch.
+  # 0.1 of the global batch of 16: 2 negatives, which 8 devices x 2 rows
+  # must place where one device x 16 rows does.
+  config.sampling.fraction = 0.1
+  config.sampling.start_step = 0
+  config.optim.lr = 0.05  # Plain SGD (see sgd_optimizers).
+  # The non-paper options that reach across devices, on too.
+  config.sampling.shell_radius = 'measured'
+  config.loss.gp_inter = True
+  config.optim.ema_decay = 0.9
   num_train = 64
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (num_train, *SHAPE)).astype(np.float32)
   labels = np.zeros(num_train, np.int32)
   labels[::7] = 1  # Some labelled anomalies (semi-supervised rows) too.
-  state = train.create_train_state(jax.random.key(0), config, SHAPE, 100)
+  state = train.create_train_state(jax.random.key(0), config, SHAPE)
   ae, critic = models.create_models(config.model, SHAPE, axis_name=train.AXIS)
   settings = train.StepSettings.from_config(
-      config, local_batch=16 // len(devices), steps_per_epoch=4)
-  p_step = train.make_p_train_step(ae, critic, settings, negatives=True,
-                                   devices=devices,
+      config, local_batch=16 // len(devices), num_devices=len(devices))
+  p_step = train.make_p_train_step(ae, critic, settings, devices=devices,
                                    per_device_state=per_device_state)
   order = train.epoch_order(jax.random.key(2), 0, num_train)
-  data = train.epoch_data(train.put_train_set(images, labels, devices),
-                          order, settings, devices)
+  schedule = schedules.make_schedule(config, 4, 100)
+  data = train.epoch_data(
+      train.put_train_set(images, labels, 4, schedule, devices), order,
+      settings.local_batch, 4, devices)
   state, rng = train.replicate((state, jax.random.key(1)), devices)
   history = []
   for _ in range(steps):
@@ -51,9 +61,10 @@ def run(devices, per_device_state, steps=3):
   return jax.device_get(out), history
 
 
-def sgd_optimizers(config, total_steps):
-  del config, total_steps
-  return optax.sgd(0.05), optax.sgd(0.05)
+def sgd_optimizers(config):
+  """Update direction = the gradient: with the step's lr, plain SGD."""
+  del config
+  return optax.identity(), optax.identity()
 
 
 def main():
@@ -62,7 +73,8 @@ def main():
   assert len(devices) == 8, devices
   many, many_metrics = run(devices, per_device_state=True)
   for leaf in jax.tree.leaves((many.ae.params, many.critic.params,
-                               many.ae.batch_stats, many.critic.batch_stats)):
+                               many.ae.batch_stats, many.critic.batch_stats,
+                               many.ema)):
     leaf = np.asarray(leaf)
     np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[:1], leaf.shape))
   print('REPLICAS IDENTICAL')
@@ -73,9 +85,14 @@ def main():
       np.testing.assert_allclose(m8[key], value, rtol=1e-4, atol=1e-6,
                                  err_msg=f'step {step + 1} {key}')
   print('metrics of the last step:', {k: float(v) for k, v in m1.items()})
+  # 2 synthetic negatives (round(0.1 x 16)) on 8 devices as on one, plus
+  # the labelled anomalies of the batch.
+  assert all(m['num_negatives'] >= 2 for m in many_metrics), many_metrics
   first = jax.tree.map(lambda a: a[0], many)
-  for a, b in zip(jax.tree.leaves((first.ae.params, first.critic.params)),
-                  jax.tree.leaves((one.ae.params, one.critic.params))):
+  for a, b in zip(jax.tree.leaves((first.ae.params, first.critic.params,
+                                   first.ema)),
+                  jax.tree.leaves((one.ae.params, one.critic.params,
+                                   one.ema))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   print('MATCHES ONE DEVICE')
 

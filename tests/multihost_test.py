@@ -78,7 +78,7 @@ def _main(workdir: pathlib.Path, *flags: str, num_devices: int,
 def _latest(workdir: pathlib.Path):
   config = default.get_config('runlocal')
   abstract = jax.eval_shape(lambda: train.create_train_state(
-      jax.random.key(0), config, (28, 28, 1), total_steps=8))
+      jax.random.key(0), config, (28, 28, 1)))
   return checkpointing.restore(str(workdir), abstract, kind='latest')
 
 
@@ -159,8 +159,8 @@ class PlanTest(absltest.TestCase):
     with self.assertRaisesRegex(
         ValueError, r'batch_size=18 .* 4 devices \(2 process\(es\) x 2 '
         r'device\(s\) each\).*multiple of 4, e.g. 16 or 20'):
-      loop._plan(config, num_train=128, num_devices=4, num_processes=2)
-    self.assertEqual(loop._plan(config, 128, num_devices=2), (9, 4))
+      loop.plan(config, num_train=128, num_devices=4, num_processes=2)
+    self.assertEqual(loop.plan(config, 128, num_devices=2), (9, 4))
 
 
 class DetectionTest(absltest.TestCase):

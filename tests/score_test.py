@@ -36,8 +36,8 @@ def _random_state(config) -> train.AMAState:
   `create_train_state` under `jax.eval_shape`, as in the CLI.
   """
   abstract = jax.eval_shape(functools.partial(
-      train.create_train_state, config=config, image_shape=SHAPE,
-      total_steps=1), jax.random.key(0))
+      train.create_train_state, config=config, image_shape=SHAPE),
+      jax.random.key(0))
   rng = np.random.default_rng(0)
 
   def fill(x):

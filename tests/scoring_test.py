@@ -18,7 +18,7 @@ class ScoringTest(absltest.TestCase):
     super().setUpClass()
     config = default.get_config('runlocal')
     state = jax.device_get(train.create_train_state(
-        jax.random.key(0), config, _SHAPE, total_steps=10))
+        jax.random.key(0), config, _SHAPE))
     cls.ae, cls.critic = models.create_models(config.model, _SHAPE)
     cls.state = state
     cls.images = np.random.default_rng(0).uniform(

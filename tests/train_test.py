@@ -12,6 +12,7 @@ import numpy as np
 
 from configs import default
 from ama_jax import models
+from ama_jax import schedules
 from ama_jax import train
 
 _SHAPE = (28, 28, 1)
@@ -23,19 +24,23 @@ def _setup(config, num_train=64, devices=None):
   images = rng.uniform(-1, 1, (num_train, *_SHAPE)).astype(np.float32)
   labels = np.zeros(num_train, np.int32)
   state = train.create_train_state(jax.random.key(config.seed), config,
-                                   _SHAPE, total_steps=100)
+                                   _SHAPE)
   settings = train.StepSettings.from_config(
       config, local_batch=config.train.batch_size // len(devices),
-      steps_per_epoch=num_train // config.train.batch_size)
+      num_devices=len(devices))
+  steps = num_train // config.train.batch_size
+  schedule = schedules.make_schedule(config, steps, 100)
   order = train.epoch_order(jax.random.key(2), 0, num_train)
-  data = train.epoch_data(train.put_train_set(images, labels, devices),
-                          order, settings, devices)
+  data = train.epoch_data(
+      train.put_train_set(images, labels, steps, schedule, devices), order,
+      settings.local_batch, steps, devices)
   return train.replicate(state, devices), settings, data, devices
 
 
 def _tiny_config():
   config = default.get_config('runlocal')
   config.loss.lambda_gp = 1.0  # Every term on.
+  config.sampling.start_step = 0  # Negatives from the first step.
   return config
 
 
@@ -51,8 +56,7 @@ class TrainStepTest(absltest.TestCase):
                                         axis_name=train.AXIS)
       state, settings, data, devices = _setup(config)
       initial = jax.device_get(state)  # Same pytree (incl. static fields).
-      p_step = train.make_p_train_step(ae, critic, settings, negatives=True,
-                                       devices=devices)
+      p_step = train.make_p_train_step(ae, critic, settings, devices=devices)
       for _ in range(2):  # Two runs from the same seed, one compiled step.
         state = train.replicate(initial, devices)
         for _ in range(3):
@@ -73,49 +77,16 @@ class TrainStepTest(absltest.TestCase):
                                       axis_name=train.AXIS)
     rng = jax.random.key(1)
     state, settings, data, devices = _setup(config)
-    one = train.make_p_train_step(ae, critic, settings, negatives=True,
+    one = train.make_p_train_step(ae, critic, settings, devices=devices)
+    two = train.make_p_train_step(ae, critic, settings, num_steps=2,
                                   devices=devices)
-    two = train.make_p_train_step(ae, critic, settings, negatives=True,
-                                  num_steps=2, devices=devices)
     a = one(one(state, data, rng)[0], data, rng)[0]
     state, _, _, _ = _setup(config)
-    b = two(state, data, rng)[0]
+    b = two(state, data, rng, np.int32(2))[0]
     self.assertEqual(int(a.step), 2)
     self.assertEqual(int(b.step), 2)
     chex.assert_trees_all_close(jax.device_get(a.ae.params),
                                 jax.device_get(b.ae.params), atol=1e-5)
-
-
-  def test_leaving_negatives_out_of_interpolation_pairs_changes_nothing(self):
-    # Synthetic-negative rows have weight 0 in eq. (4); the step leaves
-    # their pairs out of the critic batch. With them in: the same losses
-    # and gradient norms. (Parameters are not compared: Adam's first update
-    # is ~lr * sign(g), so a rounding-level change of a near-zero gradient
-    # element moves it by up to 2 lr.)
-    for detach_inter in (True, False):  # Official code / paper.
-      config = _tiny_config()
-      config.loss.detach_inter = detach_inter
-      ae, critic = models.create_models(config.model, _SHAPE,
-                                        axis_name=train.AXIS)
-      rng = jax.random.key(1)
-      finals = []
-      for patch in (False, True):
-        state, settings, data, devices = _setup(config)
-        self.assertNotEmpty(settings.negative_rows)
-        rows = train._inter_rows(settings, True)
-        self.assertLen(rows, settings.local_batch - len(settings.negative_rows))
-        all_rows = lambda s, negatives: np.arange(s.local_batch)
-        with absltest.mock.patch.object(
-            train, '_inter_rows', all_rows if patch else train._inter_rows):
-          p_step = train.make_p_train_step(ae, critic, settings,
-                                           negatives=True, devices=devices)
-          _, metrics = p_step(state, data, rng)
-        finals.append(jax.device_get(metrics))
-      self.assertIn('critic_inter', finals[0])
-      self.assertEqual('ae_inter' in finals[0], not detach_inter)
-      with self.subTest(detach_inter=detach_inter):
-        chex.assert_trees_all_close(finals[0], finals[1], atol=1e-5,
-                                    rtol=1e-5)
 
 
 class EpochDataTest(absltest.TestCase):
@@ -128,9 +99,11 @@ class EpochDataTest(absltest.TestCase):
     labels = np.arange(13) % 2
     order = train.epoch_order(jax.random.key(3), 0, 13)
     np.testing.assert_array_equal(np.sort(order), np.arange(13))
-    settings = train.StepSettings(local_batch=3, steps_per_epoch=2)
-    train_set = train.put_train_set(images, labels, devices)
-    data = train.epoch_data(train_set, order, settings, devices)
+    config = default.get_config('runlocal')
+    train_set = train.put_train_set(images, labels, 2,
+                                    schedules.make_schedule(config, 2, 4),
+                                    devices)
+    data = train.epoch_data(train_set, order, 3, 2, devices)
     # The images stay on the devices; an epoch only adds its row indices.
     self.assertIs(data.images, train_set.images)
     host = jax.device_get(data)
@@ -138,7 +111,7 @@ class EpochDataTest(absltest.TestCase):
     self.assertEqual(host.rows.shape, (2, 6))  # 12 of 13 used.
     take_batch = train._take_batch  # pylint: disable=protected-access
     take = jax.pmap(  # The step's own batch selection, on each device.
-        lambda d, i: take_batch(d, i, settings)[:2],
+        lambda d, i: take_batch(d, i, 3)[:2],
         axis_name=train.AXIS, in_axes=(0, None), devices=devices)
     for i in range(2):
       x, y = jax.device_get(take(data, jnp.int32(i)))
@@ -148,9 +121,26 @@ class EpochDataTest(absltest.TestCase):
         np.testing.assert_array_equal(x[q, :, 0, 0, 0], rows)
         np.testing.assert_array_equal(y[q], labels[rows])
     with self.assertRaisesRegex(ValueError, 'needs 12 training images'):
-      train.epoch_data(train_set, order[:11], settings, devices)
+      train.epoch_data(train_set, order[:11], 3, 2, devices)
     with self.assertRaisesRegex(ValueError, 'has 13 rows'):
-      train.epoch_data(train_set, np.arange(20)[::-1], settings, devices)
+      train.epoch_data(train_set, np.arange(20)[::-1], 3, 2, devices)
+
+
+  def test_pixel_images_sit_on_the_devices_as_uint8_and_come_back_exact(self):
+    devices = jax.local_devices()
+    pixels = np.random.default_rng(0).integers(0, 256, (8, *_SHAPE))
+    images = pixels.astype(np.float32) / 127.5 - 1.0  # The pipeline's values.
+    config = default.get_config('runlocal')
+    schedule = schedules.make_schedule(config, 2, 4)
+    train_set = train.put_train_set(images, np.zeros(8, np.int32), 2,
+                                    schedule, devices)
+    self.assertEqual(train_set.images.dtype, np.uint8)
+    back = jax.device_get(jax.jit(train.pixels_to_float)(train_set.images))
+    np.testing.assert_array_equal(back[0], images)  # Bit for bit.
+    resized = images * 0.999  # Not pixel values: kept as float32.
+    self.assertEqual(train.put_train_set(
+        resized, np.zeros(8, np.int32), 2, schedule,
+        devices).images.dtype, np.float32)
 
 
 class MultiDeviceTest(absltest.TestCase):

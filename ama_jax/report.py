@@ -1,0 +1,191 @@
+"""The end of a run: calibration, test metrics, figures and results.json.
+
+`calibrate` fits mu, sigma of R on training normals and the decision
+threshold on validation normals (also used at every validation);
+`final_evaluation` scores the test split once, for the best-validation
+state and for the last one; `figures` draws the paper's Figs. 3, 4-5 and 10
+and the ROC curve; `summary` prints what `main` shows at the end.
+"""
+import functools
+import json
+import os
+import pathlib
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from ama_jax import checkpointing
+from ama_jax import figures
+from ama_jax import metric_writers
+from ama_jax import scoring
+from ama_jax import train
+
+
+def calibrate(scorer, data, config: ml_collections.ConfigDict, *,
+              max_train: Optional[int] = None
+              ) -> tuple[scoring.Calibration, np.ndarray, np.ndarray]:
+  """mu, sigma over training normals; threshold on validation normals.
+
+  The score is `eval.score`; 'auto' takes the one with the higher
+  validation AUROC (`scoring.choose_score`). `max_train` caps the training
+  normals with a fixed subsample (per-epoch selection; the final
+  calibration uses all of them).
+
+  Returns:
+    (calibration, R of the training normals used, R of the validation split).
+  """
+  normal_train = data.train.images[data.train.labels == 0]
+  if max_train is not None and len(normal_train) > max_train:
+    rows = np.random.default_rng(config.seed).choice(
+        len(normal_train), max_train, replace=False)
+    normal_train = normal_train[np.sort(rows)]
+  r_train = scorer(normal_train)
+  r_val = scorer(data.val.images)
+  score = config.eval.score
+  if score == 'auto':
+    mu, sigma = scoring.fit_gaussian(r_train)
+    score = scoring.choose_score(r_val, data.val.labels, mu, sigma)
+  calibration = scoring.calibrate(r_train, r_val[data.val.labels == 0],
+                                  config.eval.threshold_fpr, score)
+  return calibration, r_train, r_val
+
+
+def final_evaluation(config, workdir: pathlib.Path, data, state, best,
+                     eval_ae, eval_critic, devices, writer, step: int
+                     ) -> dict[str, Any]:
+  """Test metrics for the best-validation state and for the last state.
+
+  Args:
+    best: (state, meta) of the best-validation checkpoint, or None.
+    Others: as the training loop holds them.
+
+  Returns:
+    The results dict (without the run's timing).
+  """
+  results = {'config': checkpointing.config_to_dict(config),
+             'seed': config.seed, 'counts': data.counts, 'test': {}}
+  candidates = [('last', state)]
+  if best is not None:
+    candidates.insert(0, ('best', best[0]))
+    results['best_step'] = best[1]['step']
+    results['best_val_auroc'] = best[1]['val_auroc']
+  done = {}  # step -> (calibration, val, test metrics): the last state is
+  # often the best one; it is scored once.
+  for name, st in candidates:
+    at = int(jax.device_get(st.step))
+    if at not in done:
+      scorer = scoring.scorer_from_state(st, eval_ae, eval_critic,
+                                         config.eval.batch_size, devices)
+      calibration, r_train, r_val = calibrate(scorer, data, config)
+      r_test = scorer(data.test.images)
+      done[at] = (calibration,
+                  scoring.evaluate(r_val, data.val.labels, calibration),
+                  scoring.evaluate(r_test, data.test.labels, calibration))
+      if name == candidates[0][0] and config.log.figures and (
+          jax.process_index() == 0):
+        draw(workdir, data, st, eval_ae, calibration, r_train[:10000],
+             r_test, config)
+    calibration, val_metrics, test_metrics = done[at]
+    results['test'][name] = test_metrics
+    results.setdefault('val', {})[name] = val_metrics
+    results.setdefault('calibration', {})[name] = calibration.to_dict()
+    metric_writers.write_scalars(writer, step, f'test_{name}', test_metrics)
+    logging.info('test (%s state, step %d, %s score): AUROC %.4f AUPRC %.4f '
+                 'FPR80 %.4f (raw R AUROC %.4f)', name, at, calibration.score,
+                 test_metrics['auroc'], test_metrics['auprc_anomaly'],
+                 test_metrics['fpr80'], test_metrics['raw_auroc'])
+  return results
+
+
+def shell_radii(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The radii of atypical selection's shell (paper: sqrt(d) +- delta)."""
+  if config.sampling.shell_radius != 'sqrt_d':
+    return {}  # Measured every step: plotted from history.jsonl instead.
+  d, delta = config.model.latent_dim, config.sampling.delta
+  root = float(np.sqrt(d))
+  if config.sampling.style == 'outward':
+    return {'sqrt(d)': root, 'sqrt(d)+delta': root + delta}
+  if config.sampling.style == 'inward':
+    return {'sqrt(d)-delta': root - delta, 'sqrt(d)': root}
+  return {}
+
+
+def draw(workdir, data, state, eval_ae, calibration, r_train, r_test,
+         config) -> None:
+  """The paper's Fig. 3, 4-5 and 10 and the ROC curve for one state."""
+  test = data.test
+  for name, transform in (('raw_r', lambda r: r),
+                          ('score', calibration.scores)):
+    figures.score_histograms(
+        str(workdir / f'hist_{name}.png'), train=transform(r_train),
+        test_normal=transform(r_test[test.labels == 0]),
+        test_anomaly=transform(r_test[test.labels == 1]),
+        title=f'{name} (best-validation state)', xlabel=name)
+  figures.roc_curves(
+      str(workdir / 'roc.png'), test.labels,
+      {f'calibrated ({calibration.score})': calibration.scores(r_test),
+       'raw R': r_test}, title='Test ROC')
+  ae_vars, _ = train.scoring_variables(state)
+  rows = np.concatenate([np.flatnonzero(test.labels == 0)[:8],
+                         np.flatnonzero(test.labels == 1)[:8]])
+  x = test.images[rows]
+  x_rec, _ = jax.jit(lambda v, x: eval_ae.apply(v, x, train=False))(ae_vars, x)
+  figures.reconstructions(str(workdir / 'reconstructions.png'), x,
+                          np.asarray(x_rec), n=len(rows),
+                          title='Test images (8 normal, 8 anomalous) and '
+                          'reconstructions')
+  if config.sampling.style != 'none':
+    radius = None
+    if config.sampling.shell_radius == 'measured':  # Over the 8 normals.
+      z = eval_ae.apply(ae_vars, x[:8], train=False, method='encode')
+      radius = np.quantile(np.linalg.norm(z, axis=-1),
+                           config.sampling.radius_quantile)
+    keys = jax.random.split(jax.random.key(config.seed), len(x))
+    negatives = jax.jit(functools.partial(
+        train.synthetic_negatives, eval_ae, style=config.sampling.style,
+        delta=config.sampling.delta,
+        radial_direction=config.sampling.radial_direction,
+        radius=radius))(ae_vars, x, keys)
+    figures.image_grid(str(workdir / 'negatives.png'), np.asarray(negatives),
+                       n=len(x), title='Synthetic negatives '
+                       f'({config.sampling.style})')
+
+
+def summary(workdir: str) -> str:
+  """A short human-readable summary of `<workdir>/results.json`."""
+  results = json.loads((pathlib.Path(workdir) / 'results.json').read_text())
+  data = results['config']['data']
+  what = (f"{data['dataset']} -> {data['ood_dataset']} (OOD)"
+          if data['protocol'] == 'ood' else
+          f"{data['dataset']} one-class, normal {data['normal_classes']}")
+  lines = [f"ama_jax: {what}, {results['epochs']} epochs, "
+           f"{results['counts']['train']['total']} training images, "
+           f"{results['wall_time_s']:.0f} s"]
+  timing = results.get('timing_s')
+  if timing:
+    lines.append('time: ' + ', '.join(
+        f'{k} {v:.0f} s' for k, v in timing.items())
+                 + f" (training steps: {results['train_share']:.0%})")
+  if 'best_step' in results:
+    lines.append(f"best validation AUROC {results['best_val_auroc']:.4f} at "
+                 f"step {results['best_step']}")
+  for name, m in results['test'].items():
+    score = results.get('calibration', {}).get(name, {}).get('score',
+                                                             'two_sided')
+    lines.append(
+        f"test ({name} state): AUROC {m['auroc']:.4f}  "
+        f"AUPRC(anomaly+) {m['auprc_anomaly']:.4f}  "
+        f"AUPRC(normal+) {m['auprc_normal']:.4f}  FPR80 {m['fpr80']:.4f}  "
+        f"| raw R: AUROC {m['raw_auroc']:.4f}  [{score} score]")
+  lines.append(f'results: {pathlib.Path(workdir) / "results.json"}')
+  return '\n'.join(lines)
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+  """Atomic JSON write (a crash never leaves a partial file)."""
+  tmp = path.with_suffix('.json.tmp')
+  tmp.write_text(json.dumps(checkpointing.to_json(obj, 'results'), indent=2))
+  os.replace(tmp, path)
