@@ -117,22 +117,43 @@ TABLE_VARIANTS = {'ablation': ('full', 'no_inter', 'no_neg', 'neither'),
 TABLES = BASE_TABLES + tuple(TABLE_VARIANTS)
 
 
+RECIPES = ('tuned', 'paper')  # configs/default.py: `:paper` is the paper's.
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One training run of a table: a row (config + arg), variant and seed."""
+  """One training run of a table: a row (config + arg), variant, seed and
+  recipe (the tuned default, or the paper's, `configs/default.py`)."""
   base: str  # Config module under configs/ (a base table name).
   row: str  # The `:arg` class token for one-class tables, '' otherwise.
   variant: str
   seed: int
+  recipe: str = 'tuned'
 
   @property
   def row_dir(self) -> str:
     return f'{self.base}_{self.row}' if self.row else self.base
 
+  @property
+  def method(self) -> str:
+    """The run's method in a table: its variant, 'paper/' + it for the
+    paper's recipe."""
+    return self.variant if self.recipe == 'tuned' else f'paper/{self.variant}'
+
+
+def split_method(method: str) -> tuple[str, str]:
+  """'paper/full' -> ('paper', 'full'); 'full' -> ('tuned', 'full')."""
+  recipe, sep, variant = method.partition('/')
+  return (recipe, variant) if sep else ('tuned', method)
+
 
 def table_runs(table: str, base: str, seeds: Sequence[int],
-               classes: Optional[Sequence[str]] = None) -> list[Run]:
+               classes: Optional[Sequence[str]] = None,
+               recipes: Sequence[str] = RECIPES) -> list[Run]:
   """The runs of a table, in the order they are trained."""
+  bad = [r for r in recipes if r not in RECIPES]
+  if bad or not recipes:
+    raise ValueError(f'--recipes={list(recipes)}: choose from {RECIPES}.')
   if table not in TABLES:
     raise ValueError(f'Unknown table {table!r}; expected one of {TABLES}.')
   if table in BASE_TABLES:
@@ -148,11 +169,13 @@ def table_runs(table: str, base: str, seeds: Sequence[int],
     bad = [r for r in rows if not (r.isdigit() and 0 <= int(r) <= 9)]
     if bad:
       raise ValueError(f'--classes must be digits 0-9, got {bad}.')
-  return [Run(base, r, v, s) for r in rows for v in variants for s in seeds]
+  return [Run(base, r, v, s, recipe) for recipe in recipes for r in rows
+          for v in variants for s in seeds]
 
 
 def default_start_epoch(epochs: int) -> int:
-  """The paper's 10 of 100 epochs, scaled, and at least one epoch."""
+  """The paper's 10 of 100 epochs, scaled, and at least one epoch (for the
+  paper's recipe; the tuned one places the start itself)."""
   return max(1, round(epochs * 10 / PAPER_EPOCHS))
 
 
@@ -162,14 +185,17 @@ def build_config(run: Run, *, epochs: Optional[int],
                  ) -> ml_collections.ConfigDict:
   """The run's config: its config file, then the reproduction's overrides."""
   module = importlib.import_module(f'configs.{run.base}')
-  arg = ','.join(t for t in (run.row, 'runlocal' if runlocal else '') if t)
+  arg = ','.join(t for t in (run.row, 'runlocal' if runlocal else '',
+                             'paper' if run.recipe == 'paper' else '') if t)
   config = module.get_config(arg or None)
   config.seed = run.seed
   if epochs is not None:
     config.train.num_epochs = epochs
-  config.sampling.start_epoch = (
-      start_epoch if start_epoch is not None
-      else default_start_epoch(config.train.num_epochs))
+  if start_epoch is not None:
+    config.sampling.start_epoch = start_epoch
+  elif run.recipe == 'paper':
+    config.sampling.start_epoch = default_start_epoch(
+        config.train.num_epochs)
   if calibration_size is not None:
     config.eval.calibration_size = calibration_size
   for key, value in {**VARIANTS[run.variant], **overrides}.items():
@@ -224,8 +250,8 @@ def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix='') -> list[str]:
 
 def workdir_of(out: pathlib.Path, run: Run, epochs: int,
                tags: Sequence[str] = ()) -> pathlib.Path:
-  """`<out>/<row>/<variant>/e<epochs>_s<seed>[_<field>=<value>...]`."""
-  return out / run.row_dir / run.variant / '_'.join(
+  """`<out>/<recipe>/<row>/<variant>/e<epochs>_s<seed>[_<field>=<value>..]`."""
+  return out / run.recipe / run.row_dir / run.variant / '_'.join(
       [f'e{epochs}_s{run.seed}', *tags])
 
 
@@ -370,6 +396,7 @@ def _row_label(base: str, row: str) -> str:
 
 
 def _paper(table: str, base: str, row: str, method: str) -> dict[str, float]:
+  method = split_method(method)[1]
   if table in TABLE_VARIANTS:
     auroc = PAPER_TABLE5.get(base, {}).get(method)
     if auroc is not None and not row:
@@ -407,8 +434,9 @@ def pick_score(results: Mapping[str, Any],
 def method_label(method: str, epochs: int) -> str:
   if method.startswith('baseline:'):
     return f"{BASELINE_NAMES[method.split(':')[1]]} (raw pixels)"
-  name = 'AMA (ours)' if method == 'full' else VARIANT_NAMES[method]
-  return f'{name}, {epochs} ep'
+  recipe, variant = split_method(method)
+  name = 'AMA (ours)' if variant == 'full' else VARIANT_NAMES[variant]
+  return f'{name}, {recipe} recipe, {epochs} ep'
 
 
 def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
@@ -456,7 +484,8 @@ def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
             '|' + '---|' * len(head)]
   for row in rows:
     prefix = [_row_label(base, row)] if len(rows) > 1 else []
-    paper_methods = [m for m in methods if not m.startswith('baseline:')]
+    paper_methods = dict.fromkeys(split_method(m)[1] for m in methods
+                                  if not m.startswith('baseline:'))
     for m in paper_methods:
       paper = _paper(table, base, row, m)
       if paper:
@@ -494,15 +523,15 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
               epochs: Optional[int], out: pathlib.Path,
               classes: Optional[Sequence[str]] = None,
               start_epoch: Optional[int] = None,
-              calibration_size: Optional[int] = 10000,
+              calibration_size: Optional[int] = None,
               overrides: Optional[Mapping[str, Any]] = None,
               report_only: bool = False, with_baselines: bool = True,
               baseline_seeds: Optional[Sequence[int]] = None,
               runlocal: bool = False,
               shard: tuple[int, int] = (0, 1),
               score: str = 'calibrated',
-              grid: Optional[Mapping[str, Sequence[Any]]] = None
-              ) -> dict[str, Any]:
+              grid: Optional[Mapping[str, Sequence[Any]]] = None,
+              recipes: Sequence[str] = RECIPES) -> dict[str, Any]:
   """Trains (or reuses) every run of `table`, then writes its report.
 
   Baselines run on the split of every (row, seed) of the table, trained or
@@ -524,7 +553,7 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
   Returns the JSON report; writes `<out>/<name>.md` and `<out>/<name>.json`.
   """
   from ama_jax import loop  # pylint: disable=g-import-not-at-top
-  runs = table_runs(table, base, seeds, classes)
+  runs = table_runs(table, base, seeds, classes, recipes)
   records, run_info, missing, baseline_rows = [], [], [], {}
   shard_index, num_shards = check_shard(*shard)
   overrides = dict(overrides or {})
@@ -561,13 +590,14 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
                         'hparam': {res['hparam_name']: res['hparam']}})
     absent = [w.name for _, w, r in found if r is None]
     if absent:
-      missing.append(f'{run.row_dir}/{run.variant}/seed {run.seed}'
+      missing.append(f'{run.recipe}/{run.row_dir}/{run.variant}/seed '
+                     f'{run.seed}'
                      + (f' ({", ".join(absent)})' if grid else ''))
       continue
     grid_val = [val_auroc(r, score) for _, _, r in found]
     candidate, workdir, results = found[int(np.argmax(grid_val))]
     chosen, kind = pick_score(results, score)
-    records.append({'row': run.row, 'method': run.variant, 'seed': run.seed,
+    records.append({'row': run.row, 'method': run.method, 'seed': run.seed,
                     'test': chosen})
     run_info.append({
         **dataclasses.asdict(run), 'workdir': str(workdir), 'score': kind,
@@ -627,8 +657,12 @@ _START_EPOCH = flags.DEFINE_integer(
 _CLASSES = flags.DEFINE_list('classes', None, 'One-class tables: normal '
                              'classes to run (default: all 10).')
 _CALIBRATION = flags.DEFINE_integer(
-    'calibration_size', 10000, 'Training normals scored for the per-epoch '
-    'validation calibration (final test calibration always uses all).')
+    'calibration_size', None, 'Training normals scored for the per-epoch '
+    'validation calibration (None: the config\'s eval.calibration_size; the '
+    'final test calibration always uses all).')
+_RECIPES = flags.DEFINE_list(
+    'recipes', list(RECIPES), 'Training recipes to run: tuned (the '
+    'configs\' default) and/or paper (their `:paper` variant).')
 _OVERRIDE = flags.DEFINE_multi_string(
     'override', [], 'Config override for every run, field=value (repeat).')
 _OUT = flags.DEFINE_string('out', 'runs/reproduce', 'Output directory.')
@@ -690,7 +724,8 @@ def main(argv: Sequence[str]) -> None:
               baseline_seeds=(None if _BASELINE_SEEDS.value is None
                               else range(_BASELINE_SEEDS.value)),
               runlocal=_RUNLOCAL.value, shard=parse_shard(_SHARD.value),
-              score=_SCORE.value, grid=parse_grid(_GRID.value))
+              score=_SCORE.value, grid=parse_grid(_GRID.value),
+              recipes=_RECIPES.value)
   except errors.UserError:
     raise  # Printed as one line by cli.run_main.
   except ValueError as e:

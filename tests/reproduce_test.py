@@ -13,16 +13,25 @@ class TableTest(absltest.TestCase):
 
   def test_runs_of_each_table(self):
     runs = reproduce.table_runs('mnist_oneclass', 'fmnist_mnist', [0, 1])
-    self.assertLen(runs, 20)
+    self.assertLen(runs, 40)  # Both recipes.
     self.assertEqual(runs[0], reproduce.Run('mnist_oneclass', '0', 'full', 0))
+    self.assertEqual(runs[20], reproduce.Run('mnist_oneclass', '0', 'full', 0,
+                                             'paper'))
+    self.assertEqual(runs[20].method, 'paper/full')
+    self.assertEqual(reproduce.split_method('paper/no_neg'),
+                     ('paper', 'no_neg'))
+    runs = reproduce.table_runs('mnist_oneclass', 'fmnist_mnist', [0, 1],
+                                recipes=['tuned'])
+    self.assertLen(runs, 20)
     self.assertEqual(runs[0].row_dir, 'mnist_oneclass_0')
-    runs = reproduce.table_runs('ablation', 'fmnist_mnist', [0])
+    runs = reproduce.table_runs('ablation', 'fmnist_mnist', [0],
+                                recipes=['tuned'])
     self.assertEqual([r.variant for r in runs],
                      ['full', 'no_inter', 'no_neg', 'neither'])
     self.assertEqual(runs[0].row_dir, 'fmnist_mnist')
     runs = reproduce.table_runs('atypical_vs_sipple', 'fmnist_mnist', [0])
     self.assertIn('sipple_no_inter', [r.variant for r in runs])
-    self.assertLen(reproduce.table_runs('cifar_oneclass', '', [0], ['3']), 1)
+    self.assertLen(reproduce.table_runs('cifar_oneclass', '', [0], ['3']), 2)
 
   def test_bad_tables_and_classes(self):
     with self.assertRaisesRegex(ValueError, 'Unknown table'):
@@ -31,6 +40,8 @@ class TableTest(absltest.TestCase):
       reproduce.table_runs('ablation', 'ablation', [0])
     with self.assertRaisesRegex(ValueError, 'digits 0-9'):
       reproduce.table_runs('mnist_oneclass', '', [0], ['12'])
+    with self.assertRaisesRegex(ValueError, 'recipes'):
+      reproduce.table_runs('fmnist_mnist', '', [0], recipes=['fast'])
 
   def test_start_epoch_scales_with_epochs(self):
     self.assertEqual(reproduce.default_start_epoch(100), 10)
@@ -38,7 +49,7 @@ class TableTest(absltest.TestCase):
     self.assertEqual(reproduce.default_start_epoch(2), 1)
 
   def test_build_config_applies_variant_and_overrides(self):
-    run = reproduce.Run('fmnist_mnist', '', 'neither', 2)
+    run = reproduce.Run('fmnist_mnist', '', 'neither', 2, 'paper')
     config = reproduce.build_config(
         run, epochs=4, start_epoch=None, calibration_size=500,
         overrides=reproduce.parse_overrides(['loss.lambda_gp=0',
@@ -52,11 +63,21 @@ class TableTest(absltest.TestCase):
     self.assertEqual(config.loss.lambda_gp, 0.0)
     self.assertEqual(config.sampling.delta, 0.25)
     one_class = reproduce.build_config(
-        reproduce.Run('mnist_oneclass', '7', 'full', 0), epochs=None,
-        start_epoch=None, calibration_size=None, overrides={})
+        reproduce.Run('mnist_oneclass', '7', 'full', 0, 'paper'),
+        epochs=None, start_epoch=None, calibration_size=None, overrides={})
     self.assertEqual(tuple(one_class.data.normal_classes), (7,))
     self.assertEqual(one_class.train.num_epochs, 100)
     self.assertEqual(one_class.sampling.start_epoch, 10)
+    self.assertEqual(one_class.optim.schedule, 'step')  # The paper's.
+    # The tuned recipe keeps its own start of atypical selection.
+    tuned = reproduce.build_config(
+        reproduce.Run('mnist_oneclass', '7', 'full', 0), epochs=4,
+        start_epoch=None, calibration_size=None, overrides={})
+    default_start = reproduce.build_config(
+        reproduce.Run('mnist_oneclass', '7', 'full', 0), epochs=None,
+        start_epoch=None, calibration_size=None, overrides={})
+    self.assertEqual(tuned.sampling.start_epoch,
+                     default_start.sampling.start_epoch)
 
   def test_override_errors(self):
     with self.assertRaisesRegex(ValueError, 'field=value'):
@@ -136,11 +157,16 @@ class ShardTest(absltest.TestCase):
       kwargs = dict(base='fmnist_mnist', seeds=[0], epochs=1,
                     out=pathlib.Path(d), with_baselines=False)
       report = reproduce.reproduce('ablation', shard=(1, 2), **kwargs)
-      self.assertEqual([pathlib.Path(w).parent.name for w in trained],
-                       ['no_inter', 'neither'])
-      self.assertLen(report['missing'], 2)  # full and no_neg: shard 0's.
+      # Both recipes: tuned full, no_inter, no_neg, neither, then paper's.
+      self.assertEqual(
+          [pathlib.Path(w).parts[-4:-1] for w in trained],
+          [('tuned', 'fmnist_mnist', 'no_inter'),
+           ('tuned', 'fmnist_mnist', 'neither'),
+           ('paper', 'fmnist_mnist', 'no_inter'),
+           ('paper', 'fmnist_mnist', 'neither')])
+      self.assertLen(report['missing'], 4)  # full and no_neg: shard 0's.
       reproduce.reproduce('ablation', shard=(0, 2), **kwargs)
-      self.assertLen(trained, 4)
+      self.assertLen(trained, 8)
       final = reproduce.reproduce('ablation', report_only=True, **kwargs)
       self.assertEqual(final['missing'], [])
       raw = reproduce.reproduce('ablation', report_only=True, score='val',
@@ -188,7 +214,8 @@ class GridTest(absltest.TestCase):
         loop, 'train_and_evaluate', fake_train):
       kwargs = dict(base='mnist_oneclass', seeds=[0], epochs=1,
                     classes=['0', '1'], out=pathlib.Path(d),
-                    with_baselines=False, grid={'loss.lambda_gp': [10, 0]})
+                    with_baselines=False, grid={'loss.lambda_gp': [10, 0]},
+                    recipes=['tuned'])
       # Shards split the (run, value) pairs: 1/2 trains the second value.
       half = reproduce.reproduce('mnist_oneclass', shard=(1, 2), **kwargs)
       self.assertEqual(trained, ['e1_s0_loss.lambda_gp=0'] * 2)
@@ -251,11 +278,16 @@ class SummaryTest(absltest.TestCase):
 
   def test_ood_table_shows_paper_row(self):
     summary = reproduce.summarize(
-        [{'row': '', 'method': 'full', 'seed': 0, 'test': _metrics(0.98)}])
+        [{'row': '', 'method': 'full', 'seed': 0, 'test': _metrics(0.98)},
+         {'row': '', 'method': 'paper/full', 'seed': 0,
+          'test': _metrics(0.96)}])
     md = reproduce.markdown('fmnist_mnist', 'fmnist_mnist', 2, [0], summary,
                             [])
-    self.assertIn('| paper: AMA | 0.987 | – | 0.999 | 0.001 |', md)
-    self.assertIn('| AMA (ours), 2 ep | 0.980 | 0.490 | 0.980 | 0.020 |', md)
+    self.assertEqual(md.count('| paper: AMA | 0.987 | – | 0.999 | 0.001 |'),
+                     1)
+    self.assertIn('| AMA (ours), tuned recipe, 2 ep | 0.980 | 0.490 | 0.980 '
+                  '| 0.020 |', md)
+    self.assertIn('| AMA (ours), paper recipe, 2 ep | 0.960 |', md)
 
 
 class EndToEndTest(absltest.TestCase):
@@ -268,12 +300,12 @@ class EndToEndTest(absltest.TestCase):
                     classes=['0', '1'], calibration_size=None,
                     runlocal=True)
       report = reproduce.reproduce('mnist_oneclass', **kwargs)
-      self.assertLen(report['runs'], 2)
+      self.assertLen(report['runs'], 4)  # Two classes, two recipes.
       self.assertEqual(report['missing'], [])
       self.assertLen(report['baselines'], 6)
       summary = {(s['row'], s['method']): s for s in report['summary']}
       for row in ('0', '1', 'mean'):
-        for method in ('full', 'baseline:knn', 'baseline:pca',
+        for method in ('full', 'paper/full', 'baseline:knn', 'baseline:pca',
                        'baseline:ocsvm'):
           self.assertBetween(summary[(row, method)]['auroc']['mean'], 0, 1)
       md = (out / 'mnist_oneclass_e2.md').read_text()
@@ -287,7 +319,9 @@ class EndToEndTest(absltest.TestCase):
       missing = reproduce.reproduce(
           'mnist_oneclass', report_only=True,
           **{**kwargs, 'classes': ['0', '2']})
-      self.assertEqual(missing['missing'], ['mnist_oneclass_2/full/seed 0'])
+      self.assertEqual(missing['missing'],
+                       ['tuned/mnist_oneclass_2/full/seed 0',
+                        'paper/mnist_oneclass_2/full/seed 0'])
       # Baselines do not need the AMA run: class 2 has them, AMA does not.
       methods = {s['method'] for s in missing['summary'] if s['row'] == '2'}
       self.assertEqual(methods, {'baseline:knn', 'baseline:pca',
