@@ -21,6 +21,7 @@ MPI); elsewhere give each process `--coordinator_address=host:port
 --num_processes=N --process_id=i` (CPU devices then talk over gloo).
 """
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -78,11 +79,17 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
+  from ama_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from ama_jax import loop  # pylint: disable=g-import-not-at-top
   from ama_jax import report  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except input_pipeline.DataError as e:
+    # Data the user must provide or fix: one line, no traceback.
+    sys.stderr.write(f'error: {" ".join(str(e).split())}\n')
+    sys.exit(1)
   if jax.process_index() == 0:
     print(report.summary(FLAGS.workdir), flush=True)
 

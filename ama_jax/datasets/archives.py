@@ -53,6 +53,8 @@ _SAFE_GLOBALS = {
     ('copyreg', '_reconstructor'),
     ('__builtin__', 'object'),
     ('builtins', 'object'),
+    # Bytes in protocol-2 pickles written by Python 3 (a str -> bytes call).
+    ('_codecs', 'encode'),
 }
 
 
