@@ -284,65 +284,15 @@ def _shape_str(shape: Sequence[Any]) -> str:
 # --- Conversion settings: data.image_size, data.channels, data.resize. ---
 
 
-@dataclasses.dataclass(frozen=True)
-class Conversion:
-  """How every image is brought to the model's input.
-
-  Attributes:
-    image_size: target (H, W), or None: the images' own (common) size.
-    channels: 1 or 3, or None: the images' own (common) channel count.
-    resize: one of RESIZE_METHODS (`image_files.fit`).
-  """
-  image_size: Optional[tuple[int, int]]
-  channels: Optional[int]
-  resize: str
-
-  @property
-  def explicit(self) -> bool:
-    """Whether images of another shape are converted (else: an error)."""
-    return self.image_size is not None or self.channels is not None
+Conversion = image_files.Conversion
 
 
 def conversion(data_config: Any) -> Conversion:
-  """The checked conversion fields of `config.data` (a ConfigDict or dict).
-
-  A config saved before these fields existed may hold `image_shape`
-  (H, W, C) instead: it reads as that size and channel count, framed by
-  'pad' (the old behaviour).
-
-  Raises:
-    DataError: a value outside the allowed ones (named in the message).
-  """
-  get = data_config.get
-  size, channels = get('image_size'), get('channels')
-  resize = get('resize') or 'bilinear'
-  old = get('image_shape')
-  if old is not None and size is None and channels is None:
-    shape = tuple(old) if isinstance(old, Sequence) else ()
-    if (len(shape) != 3 or not all(isinstance(d, (int, np.integer)) and d > 0
-                                   for d in shape) or shape[2] not in (1, 3)):
-      raise DataError(f'data.image_shape={old!r} must be (H, W, C) with '
-                      'positive H, W and C in (1, 3), or None.')
-    return Conversion((int(shape[0]), int(shape[1])), int(shape[2]), 'pad')
-  if size is not None:
-    ok = (isinstance(size, (int, np.integer)) and not isinstance(size, bool)
-          and size > 0)
-    pair = isinstance(size, Sequence) and not isinstance(size, str) and len(
-        size) == 2 and all(isinstance(d, (int, np.integer)) and d > 0
-                           for d in size)
-    if not (ok or pair):
-      raise DataError(f'data.image_size={size!r} must be a positive integer '
-                      '(square images, e.g. 28) or None (keep the size).')
-    size = (int(size), int(size)) if ok else (int(size[0]), int(size[1]))
-  if channels is not None and (isinstance(channels, bool)
-                               or channels not in (1, 3)):
-    raise DataError(f'data.channels={channels!r} must be 1 (grey), 3 (RGB) '
-                    'or None (keep the images\' own).')
-  if resize not in RESIZE_METHODS:
-    raise DataError(f'Unknown data.resize={resize!r}; valid: '
-                    f'{list(RESIZE_METHODS)}.')
-  return Conversion(size, None if channels is None else int(channels),
-                    resize)
+  """`image_files.conversion` of `config.data`, errors as DataError."""
+  try:
+    return image_files.conversion(data_config)
+  except image_files.ImageError as e:
+    raise DataError(str(e)) from e
 
 
 def _fit_all(images: Union[np.ndarray, Sequence[np.ndarray]],
@@ -673,12 +623,12 @@ class _TfdsSource(_Source):
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     except Exception as e:  # Network, TensorFlow or checksum failures.
+      hint = _offline_hint(self.tfds_name, data_dir,
+                           _raw_dir(self.data_config))
       raise DataUnavailableError(
           f'Could not load {self.tfds_name}: TFDS failed to download or '
           f'prepare it into {data_dir} ({type(e).__name__}: '
-          f'{str(e).strip()[:300]}). '
-          f'{_offline_hint(self.tfds_name, data_dir, _raw_dir(self.data_config))}'
-      ) from e
+          f'{str(e).strip()[:300]}). {hint}') from e
     self.builder = builder
 
   def _read_builder(self, split: str) -> tuple[Any, np.ndarray]:
@@ -974,10 +924,10 @@ def to_uint8(x: np.ndarray, what: str, chunk: int = 10000) -> np.ndarray:
   for start in range(0, len(x), chunk):
     part = np.asarray(x[start:start + chunk])
     if part.dtype.kind == 'f':
-      bad = ~np.isfinite(part)
+      bad = ~np.isfinite(part).reshape(len(part), -1).all(1)
       if bad.any():
         raise DataError(f'{what}: NaN/Inf pixel values (first in image '
-                        f'{start + int(np.flatnonzero(bad.reshape(len(part), -1).any(1))[0])}).')
+                        f'{start + int(np.flatnonzero(bad)[0])}).')
       lo, hi = float(part.min()), float(part.max())
       if lo < -1.0 or hi > 1.0:
         raise DataError(f'{what}: float pixels must be in [-1, 1], got '
@@ -1050,8 +1000,10 @@ def _target_shape(sources: Sequence[_Source], conv: Conversion,
                       f'shape {_shape_str(unknown[0][1])}); set {field} '
                       f'(e.g. {suggestion}).')
     if len(seen) > 1:
+      def where(names):
+        return ', '.join(f'{n} ({c} images)' if c else n for n, c in names)
       listed = '; '.join(
-          f'{_shape_str(v)} in {", ".join(f"{n} ({c} images)" if c else n for n, c in names)}'
+          f'{_shape_str(v)} in {where(names)}'
           for v, names in sorted(seen.items(), key=lambda kv: -sum(
               c or 0 for _, c in kv[1]))[:3])
       raise DataError(f'Images differ in {what}: {listed}; set {field} '

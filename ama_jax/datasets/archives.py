@@ -140,9 +140,11 @@ def read_cifar10(path: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
   for name in names:
     key = name + '.bin' if binary else name
     if key not in members:
+      expected = ', '.join(n + ('.bin' if binary else '')
+                           for n in _CIFAR_TRAIN + _CIFAR_TEST)
       raise ArchiveError(f'{path} lacks {key}; expected the CIFAR-10 '
                          f'{"binary" if binary else "python"} version '
-                         f'({", ".join(n + (".bin" if binary else "") for n in _CIFAR_TRAIN + _CIFAR_TEST)}).')
+                         f'({expected}).')
     reader = _cifar_binary_batch if binary else _cifar_python_batch
     parts.append(reader(members[key], f'{path}:{key}'))
   pixels = np.concatenate([p for p, _ in parts])

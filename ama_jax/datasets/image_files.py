@@ -25,9 +25,10 @@ turned into the same pixels wherever it is read:
   'pad', which frames them. `fit` on an image that already has the target
   shape returns it unchanged.
 """
+import dataclasses
 import os
 import pathlib
-from typing import Iterator, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -181,6 +182,67 @@ def fit(pixels: np.ndarray, shape: Sequence[int], resize: str = 'bilinear',
     image = image.resize((width, height), method)
   out = np.asarray(image, np.uint8)
   return out[..., None] if out.ndim == 2 else out
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+  """How every image is brought to the model's input.
+
+  Attributes:
+    image_size: target (H, W), or None: the images' own (common) size.
+    channels: 1 or 3, or None: the images' own (common) channel count.
+    resize: one of RESIZE_METHODS (`image_files.fit`).
+  """
+  image_size: Optional[tuple[int, int]]
+  channels: Optional[int]
+  resize: str
+
+  @property
+  def explicit(self) -> bool:
+    """Whether images of another shape are converted (else: an error)."""
+    return self.image_size is not None or self.channels is not None
+
+
+def conversion(data_config: Any) -> Conversion:
+  """The checked conversion fields of `config.data` (a ConfigDict or dict).
+
+  A config saved before these fields existed may hold `image_shape`
+  (H, W, C) instead: it reads as that size and channel count, framed by
+  'pad' (the old behaviour).
+
+  Raises:
+    ImageError: a value outside the allowed ones (named in the message).
+  """
+  get = data_config.get
+  size, channels = get('image_size'), get('channels')
+  resize = get('resize') or 'bilinear'
+  old = get('image_shape')
+  if old is not None and size is None and channels is None:
+    shape = tuple(old) if isinstance(old, Sequence) else ()
+    if (len(shape) != 3 or not all(isinstance(d, (int, np.integer)) and d > 0
+                                   for d in shape) or shape[2] not in (1, 3)):
+      raise ImageError(f'data.image_shape={old!r} must be (H, W, C) with '
+                       'positive H, W and C in (1, 3), or None.')
+    return Conversion((int(shape[0]), int(shape[1])), int(shape[2]), 'pad')
+  if size is not None:
+    ok = (isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+          and size > 0)
+    pair = isinstance(size, Sequence) and not isinstance(size, str) and len(
+        size) == 2 and all(isinstance(d, (int, np.integer)) and d > 0
+                           for d in size)
+    if not (ok or pair):
+      raise ImageError(f'data.image_size={size!r} must be a positive integer '
+                       '(square images, e.g. 28) or None (keep the size).')
+    size = (int(size), int(size)) if ok else (int(size[0]), int(size[1]))
+  if channels is not None and (isinstance(channels, bool)
+                               or channels not in (1, 3)):
+    raise ImageError(f'data.channels={channels!r} must be 1 (grey), 3 (RGB) '
+                     'or None (keep the images\' own).')
+  if resize not in RESIZE_METHODS:
+    raise ImageError(f'Unknown data.resize={resize!r}; valid: '
+                     f'{list(RESIZE_METHODS)}.')
+  return Conversion(size, None if channels is None else int(channels),
+                    resize)
 
 
 def list_images(directory: PathLike, recursive: bool = True

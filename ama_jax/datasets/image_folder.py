@@ -37,7 +37,8 @@ PathLike = Union[str, os.PathLike]
 NORMAL, ANOMALY = 'normal', 'anomaly'
 LAYOUTS = ('classes', 'normal_anomaly', 'flat')
 SPLIT_FOLDERS = ('train', 'test')
-ALL = 'images'  # The one split of a folder without train/ (TFDS reserves 'all').
+# The one split of a folder without train/ ('all' is reserved by TFDS).
+ALL = 'images'
 
 
 class FolderError(ValueError):
