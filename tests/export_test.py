@@ -62,12 +62,12 @@ class OwnFolderEndToEndTest(absltest.TestCase):
     cls.root = pathlib.Path(tempfile.mkdtemp(prefix='export_test_'))
     cls.addClassCleanup(shutil.rmtree, cls.root, ignore_errors=True)
     x, y = idx_images.read_split(RAW_DIR / 'mnist', 'train')
-    xt, _ = idx_images.read_split(RAW_DIR / 'mnist', 'test')
-    # normal/ = 300 threes, anomaly/ = 40 other digits; no test/: held out.
+    xt, yt = idx_images.read_split(RAW_DIR / 'mnist', 'test')
+    # One subfolder per digit, the user's own train/ and test/ sets.
     cls.images = cls.root / 'digits'
-    image_folder.write_pngs(cls.images / 'normal', x[y == 3][:300])
-    image_folder.write_pngs(cls.images / 'anomaly', x[y != 3][:40])
-    config = folder_config.get_config('runlocal')
+    image_folder.write_pngs(cls.images / 'train', x[:1500], y[:1500])
+    image_folder.write_pngs(cls.images / 'test', xt[:200], yt[:200])
+    config = folder_config.get_config('3,runlocal')
     config.data.dataset = f'folder:{cls.images}'
     config.data.data_dir = str(cls.root / 'tfds')
     config.log.figures = False
@@ -87,7 +87,7 @@ class OwnFolderEndToEndTest(absltest.TestCase):
                      'best_val_auroc')
     self.assertEqual(self.results['counts']['val'], {
         'total': 30, 'normal': 20, 'anomaly': 10, 'corrupted': 0})
-    self.assertEqual(self.results['counts']['test']['anomaly'], 8)  # 20%.
+    self.assertEqual(self.results['counts']['test']['total'], 64)  # max_test
     self.assertBetween(self.results['test']['best']['auroc'], 0.0, 1.0)
 
   def test_score_cli_on_real_pngs_and_the_exported_loader_agree(self):
@@ -209,6 +209,38 @@ class OwnFolderEndToEndTest(absltest.TestCase):
     self.assertLen(got['r'], 200000)
     np.testing.assert_array_equal(got['r'][:5000],
                                   _read_csv(self.root / 'small.csv')['r'])
+
+
+class NormalAndAnomalyFoldersTest(absltest.TestCase):
+  """normal/ + anomaly/, mixed sizes and colour, test held out."""
+
+  def test_mixed_folder_trains_and_scores(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    x, y = idx_images.read_split(RAW_DIR / 'mnist', 'train')
+    fx, _ = idx_images.read_split(RAW_DIR / 'fashion_mnist', 'test')
+    images = root / 'images'
+    (images / 'normal').mkdir(parents=True)
+    for i, image in enumerate(x[y == 3][:200, ..., 0]):
+      pil = Image.fromarray(image)
+      if i % 3 == 1:  # A colour JPEG of another size.
+        pil.resize((40, 36)).convert('RGB').save(
+            images / 'normal' / f'{i:03d}.jpg', quality=95)
+      else:
+        pil.resize((56, 56) if i % 3 else (28, 28)).save(
+            images / 'normal' / f'{i:03d}.png')
+    image_folder.write_pngs(images / 'anomaly', fx[:60])
+    config = folder_config.get_config('runlocal')
+    config.data.update(dict(dataset=f'folder:{images}', channels=1,
+                            data_dir=str(root / 'tfds')))
+    config.log.figures = False
+    results = _train(config, root / 'run')
+    self.assertEqual(results['counts']['test'], {
+        'total': 52, 'normal': 40, 'anomaly': 12, 'corrupted': 0})
+    self.assertEqual(results['model_selection']['criterion'],
+                     'best_val_auroc')
+    # New images of any size and colour are converted as in training.
+    summary = score.run(root / 'run', images / 'normal', root / 's.csv')
+    self.assertEqual(summary['num_images'], 200)
 
 
 class NormalsOnlyTest(absltest.TestCase):
