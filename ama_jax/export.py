@@ -1,7 +1,7 @@
 r"""Writes a trained model as a self-contained scorer: StableHLO via jax.export.
 
   python -m ama_jax.export --workdir=W --output=DIR [--kind=best|latest] \
-      [--step=N] [--platforms=cpu,cuda,tpu]
+      [--step=N] [--platforms=cpu,cuda,tpu] [--savedmodel]
 
 DIR then holds
 
@@ -23,6 +23,12 @@ DIR then holds
   jax version, platforms).
 * `README.md` and `score_exported.py`: a loader that needs only jax and
   numpy (the README of the repository shows the same code).
+* with `--savedmodel`, `savedmodel/`: a TensorFlow SavedModel of the same
+  function (jax2tf, native serialization: the StableHLO inside an
+  XlaCallModule op) for TF Serving or `tf.saved_model.load`; signature
+  `serving_default(images: float32 [None, H, W, C]) -> {'r', 'score',
+  'is_anomaly'}`. Needs TensorFlow (in requirements.txt) to write, and
+  TensorFlow only to load.
 
 Scores agree with `python -m ama_jax.score` on the same images up to float32
 rounding of the calibration constants (~1e-6 relative): the exported
@@ -122,6 +128,29 @@ def export_scorer(scorer, image_shape: Sequence[int],
   return jax_export.export(jax.jit(scorer), platforms=tuple(platforms))(spec)
 
 
+def write_savedmodel(path: os.PathLike | str, scorer,
+                     image_shape: Sequence[int],
+                     platforms: Sequence[str] = PLATFORMS) -> None:
+  """`scorer` as a TensorFlow SavedModel (see the module docstring)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  h, w, c = (int(d) for d in image_shape)
+
+  def named(images):
+    return dict(zip(OUTPUTS, scorer(images)))
+
+  tf_fn = jax2tf.convert(named, polymorphic_shapes=[f'(b, {h}, {w}, {c})'],
+                         native_serialization_platforms=tuple(platforms),
+                         with_gradient=False)
+  module = tf.Module()
+  module.serve = tf.function(
+      tf_fn, autograph=False,
+      input_signature=[tf.TensorSpec([None, h, w, c], tf.float32,
+                                     name='images')])
+  tf.saved_model.save(module, str(path), signatures={
+      'serving_default': module.serve.get_concrete_function()})
+
+
 def is_exported(path: os.PathLike | str) -> bool:
   """Whether `path` is a directory written by this program."""
   path = pathlib.Path(path)
@@ -174,7 +203,8 @@ def write(output: os.PathLike | str, exported: jax_export.Exported,
 
 def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
         kind: Optional[str] = None, step: Optional[int] = None,
-        platforms: Sequence[str] = PLATFORMS) -> dict[str, Any]:
+        platforms: Sequence[str] = PLATFORMS,
+        savedmodel: bool = False) -> dict[str, Any]:
   """Exports a checkpoint of `workdir` into `output`; returns the meta.
 
   Raises:
@@ -199,9 +229,9 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
       threshold_fpr=meta.get('threshold_fpr', float('nan')),
       score=meta.get('score', 'two_sided'))
   image_shape = tuple(int(d) for d in meta['image_shape'])
-  exported = export_scorer(
-      scoring_function(ae_model, critic_model, ae_vars, critic_vars,
-                       calibration), image_shape, platforms)
+  scorer = scoring_function(ae_model, critic_model, ae_vars, critic_vars,
+                            calibration)
+  exported = export_scorer(scorer, image_shape, platforms)
   data_config = meta['config'].get('data', {})
   from ama_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   conv = input_pipeline.conversion(data_config)
@@ -221,9 +251,12 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
       'config': meta['config'],
       'jax_version': jax.__version__,
       'platforms': list(platforms),
+      'savedmodel': 'savedmodel' if savedmodel else None,
   }
   try:
     write(output, exported, out_meta)
+    if savedmodel:
+      write_savedmodel(output / 'savedmodel', scorer, image_shape, platforms)
   except OSError as e:
     raise ExportError(f'Cannot write {output}: {e}') from e
   logging.info('Exported %s step %d of %s to %s (%s).', kind, meta['step'],
@@ -242,6 +275,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     '(default: best, else latest).', flag_values=flag_values)
   flags.DEFINE_list('platforms', list(PLATFORMS), 'Platforms to lower for.',
                     flag_values=flag_values)
+  flags.DEFINE_bool('savedmodel', False, 'Also write a TensorFlow '
+                    'SavedModel (savedmodel/; needs TensorFlow).',
+                    flag_values=flag_values)
 
 
 def main(argv: Sequence[str],
@@ -254,7 +290,7 @@ def main(argv: Sequence[str],
   fv = flag_values
   try:
     meta = run(fv.workdir, fv.output, kind=fv.kind, step=fv.step,
-               platforms=fv.platforms)
+               platforms=fv.platforms, savedmodel=fv.savedmodel)
   except (ExportError, score.ScoreError) as e:
     sys.stderr.write(f'error: {" ".join(str(e).split())}\n')
     return 1
@@ -262,7 +298,8 @@ def main(argv: Sequence[str],
   print(f'exported {source["kind"]} step {source["step"]} of '
         f'{source["workdir"]} to {pathlib.Path(fv.output)}: '
         f'{FUNCTION_FILE} ({", ".join(meta["platforms"])}), {META_FILE}, '
-        'score_exported.py', flush=True)
+        'score_exported.py' + (', savedmodel/' if fv.savedmodel else ''),
+        flush=True)
   return 0
 
 

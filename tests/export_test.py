@@ -133,6 +133,35 @@ class OwnFolderEndToEndTest(absltest.TestCase):
     np.testing.assert_allclose(exported['score'].astype(float), scores,
                                rtol=1e-5, atol=1e-5)
 
+  def test_savedmodel_scores_with_tensorflow_alone(self):
+    out = self.root / 'export_tf'
+    export.run(self.workdir, out, savedmodel=True, platforms=['cpu'])
+    code = textwrap.dedent(f'''
+        import sys
+        import numpy as np
+        import tensorflow as tf
+        model = tf.saved_model.load('{out}/savedmodel')
+        x = np.load('{self.npy}').astype(np.float32)[..., None] / 127.5 - 1
+        out = model.signatures['serving_default'](images=tf.constant(x))
+        # (TensorFlow imports jax itself when it is installed.)
+        assert 'ama_jax' not in sys.modules and 'flax' not in sys.modules
+        np.savetxt('{out}/tf.csv', np.stack([out['r'].numpy(),
+                   out['score'].numpy()], 1), delimiter=',')
+        ''')
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    proc = subprocess.run([sys.executable, '-c', code], cwd=out, env=env,
+                          capture_output=True, text=True, timeout=600,
+                          check=False)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    got = np.loadtxt(out / 'tf.csv', delimiter=',')
+    want = self.root / 'want.csv'
+    score.run(self.workdir, self.npy, want)
+    want = _read_csv(want)
+    np.testing.assert_allclose(got[:, 0], want['r'].astype(float), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(got[:, 1], want['score'].astype(float),
+                               rtol=1e-5, atol=1e-5)
+
   def test_score_converts_images_as_training_did(self):
     # The run brought its images to 28x28 (data.image_size): larger colour
     # files go through the same image_files.fit.
