@@ -405,8 +405,15 @@ class _Source:
     raise NotImplementedError
 
   def class_index(self, value: Union[int, str]) -> int:
-    return _class_index(self.class_names, value, self.name, self.aliases,
-                        self.by_name_first)
+    try:
+      return _class_index(self.class_names, value, self.name, self.aliases,
+                          self.by_name_first)
+    except DataError as e:
+      if not isinstance(self, _FolderSource):
+        raise
+      raise DataError(f'{e} Name the normal class folder(s) in '
+                      'data.normal_classes (configs/folder.py:<class>).'
+                      ) from e
 
 
 def _data_dir(data_config) -> pathlib.Path:
