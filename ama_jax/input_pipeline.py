@@ -56,6 +56,7 @@ last state (`scoring.model_selection`).
 """
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import pathlib
 import re
@@ -498,6 +499,7 @@ class _TfdsSource(_Source):
   label_key: Optional[str] = 'label'
   feature_shape: tuple = ()
   archive_files: Optional[list] = None
+  features: str = ''  # 'image: Image(...), label: ClassLabel(...)'.
 
   @classmethod
   def open(cls, name: str, data_config, field: str) -> '_TfdsSource':
@@ -528,9 +530,9 @@ class _TfdsSource(_Source):
       raise DataError(f'{field}={name!r}: TFDS cannot open it '
                       f'({type(e).__name__}: '
                       f'{str(e).strip().splitlines()[0]}).') from e
-    image_key, label_key, shape, class_names = _tfds_features(
+    image_key, label_key, shape, class_names, listed = _tfds_features(
         builder, name, field)
-    common.update(image_key=image_key, label_key=label_key,
+    common.update(image_key=image_key, label_key=label_key, features=listed,
                   feature_shape=_NATIVE_SHAPES.get(name, shape),
                   # Built-ins keep their names (and aliases) whatever the
                   # copy's metadata says.
@@ -662,8 +664,9 @@ class _TfdsSource(_Source):
 
 
 def _tfds_features(builder, name: str, field: str
-                   ) -> tuple[str, Optional[str], tuple, tuple[str, ...]]:
-  """(image key, label key or None, image shape, class names)."""
+                   ) -> tuple[str, Optional[str], tuple, tuple[str, ...],
+                              str]:
+  """(image key, label key or None, image shape, class names, listing)."""
   features = builder.info.features
   items = dict(features.items()) if hasattr(features, 'items') else {}
 
@@ -677,8 +680,9 @@ def _tfds_features(builder, name: str, field: str
   images = [k for k, f in items.items() if is_image(f)]
   labels = [k for k, f in items.items()
             if isinstance(f, tfds.features.ClassLabel)]
-  listed = ', '.join(f'{k}: {type(f).__name__}{tuple(getattr(f, "shape", ()))}'
-                     for k, f in items.items())
+  listed = ', '.join(
+      f'{k}: {type(f).__name__}{tuple(getattr(f, "shape", ()))}'
+      for k, f in items.items())
   if not images:
     raise DataError(
         f'{field}={name!r} has no image feature (uint8 [H, W] or [H, W, 1 or '
@@ -694,7 +698,7 @@ def _tfds_features(builder, name: str, field: str
   if len(shape) == 2:
     shape += (1,)
   names = tuple(items[label_key].names) if label_key else ()
-  return image_key, label_key, shape, names
+  return image_key, label_key, shape, names, listed
 
 
 def _offline_hint(name: str, data_dir: pathlib.Path,
@@ -722,6 +726,7 @@ class _FolderSource(_Source):
   """A folder of image files (`image_folder`), prepared via `local_images`."""
   folder: Any = dataclasses.field(default=None, repr=False)
   data_config: Any = dataclasses.field(default=None, repr=False)
+  names: dict = dataclasses.field(default_factory=dict, repr=False)
   by_name_first = True
 
   @classmethod
@@ -737,19 +742,27 @@ class _FolderSource(_Source):
                class_names=folder.class_names, splits=splits, folder=folder,
                data_config=data_config)
 
-  def _config(self, conv: Conversion, shape=None) -> local_images.LocalConfig:
-    key = self.folder.fingerprint(conv.image_size, conv.channels,
-                                  conv.resize)
+  def _name(self, conv: Conversion) -> str:
+    """The prepared copy's name: a fingerprint of the files and `conv`."""
+    key = (conv.image_size, conv.channels, conv.resize)
+    if key not in self.names:  # Stats every file: once per run.
+      self.names[key] = f'folder-{self.folder.fingerprint(*key)}'
+    return self.names[key]
+
+  def _config(self, conv: Conversion,
+              shape: tuple[int, int, int]) -> local_images.LocalConfig:
     return local_images.LocalConfig(
-        name=f'folder-{key}', image_shape=shape or (1, 1, 1),
+        name=self._name(conv), image_shape=shape,
         class_names=self.folder.class_names or ('image',),
-        splits=tuple(self.folder.files), examples=self._examples,
+        splits=tuple(self.folder.files),
+        examples=functools.partial(self._examples, shape=shape,
+                                   resize=conv.resize),
         description=f'Images of {self.folder.root}')
 
   def _prepared(self, conv: Conversion):
     """A read-only builder of the copy prepared for `conv`, or None."""
     path = (_data_dir(self.data_config) / 'local_images' /
-            self._config(conv).name / str(local_images.LocalImages.VERSION))
+            self._name(conv) / str(local_images.LocalImages.VERSION))
     if not (path / 'dataset_info.json').is_file():
       return None
     return tfds.builder_from_directory(path)
@@ -768,8 +781,7 @@ class _FolderSource(_Source):
       raise DataError(f'{self.field}={self.spec}: {e} Remove or replace the '
                       'file.') from e
 
-  def _examples(self, split: str):
-    shape, resize = self._shape, self._resize
+  def _examples(self, split: str, shape: tuple[int, int, int], resize: str):
     for path, label in zip(self.folder.files[split],
                            self.folder.labels[split].tolist()):
       try:
@@ -779,7 +791,6 @@ class _FolderSource(_Source):
         raise DataError(f'{self.field}={self.spec}: {e}') from e
 
   def _read(self, split, shape, conv):
-    self._shape, self._resize = shape, conv.resize
     config = self._config(conv, shape)
     data_dir = _data_dir(self.data_config)
     builder = local_images.prepare(config, data_dir)
@@ -1128,12 +1139,15 @@ def _settings(data_config: ml_collections.ConfigDict) -> _Settings:
 def _normal_classes(source: _Source, normal_classes: Any) -> tuple[int, ...]:
   """data.normal_classes -> sorted distinct indices, at least one anomaly."""
   if not source.class_names:
+    why = (f'its features have no ClassLabel ({source.features})'
+           if isinstance(source, _TfdsSource) else
+           'a flat folder, or images without labels')
     raise DataError(
         f'data.protocol=\'one_class\' needs classes, but {source.field}='
-        f'{source.spec!r} has none (a flat folder, or images without labels)'
-        '. Put the images in class subfolders (PATH/<class>/) or in '
-        'PATH/normal/ (+ PATH/anomaly/), give labels, or use '
-        "data.protocol='ood' with data.ood_dataset for the anomalies.")
+        f'{source.spec!r} has none ({why}). Put the images in class '
+        'subfolders (PATH/<class>/) or in PATH/normal/ (+ PATH/anomaly/), '
+        "give labels, or use data.protocol='ood' with data.ood_dataset for "
+        'the anomalies.')
   if isinstance(normal_classes, (int, str, np.integer)):
     normal_classes = (normal_classes,)
   classes = tuple(sorted({source.class_index(c)

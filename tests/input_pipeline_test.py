@@ -312,7 +312,9 @@ class MockDataTest(SplitChecks):
 
   def test_tfds_dataset_without_a_label_feature(self):
     config = data_config(protocol='one_class', dataset='celeb_a_hq')
-    with self.assertRaisesRegex(ValueError, 'needs classes.*has none'):
+    with self.assertRaisesRegex(
+        ValueError, r'needs classes.*has none \(its features have no '
+        r'ClassLabel \(image: Image\(1024, 1024, 3\)'):
       input_pipeline.load_protocol(config, seed=0)
 
   def test_tfds_dataset_without_an_image_feature(self):

@@ -1,6 +1,6 @@
 r"""Writes MNIST / Fashion-MNIST (the IDX files of data/raw) as a PNG folder.
 
-  python scripts/idx_to_pngs.py --dataset=mnist --output=/tmp/mnist_png
+  python -m ama_jax.datasets.idx_to_pngs --dataset=mnist --output=/tmp/mnist_png
 
 The folder has the layout `configs/folder.py` reads, with the IDX splits as
 the user's own train and test sets: `OUTPUT/{train,test}/<class>/<i>.png`,
@@ -10,14 +10,12 @@ gives exactly the splits of the built-in dataset for the same config and
 seed (README, "Your own data").
 """
 import pathlib
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from ama_jax.datasets import idx_images  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ama_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ama_jax.datasets import idx_images
+from ama_jax.datasets import image_folder
 
 _DATASET = flags.DEFINE_enum('dataset', 'mnist', list(idx_images.CLASS_NAMES),
                              'Which IDX dataset.')
