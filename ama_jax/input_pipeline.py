@@ -62,7 +62,7 @@ import pathlib
 import re
 import socket
 import urllib.parse
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from absl import logging
 import ml_collections

@@ -17,6 +17,7 @@ from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import ml_collections
 import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
@@ -176,7 +177,7 @@ class PreparedTfdsTest(parameterized.TestCase):
 
 class OfflineTest(parameterized.TestCase):
 
-  def _config(self) -> default.ml_collections.ConfigDict:
+  def _config(self) -> ml_collections.ConfigDict:
     config = cifar_svhn.get_config()
     config.data.data_dir = self.create_tempdir().full_path
     config.data.raw_dir = self.create_tempdir().full_path

@@ -15,7 +15,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from unittest import mock
 
+from absl import flags
 from absl.testing import absltest
 import numpy as np
 from PIL import Image
@@ -192,11 +194,11 @@ class OwnFolderEndToEndTest(absltest.TestCase):
 
   def test_export_errors_are_one_line(self):
     stderr = io.StringIO()
-    fv = score.flags.FlagValues()
+    fv = flags.FlagValues()
     export.define_flags(fv)
     fv(['export', f'--workdir={self.root / "nowhere"}',
         f'--output={self.root / "e2"}'])
-    with absltest.mock.patch.object(sys, 'stderr', stderr):
+    with mock.patch.object(sys, 'stderr', stderr):
       self.assertEqual(export.main(['export'], fv), 1)
     self.assertRegex(stderr.getvalue(), r'^error: Workdir .*nowhere does not '
                      r'exist[^\n]*\n$')

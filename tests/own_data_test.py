@@ -198,7 +198,7 @@ class OwnDataTest(parameterized.TestCase):
     np.testing.assert_array_equal(self.y[data.train.indices] % 2, 1)
 
   def test_configs_folder_documents_the_whole_path(self):
-    config = folder_config.get_config(f'3,runlocal')
+    config = folder_config.get_config('3,runlocal')
     self.assertEqual(config.data.normal_classes, (3,))
     config.data.dataset = f'folder:{self.classes}'
     config.data.data_dir = self.data_dir
