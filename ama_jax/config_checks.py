@@ -30,6 +30,8 @@ Two tables, one entry per rule:
 import dataclasses
 import math
 import numbers
+import pathlib
+import re
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from absl import logging
@@ -44,7 +46,8 @@ from ama_jax import sampling
 from ama_jax import schedules
 from ama_jax import scoring
 
-# Image shape (H, W, C) of each dataset as stored, for checks before loading.
+# Image shape (H, W, C) of each built-in dataset as stored, for checks
+# before loading (other datasets are checked by the input pipeline).
 NATIVE_SHAPES = {
     'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1),
     'cifar10': (32, 32, 3), 'svhn_cropped': (32, 32, 3),
@@ -161,7 +164,7 @@ class Choice(Rule):
 
   def _problem(self, value):
     choices = _choices(self.choices)
-    if isinstance(value, str) and value in choices:
+    if (isinstance(value, str) or _is_int(value)) and value in choices:
       return None
     return ('must be one of ' + ', '.join(repr(c) for c in choices)
             + self._or_none())
@@ -206,17 +209,46 @@ class EpochPoints(Rule):
             f'{self._or_none()}')
 
 
+# A bare TFDS name as `tfds.load` takes it: [namespace:]name[/config]
+# [:version]. Anything else that is not a built-in name or a prefixed spec
+# must be an existing folder or .npy/.npz file (`input_pipeline.open_source`).
+_TFDS_NAME = re.compile(r'([A-Za-z0-9_]+:)?[A-Za-z0-9_]+(/[A-Za-z0-9_.+-]+)?'
+                        r'(:[0-9*]+(\.[0-9*]+)*)?')
+
+
 @dataclasses.dataclass(frozen=True)
-class ImageShape(Rule):
-  """(H, W, C) with positive H, W and C in {1, 3}."""
+class Dataset(Rule):
+  """A dataset as `input_pipeline.open_source` reads it.
+
+  A built-in name, `folder:PATH`, `array:PATH[,labels=PATH]`, `tfds:NAME`,
+  a bare TFDS name, or an existing folder / .npy / .npz path. Only the form
+  is checked here: whether the folder, array or TFDS dataset can be read
+  (and its classes and image shapes) is the input pipeline's to say.
+  """
   optional: bool = False
 
   def _problem(self, value):
-    if (isinstance(value, (list, tuple)) and len(value) == 3
-        and all(_is_int(d) and d > 0 for d in value) and value[2] in (1, 3)):
+    allowed = ('must be a built-in dataset ('
+               + ', '.join(repr(d) for d in _datasets())
+               + "), 'folder:PATH', 'array:X.npy[,labels=Y.npy]' or "
+               "'array:D.npz', 'tfds:NAME', a TFDS name or an existing "
+               f'folder / .npy / .npz path{self._or_none()}')
+    if not isinstance(value, str) or not value.strip():
+      return allowed
+    spec = value.strip()
+    if spec in input_pipeline.DATASETS:
       return None
-    return ('must be (H, W, C) with positive H, W and C 1 or 3, e.g. '
-            f'(32, 32, 3){self._or_none()}')
+    for prefix in input_pipeline.SPEC_PREFIXES:
+      if spec.startswith(prefix):
+        return None if spec[len(prefix):].strip() else (
+            f'{prefix} needs a {"name" if prefix == "tfds:" else "path"} '
+            f'after it; {allowed}')
+    path = pathlib.Path(spec.partition(',')[0]).expanduser()
+    if path.suffix.lower() in ('.npy', '.npz'):
+      return None if path.is_file() else f'no such file {path}; {allowed}'
+    if path.is_dir() or _TFDS_NAME.fullmatch(spec):
+      return None
+    return f'no such folder, and not a TFDS name; {allowed}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,16 +279,20 @@ BETA = Float(0, 1, max_open=True)  # Adam's b1, b2.
 FIELDS: dict[str, Rule] = {
     'seed': Int(0, MAX_SEED),
     # --- data ---
-    'data.dataset': Choice(_datasets),
+    'data.dataset': Dataset(),
     'data.protocol': Choice(input_pipeline.PROTOCOLS),
     'data.normal_classes': Classes(),
-    'data.ood_dataset': Choice(_datasets, optional=True),
+    'data.ood_dataset': Dataset(optional=True),
     'data.num_val_normal': Int(min=1),  # Threshold and AUROC need both.
     'data.num_val_anomaly': Int(min=1),
-    'data.num_test_anomaly': Int(min=0),
+    'data.num_test_anomaly': Int(min=0, optional=True),  # None: all.
     'data.semi_supervised_ratio': FRACTION,
     'data.corruption_ratio': FRACTION,
-    'data.image_shape': ImageShape(optional=True),
+    'data.image_size': Int(min=1, optional=True),  # None: the images' own.
+    'data.channels': Choice((1, 3), optional=True),  # None: the images' own.
+    'data.resize': Choice(input_pipeline.RESIZE_METHODS),
+    'data.test_fraction': Float(0, 1, min_open=True, max_open=True),
+    'data.download': Bool(),
     'data.data_dir': Text(optional=True),
     'data.raw_dir': Text(optional=True),
     'data.max_train': Int(min=1, optional=True),
@@ -352,13 +388,19 @@ def _protocol_classes(config, context) -> list[str]:
     if data.ood_dataset is None or data.ood_dataset == data.dataset:
       problems.append(
           f'data.ood_dataset={data.ood_dataset!r}: the ood protocol needs an '
-          f'anomaly dataset other than data.dataset={data.dataset!r}, one of '
-          + ', '.join(repr(d) for d in _datasets() if d != data.dataset))
-    if data.num_test_anomaly < 1:
+          f'anomaly dataset other than data.dataset={data.dataset!r}: one of '
+          + ', '.join(repr(d) for d in _datasets() if d != data.dataset)
+          + ", 'folder:PATH', 'array:PATH', 'tfds:NAME' or a TFDS name")
+    if data.num_test_anomaly is not None and data.num_test_anomaly < 1:
       problems.append(f'data.num_test_anomaly={data.num_test_anomaly}: the '
-                      'ood protocol needs >= 1 test anomaly')
+                      'ood protocol needs >= 1 test anomaly (None: all of '
+                      "the anomaly dataset's test split)")
     return problems
   # one_class: the classes must exist and leave at least one anomaly class.
+  # Known ahead for the built-in datasets only; a folder's, array's or TFDS
+  # dataset's classes are checked when it is opened (input_pipeline).
+  if data.dataset not in input_pipeline.DATASETS:
+    return []
   classes = data.normal_classes
   if isinstance(classes, (str, numbers.Integral)):
     classes = (classes,)
@@ -376,31 +418,55 @@ def _protocol_classes(config, context) -> list[str]:
 
 
 def _image_shapes(config, context) -> list[str]:
-  """The images the model gets fit its architecture (shapes known ahead)."""
+  """The images the model gets fit its architecture (where known ahead).
+
+  `data.image_size` is the size of every image the model gets, whatever the
+  dataset. Without it, the stored shapes of the built-in datasets are known
+  ahead; a folder's, array's or other TFDS dataset's images are checked by
+  the input pipeline when it reads them.
+  """
   del context
   data, arch = config.data, config.model.arch
   arch_shapes = models._SHAPES  # pylint: disable=protected-access
+  want = arch_shapes[arch]
+
+  def archs_for(size) -> str:
+    fits = [repr(a) for a, s in arch_shapes.items() if s == tuple(size)]
+    return f' or model.arch={" or ".join(fits)}' if fits else ''
+
+  problems = []
+  if data.image_size is not None:
+    size = (data.image_size, data.image_size)
+    if size != want:
+      problems.append(
+          f'data.image_size={data.image_size} but model.arch={arch!r} takes '
+          f'{want[0]}x{want[1]} images; set data.image_size={want[0]}'
+          f'{archs_for(size)}')
   names = [data.dataset] + ([data.ood_dataset] if data.protocol == 'ood'
                             else [])
-  native = {n: NATIVE_SHAPES[n] for n in names if n in NATIVE_SHAPES}
-  if data.image_shape is not None:
-    shape, source = tuple(data.image_shape), 'data.image_shape'
-  elif len(set(native.values())) > 1:
-    return [f'data.image_shape=None but {" and ".join(native)} images have '
-            f'different shapes {list(native.values())}; set data.image_shape '
-            f'to convert them, e.g. {arch_shapes[arch] + (3,)}']
-  elif native and len(native) == len(names):
-    shape, source = next(iter(native.values())), f'{data.dataset} images'
-  else:  # A dataset of unknown shape: checked when the data is loaded.
-    return []
-  want = arch_shapes[arch]
-  if tuple(shape[:2]) == want:
-    return []
-  fits = [repr(a) for a, s in arch_shapes.items() if s == tuple(shape[:2])]
-  return [f'model.arch={arch!r} takes {want[0]}x{want[1]} images but '
-          f'{source} are {shape[0]}x{shape[1]}; set data.image_shape='
-          f'{want + (shape[2],)}'
-          + (f' or model.arch={" or ".join(fits)}' if fits else '')]
+  if not all(n in NATIVE_SHAPES for n in names):
+    return problems  # The rest once the data is opened (input_pipeline).
+  native = {n: NATIVE_SHAPES[n] for n in names}
+  sizes = {tuple(s[:2]) for s in native.values()}
+  if data.image_size is None and len(sizes) > 1:
+    problems.append(
+        'data.image_size=None but ' + ' and '.join(
+            f'{n} images are {s[0]}x{s[1]}' for n, s in native.items())
+        + f'; set data.image_size={want[0]} (model.arch={arch!r}) to '
+        'convert them')
+  elif data.image_size is None and sizes != {want}:
+    (h, w), = sizes
+    problems.append(
+        f'model.arch={arch!r} takes {want[0]}x{want[1]} images but '
+        f'{data.dataset} images are {h}x{w}; set data.image_size={want[0]} '
+        f'to convert them{archs_for((h, w))}')
+  if data.channels is None and len({s[2] for s in native.values()}) > 1:
+    problems.append(
+        'data.channels=None but ' + ' and '.join(
+            f'{n} images have {s[2]} channel{"s" if s[2] > 1 else ""}'
+            for n, s in native.items())
+        + '; set data.channels=1 (grey) or 3 (RGB) to convert them')
+  return problems
 
 
 def _batch_over_devices(config, context) -> list[str]:
@@ -501,7 +567,8 @@ COMBINATIONS: tuple[Combination, ...] = (
                  'data.normal_classes', 'data.num_test_anomaly'),
                 _protocol_classes),
     Combination(('data.protocol', 'data.dataset', 'data.ood_dataset',
-                 'data.image_shape', 'model.arch'), _image_shapes),
+                 'data.image_size', 'data.channels', 'model.arch'),
+                _image_shapes),
     Combination(('train.batch_size',), _batch_over_devices),
     Combination(('train.batch_size', 'data.max_train',
                  'data.semi_supervised_ratio', 'data.corruption_ratio'),

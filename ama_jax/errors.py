@@ -9,13 +9,15 @@ field, value, file or step) and what to do about it.
   UserError
   |- ConfigError          a config value or combination (also a ValueError)
   |- DataError            a dataset cannot be read or split (also ValueError)
+  |  `- (input_pipeline.DataError)  `- (its DataUnavailableError: no copy)
   |- CheckpointError      no usable checkpoint
   |  |- CheckpointDamagedError   files missing, truncated or corrupt
   |  `- CheckpointMismatchError  written for another model (also ValueError)
   |- WorkdirError         the workdir cannot be created or written
   |  `- WorkdirLockedError another live process owns it
   |- NonFiniteLossError   training diverged (also a FloatingPointError)
-  `- (score.ScoreError)   bad inputs of the score command
+  |- (score.ScoreError)   bad inputs of the score command
+  `- (export.ExportError) bad inputs of the export command
 
 New error kinds subclass `UserError` (or one of the above) where they are
 defined; `reraise_as` turns a library's documented exception (e.g. the

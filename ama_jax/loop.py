@@ -111,7 +111,9 @@ def _load_data(config: ml_collections.ConfigDict
     multihost_utils.sync_global_devices('ama_jax: data prepared')
   # Its ValueErrors are bad settings or data (documented): one line each.
   with errors.reraise_as(errors.DataError, ValueError):
-    data = input_pipeline.load_protocol(config.data, config.seed)
+    data = input_pipeline.load_protocol(
+        config.data, config.seed,
+        input_size=models.input_size(config.model.arch))
   if several and jax.process_index() == 0:
     multihost_utils.sync_global_devices('ama_jax: data prepared')
   return data
@@ -362,9 +364,11 @@ class Trainer:
         'sigma': self.calibration.sigma,
         'one_sided': float(self.calibration.score == 'one_sided')})
     run.history.flush()
-    logging.info('epoch %d step %d: val AUROC %.4f (%s score; raw R %.4f)',
+    logging.info('epoch %d step %d: val AUROC %.4f (%s score; raw R %.4f)%s',
                  epoch + 1, self.step, self.val_auroc, self.calibration.score,
-                 val_metrics['raw_auroc'])
+                 val_metrics['raw_auroc'],
+                 '' if np.isfinite(self.val_auroc) else
+                 ' -- no anomalies in validation: the last state is kept')
     if self.val_auroc > self.best_val_auroc:
       self.best_val_auroc = self.val_auroc
       with self.timer('checkpoints'):

@@ -793,6 +793,11 @@ class Critic(nn.Module):
 _SHAPES = {'mnist': (28, 28), 'cifar': (32, 32)}
 
 
+def input_size(arch: str) -> Optional[tuple[int, int]]:
+  """(H, W) of the images `arch` takes; None for an unknown arch."""
+  return _SHAPES.get(arch)
+
+
 def create_models(
     model_config: ml_collections.ConfigDict,
     image_shape: Sequence[int],
@@ -825,7 +830,7 @@ def create_models(
         f'model.arch={arch!r} needs images of shape ({h}, {w}, C), got'
         f' {image_shape}; valid: ' + ', '.join(
             f'{a}: {s[0]}x{s[1]}xC' for a, s in _SHAPES.items())
-        + ' (set data.image_shape to convert).')
+        + ' (set data.image_size and data.channels to convert).')
   channels, w = image_shape[2], model_config.width
   latent_dim, sn = model_config.latent_dim, model_config.spectral_norm
   if arch == 'mnist':

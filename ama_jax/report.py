@@ -66,7 +66,8 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
     The results dict (without the run's timing).
   """
   results = {'config': checkpointing.config_to_dict(config),
-             'seed': config.seed, 'counts': data.counts, 'test': {}}
+             'seed': config.seed, 'counts': data.counts, 'test': {},
+             'model_selection': scoring.model_selection(data.val.labels)}
   candidates = [('last', state)]
   if best is not None:
     candidates.insert(0, ('best', best[0]))
@@ -124,10 +125,11 @@ def draw(workdir, data, state, eval_ae, calibration, r_train, r_test,
         test_normal=transform(r_test[test.labels == 0]),
         test_anomaly=transform(r_test[test.labels == 1]),
         title=f'{name} (best-validation state)', xlabel=name)
-  figures.roc_curves(
-      str(workdir / 'roc.png'), test.labels,
-      {f'calibrated ({calibration.score})': calibration.scores(r_test),
-       'raw R': r_test}, title='Test ROC')
+  if len(set(test.labels.tolist())) == 2:  # No ROC without anomalies.
+    figures.roc_curves(
+        str(workdir / 'roc.png'), test.labels,
+        {f'calibrated ({calibration.score})': calibration.scores(r_test),
+         'raw R': r_test}, title='Test ROC')
   ae_vars, _ = train.scoring_variables(state)
   rows = np.concatenate([np.flatnonzero(test.labels == 0)[:8],
                          np.flatnonzero(test.labels == 1)[:8]])
@@ -172,6 +174,9 @@ def summary(workdir: str) -> str:
   if 'best_step' in results:
     lines.append(f"best validation AUROC {results['best_val_auroc']:.4f} at "
                  f"step {results['best_step']}")
+  selection = results.get('model_selection', {})
+  if selection.get('criterion') == scoring.SELECTION_LAST:
+    lines.append(f"model selection: {selection['reason']}")
   for name, m in results['test'].items():
     score = results.get('calibration', {}).get(name, {}).get('score',
                                                              'two_sided')

@@ -19,6 +19,7 @@ AUROC (a choice on validation only).
 """
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -204,11 +205,54 @@ def choose_score(r_val: np.ndarray, labels: np.ndarray, mu: float,
   return max(SCORES, key=lambda s: (aurocs[s], s == 'two_sided'))
 
 
+def _metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+  """`evaluation.compute_metrics`, or NaN for every ROC/PR metric when the
+  labels hold one class (a split of normal images only)."""
+  labels = np.asarray(labels)
+  if len(set(labels.tolist())) == 2:
+    return evaluation.compute_metrics(labels, scores)
+  return {'auroc': math.nan, 'auprc_anomaly': math.nan,
+          'auprc_normal': math.nan, 'fpr80': math.nan, 'fpr95': math.nan,
+          'num_normal': int(np.sum(labels == 0)),
+          'num_anomaly': int(np.sum(labels == 1))}
+
+
 def evaluate(r: np.ndarray, labels: np.ndarray,
              calibration: Calibration) -> dict[str, float]:
-  """Metrics of the calibrated score and of raw R (prefix `raw_`)."""
-  metrics = evaluation.compute_metrics(labels, calibration.scores(r))
-  raw = evaluation.compute_metrics(labels, r)
+  """Metrics of the calibrated score and of raw R (prefix `raw_`).
+
+  A split without anomalies (or without normals) gets NaN for AUROC, AUPRC
+  and FPR at TPR: they are undefined there.
+  """
+  metrics = _metrics(labels, calibration.scores(r))
+  raw = _metrics(labels, r)
   metrics.update({f'raw_{k}': v for k, v in raw.items()
                   if not k.startswith('num_')})
   return metrics
+
+
+# Model selection (`loop.Trainer.validate`): the best validation AUROC of the
+# calibrated score. A validation split without anomalies (a folder of normal
+# images only) has no AUROC; the run then keeps its last state. Why not an
+# unsupervised criterion such as the lowest mean calibrated score of the
+# validation normals: that measures how alike R is on training and held-out
+# normals, which an untrained model satisfies as well as a trained one (no
+# gap either way), so it tends to pick early, under-trained states and says
+# nothing about anomalies. The full schedule (learning-rate decay, the
+# negatives' ramp) is what the paper trains for.
+SELECTION_AUROC, SELECTION_LAST = 'best_val_auroc', 'last_state'
+
+
+def model_selection(val_labels: np.ndarray) -> dict[str, str]:
+  """How a run with these validation labels selects its model.
+
+  Returns:
+    {'criterion': 'best_val_auroc' | 'last_state', 'reason': text}.
+  """
+  if {0, 1} <= set(np.asarray(val_labels).tolist()):
+    return {'criterion': SELECTION_AUROC,
+            'reason': 'the highest validation AUROC of the calibrated score'}
+  return {'criterion': SELECTION_LAST,
+          'reason': 'validation holds no anomalies, so no AUROC: the last '
+                    'state is kept (the full training schedule), and its '
+                    'threshold is set on the validation normals'}

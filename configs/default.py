@@ -68,28 +68,53 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
 
   # --- Data and experiment protocol (paper, "Experiments" + appendix). ---
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = 'fashion_mnist'  # TFDS name of the normal dataset.
+  # The normal dataset: 'mnist' | 'fashion_mnist' | 'cifar10' |
+  # 'svhn_cropped' (built in, with offline copies), any TFDS image dataset
+  # ('tfds:NAME' or 'NAME'), 'folder:PATH' (a folder of PNG/JPEG/BMP images:
+  # class subfolders, normal/ (+ anomaly/), or flat; optionally inside
+  # train/ and test/) or 'array:PATH' (.npy/.npz, labels optional). README,
+  # "Your own data".
+  data.dataset = 'fashion_mnist'
   data.protocol = 'ood'  # 'one_class' | 'ood'.
-  # One-class: normal class(es) of `dataset`, as indices or names.
+  # One-class: normal class(es) of `dataset`, as indices or names (class
+  # folder names for a folder; 'normal' for its normal/ + anomaly/ layout).
   data.normal_classes = (0,)
-  data.ood_dataset = 'mnist'  # OOD: TFDS name of the anomaly dataset.
+  data.ood_dataset = 'mnist'  # OOD: the anomaly dataset, same forms.
   # Validation: normals held out of train + anomalies (never in train).
   # Paper: 100 + 10 (one-class), 500 + 50 (OOD).
   data.num_val_normal = 500
   data.num_val_anomaly = 50
-  data.num_test_anomaly = 1000  # OOD: anomaly-dataset test images in test.
+  # OOD: anomaly-dataset test images in test (None: all of its test split).
+  data.num_test_anomaly = 1000
   # Semi-supervised (appendix Table 6): labelled anomalies added to train,
   # as a fraction of the number of normal training images.
   data.semi_supervised_ratio = 0.0
   # Corruption (appendix Fig. 8): anomalies added to train labelled normal,
   # as a fraction of the number of normal training images.
   data.corruption_ratio = 0.0
-  # Explicit shape conversion when paired datasets differ, e.g. (32, 32, 3):
-  # images are zero-padded / resized and channels repeated or averaged.
-  # None: shapes must match (else a clear error).
-  data.image_shape = placeholder(tuple)
+  # Explicit conversion of every image to the model's input (28x28 for
+  # model.arch='mnist', 32x32 for 'cifar'; ama_jax/datasets/image_files.py):
+  # image_size: target height = width in pixels, None: keep the images' own
+  # (then they must all share it, and it must be the model's);
+  # channels: 1 (grey) | 3 (RGB), None: keep the images' own (shared);
+  # resize: 'bilinear' (antialiased, aspect not kept) | 'nearest' | 'crop'
+  # (central crop to the target's aspect, then bilinear) | 'pad' (centred
+  # in a black frame when smaller, bilinear when larger). Grey -> RGB
+  # repeats the channel, RGB -> grey is the ITU-R 601-2 luma.
+  data.image_size = placeholder(int)
+  data.channels = placeholder(int)
+  data.resize = 'bilinear'
+  # Share of a dataset's images held out (per class, from the seed) as its
+  # test split when it has none of its own (a folder without test/, an
+  # array without test arrays); in (0, 1).
+  data.test_fraction = 0.2
+  # Whether TFDS may download a dataset that has no local copy (tried only
+  # after its hosts answered within a few seconds; False: never).
+  data.download = True
   data.data_dir = placeholder(str)  # TFDS data_dir; None: <repo>/data/tfds.
-  data.raw_dir = placeholder(str)  # Offline IDX files; None: <repo>/data/raw.
+  # Offline IDX files (<raw_dir>/mnist/...) and CIFAR-10 / SVHN archives
+  # (<raw_dir>/cifar10/, <raw_dir>/svhn_cropped/); None: <repo>/data/raw.
+  data.raw_dir = placeholder(str)
 
   # --- Model (appendix Tables 3-4). ---
   config.model = model = ml_collections.ConfigDict()

@@ -220,7 +220,7 @@ class CheckpointingTest(absltest.TestCase):
   def test_flat_hparams_are_scalars(self):
     hparams = checkpointing.flat_hparams(self.config)
     self.assertEqual(hparams['model.width'], 8)
-    self.assertEqual(hparams['data.image_shape'], 'None')
+    self.assertEqual(hparams['data.image_size'], 'None')
     self.assertEqual(hparams['optim.decay_at'], '[0.3, 0.6, 0.9]')
 
 

@@ -19,6 +19,7 @@ _VARIANTS = {
     'fmnist_oneclass': ('trouser', '0,runlocal'),
     'cifar_svhn': (None, 'runlocal'),
     'cifar_oneclass': ('ship', 'ship,runlocal'),
+    'folder': (None, '3,runlocal', 'cat+dog,cifar', 'cifar,runlocal'),
 }
 
 
@@ -81,14 +82,31 @@ class FieldRulesTest(parameterized.TestCase):
       # (field, bad value, what the message says is allowed)
       ('seed', -1, r'integer in \[0, 4294967295\]'),
       ('seed', 2**32, r'integer in \[0, 4294967295\]'),
-      ('data.dataset', 'imagenet', r"one of 'mnist', 'fashion_mnist'"),
+      ('data.dataset', '', r"built-in dataset \('mnist', 'fashion_mnist'"),
+      ('data.dataset', '/no/such/folder', r'no such folder, and not a TFDS '
+       r"name; must be a built-in dataset .*'folder:PATH', "
+       r"'array:X\.npy\[,labels=Y\.npy\]'"),
+      ('data.dataset', 'no such.npz', r'no such file no such\.npz'),
+      ('data.dataset', 'folder:', 'folder: needs a path after it'),
+      ('data.dataset', 'tfds: ', 'tfds: needs a name after it'),
+      ('data.dataset', 3, 'must be a built-in dataset'),
+      ('data.ood_dataset', 'mnist digits', 'not a TFDS name'),
       ('data.protocol', 'two_class', r"one of 'one_class', 'ood'"),
       ('data.normal_classes', (), 'non-empty tuple of class indices'),
       ('data.num_val_normal', 0, r'integer >= 1'),
       ('data.num_val_anomaly', -3, r'integer >= 1'),
       ('data.semi_supervised_ratio', 1.0, r'finite number in \[0, 1\)'),
       ('data.corruption_ratio', float('nan'), r'finite number in \[0, 1\)'),
-      ('data.image_shape', (32, 32, 2), r'\(H, W, C\) .* C 1 or 3'),
+      ('data.num_test_anomaly', -1, r'integer >= 0 or None'),
+      ('data.image_size', 0, r'integer >= 1 or None'),
+      ('data.image_size', 28.0, r'integer >= 1 or None'),
+      ('data.channels', 2, r'one of 1, 3 or None'),
+      ('data.channels', True, r'one of 1, 3 or None'),
+      ('data.resize', 'bicubic', r"one of 'bilinear', 'nearest', 'crop', "
+       r"'pad'"),
+      ('data.test_fraction', 0.0, r'finite number in \(0, 1\)'),
+      ('data.test_fraction', 1.0, r'finite number in \(0, 1\)'),
+      ('data.download', 'no', 'True or False'),
       ('data.data_dir', '', 'non-empty string or None'),
       ('data.max_train', 0, r'integer >= 1 or None'),
       ('data.max_test', 1, r'integer >= 2 or None'),
@@ -162,12 +180,47 @@ class FieldRulesTest(parameterized.TestCase):
     self.assertNotIn('\n', str(raised.exception))
 
   def test_placeholders_accept_none_and_a_value(self):
-    for field, value in (('data.max_train', 50), ('data.image_shape', None),
+    for field, value in (('data.max_train', 50), ('data.image_size', None),
+                         ('data.image_size', 28), ('data.channels', 3),
+                         ('data.num_test_anomaly', None),
                          ('train.halt_after_steps', 3),
                          ('eval.calibration_size', None),
                          ('data.raw_dir', '/data/raw')):
       with self.subTest(field=field):
         self.assertEqual(_problems(_runlocal(**{field: value})), [])
+
+
+class DatasetsTest(absltest.TestCase):
+  """data.dataset / data.ood_dataset take every form the pipeline reads."""
+
+  def test_every_dataset_form_is_accepted(self):
+    root = pathlib.Path(self.create_tempdir().full_path)
+    (root / 'images').mkdir()
+    (root / 'x.npy').write_bytes(b'')
+    (root / 'd.npz').write_bytes(b'')
+    for spec in ('mnist', 'svhn_cropped', 'folder:/not/yet/there',
+                 'array:/a/x.npy,labels=/a/y.npy', 'array:/a/d.npz',
+                 'tfds:huggingface:mnist', 'cats_vs_dogs', 'cifar10_corrupted/'
+                 'gaussian_noise_1', 'mnist:3.*.*', str(root / 'images'),
+                 str(root / 'x.npy'), f'{root / "x.npy"},labels=y.npy',
+                 str(root / 'd.npz')):
+      for field in ('data.dataset', 'data.ood_dataset'):
+        with self.subTest(spec=spec, field=field):
+          self.assertIsNone(config_checks.field_rule(field).problem(spec))
+
+  def test_classes_and_shapes_of_other_datasets_are_left_to_the_pipeline(
+      self):
+    # Unknown class names and the images' shapes are only known once the
+    # folder is read: the config checks must not guess.
+    self.assertEqual(_problems(_runlocal(**{
+        'data.protocol': 'one_class', 'data.dataset': 'folder:/imgs',
+        'data.normal_classes': ('cat',), 'model.arch': 'cifar'})), [])
+    self.assertEqual(_problems(_runlocal(**{
+        'data.dataset': 'folder:/normal', 'data.ood_dataset': 'cifar10',
+        'data.num_test_anomaly': None})), [])
+    # A built-in's classes are still checked.
+    self.assertLen(_problems(_runlocal(**{
+        'data.protocol': 'one_class', 'data.normal_classes': ('cat',)})), 1)
 
 
 class CombinationsTest(parameterized.TestCase):
@@ -186,9 +239,21 @@ class CombinationsTest(parameterized.TestCase):
        r'batch_size=16 is larger than the training set'),
       ('arch_vs_images', {'model.arch': 'cifar'}, 2,
        r"model\.arch='cifar' takes 32x32 images but fashion_mnist images "
-       r'are 28x28; set data\.image_shape=\(32, 32, 1\)'),
-      ('arch_vs_image_shape', {'data.image_shape': (32, 32, 1)}, 2,
-       r"model\.arch='mnist' takes 28x28 .* or model\.arch='cifar'"),
+       r'are 28x28; set data\.image_size=32 to convert them or '
+       r"model\.arch='mnist'"),
+      ('arch_vs_image_size', {'data.image_size': 32}, 2,
+       r"data\.image_size=32 but model\.arch='mnist' takes 28x28 images; "
+       r"set data\.image_size=28 or model\.arch='cifar'"),
+      ('arch_vs_image_size_of_a_folder', {'data.image_size': 64,
+                                          'data.dataset': 'folder:/x'}, 2,
+       r'data\.image_size=64 but .* set data\.image_size=28\.$'),
+      ('datasets_of_different_sizes', {'data.ood_dataset': 'cifar10'}, 2,
+       r'data\.image_size=None but fashion_mnist images are 28x28 and '
+       r'cifar10 images are 32x32; set data\.image_size=28'),
+      ('datasets_of_different_channels', {'data.ood_dataset': 'cifar10',
+                                          'data.image_size': 28}, 2,
+       r'data\.channels=None but fashion_mnist images have 1 channel and '
+       r'cifar10 images have 3 channels; set data\.channels=1'),
       ('ood_needs_another_dataset', {'data.ood_dataset': 'fashion_mnist'}, 2,
        r"data\.ood_dataset='fashion_mnist': the ood protocol needs"),
       ('ood_needs_test_anomalies', {'data.num_test_anomaly': 0}, 2,

@@ -10,7 +10,7 @@ from configs import default
 _CONFIGS = {
     'default': None, 'fmnist_mnist': None, 'mnist_oneclass': '3',
     'fmnist_oneclass': 'trouser', 'cifar_svhn': None,
-    'cifar_oneclass': 'ship',
+    'cifar_oneclass': 'ship', 'folder': '3',
 }
 
 
@@ -50,6 +50,17 @@ class ConfigsTest(parameterized.TestCase):
     self.assertEqual(oneclass.get_config('3').data.num_val_normal, 100)
     with self.assertRaisesRegex(ValueError, 'one class token'):
       oneclass.get_config('3,4')
+
+  def test_folder_config(self):
+    folder = importlib.import_module('configs.folder')
+    config = folder.get_config()
+    self.assertEqual((config.data.protocol, config.data.normal_classes,
+                      config.data.image_size, config.model.arch),
+                     ('one_class', ('normal',), 28, 'mnist'))
+    config = folder.get_config('cat+dog,cifar,runlocal')
+    self.assertEqual((config.data.normal_classes, config.data.image_size,
+                      config.model.arch, config.model.width),
+                     (('cat', 'dog'), 32, 'cifar', 8))
 
   def test_every_config_file_is_tested(self):
     files = {p.stem for p in pathlib.Path(default.__file__).parent.glob(

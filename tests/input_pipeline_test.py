@@ -207,6 +207,10 @@ class MockDataTest(SplitChecks):
   def setUp(self):
     super().setUp()
     self.enter_context(tfds.testing.mock_data(num_examples=200))
+    # No prepared copy, no archive: the download path (mocked), as on a
+    # machine with network access.
+    self.enter_context(mock.patch.object(input_pipeline, 'unreachable',
+                                         return_value=None))
 
   def test_one_class_cifar10(self):
     data = input_pipeline.load_protocol(
@@ -233,20 +237,36 @@ class MockDataTest(SplitChecks):
                                            'anomaly': 30, 'corrupted': 0})
     np.testing.assert_array_equal(data.test.sources, data.test.labels)
 
-  def test_mismatched_shapes_need_image_shape(self):
+  def test_mismatched_shapes_need_image_size(self):
     config = data_config(dataset='cifar10', ood_dataset='mnist',
                          num_val_normal=20, num_val_anomaly=10,
                          num_test_anomaly=30)
     with self.assertRaisesRegex(
-        ValueError, r'cifar10 images have shape \(32, 32, 3\) but mnist '
-        r'images have shape \(28, 28, 1\); set data.image_shape'):
+        ValueError, r'Images differ in size \(HxW\): 32x32 in cifar10; 28x28 '
+        r'in mnist; set data.image_size \(with data.resize: '
+        r'bilinear\|nearest\|crop\|pad\)'):
+      input_pipeline.load_protocol(config, seed=0)
+    config.image_size = 32
+    with self.assertRaisesRegex(
+        ValueError, r'Images differ in channels: 3 in cifar10; 1 in mnist; '
+        'set data.channels'):
       input_pipeline.load_protocol(config, seed=0)
 
-  def test_image_shape_pads_and_repeats_grey(self):
+  def test_model_input_size_is_checked(self):
+    config = data_config(dataset='cifar10', ood_dataset='svhn_cropped',
+                         num_val_normal=20, num_val_anomaly=10,
+                         num_test_anomaly=30)
+    with self.assertRaisesRegex(
+        ValueError, r'the images are 32x32 \(HxW\), which is not the '
+        r"model's input size 28x28 \(model.arch\); set data.image_size=28"):
+      input_pipeline.load_protocol(config, seed=0, input_size=(28, 28))
+
+  def test_image_size_pads_and_repeats_grey(self):
     data = input_pipeline.load_protocol(
         data_config(dataset='cifar10', ood_dataset='mnist', num_val_normal=20,
                     num_val_anomaly=10, num_test_anomaly=30,
-                    image_shape=(32, 32, 3)), seed=0)
+                    image_size=32, channels=3, resize='pad'), seed=0,
+        input_size=(32, 32))
     self.assert_well_formed(data)
     digits = data.test.images[data.test.sources == 1]
     self.assertEqual(digits.shape, (30, 32, 32, 3))
@@ -254,13 +274,55 @@ class MockDataTest(SplitChecks):
     np.testing.assert_array_equal(digits[:, :, -2:], -1.0)
     np.testing.assert_array_equal(digits[..., 0], digits[..., 2])
 
-  def test_image_shape_resizes_and_averages_colour(self):
+  def test_image_size_resizes_colour_to_grey(self):
     data = input_pipeline.load_protocol(
         data_config(dataset='cifar10', ood_dataset='mnist', num_val_normal=20,
                     num_val_anomaly=10, num_test_anomaly=30,
-                    image_shape=(28, 28, 1)), seed=0)
+                    image_size=28, channels=1), seed=0)
     self.assert_well_formed(data)
     self.assertEqual(data.train.images.shape[1:], (28, 28, 1))
+
+  def test_old_image_shape_field_still_reads(self):
+    # Configs saved in checkpoints before data.image_size existed.
+    conv = input_pipeline.conversion({'image_shape': (32, 32, 3)})
+    self.assertEqual(conv, input_pipeline.Conversion((32, 32), 3, 'pad'))
+
+  def test_any_tfds_image_dataset_by_name(self):
+    data = input_pipeline.load_protocol(
+        data_config(protocol='one_class', dataset='tfds:kmnist',
+                    normal_classes=('o',), num_val_normal=5,
+                    num_val_anomaly=5), seed=0, input_size=(28, 28))
+    self.assert_well_formed(data)
+    self.assertEqual(data.image_shape, (28, 28, 1))
+    np.testing.assert_array_equal(data.train.classes, 0)  # 'o' is class 0.
+
+  def test_tfds_dataset_of_varying_sizes_needs_image_size(self):
+    config = data_config(protocol='one_class', dataset='cats_vs_dogs',
+                         normal_classes=('cat',), num_val_normal=5,
+                         num_val_anomaly=5)
+    with self.assertRaisesRegex(
+        ValueError, r'cats_vs_dogs images have no fixed size \(HxW\) \(TFDS '
+        r'shape \?x\?\); set data.image_size'):
+      input_pipeline.load_protocol(config, seed=0)
+    # Mock images are as small as 1 pixel: framed, not upscaled.
+    config.update(dict(image_size=32, resize='pad'))
+    data = input_pipeline.load_protocol(config, seed=0, input_size=(32, 32))
+    self.assert_well_formed(data)
+    self.assertEqual(data.image_shape, (32, 32, 3))
+
+  def test_tfds_dataset_without_a_label_feature(self):
+    config = data_config(protocol='one_class', dataset='celeb_a_hq')
+    with self.assertRaisesRegex(
+        ValueError, r'needs classes.*has none \(its features have no '
+        r'ClassLabel \(image: Image\(1024, 1024, 3\)'):
+      input_pipeline.load_protocol(config, seed=0)
+
+  def test_tfds_dataset_without_an_image_feature(self):
+    config = data_config(protocol='one_class', dataset='imdb_reviews')
+    with self.assertRaisesRegex(
+        ValueError, "data.dataset='imdb_reviews' has no image feature.*its "
+        r'features: text: Text\(\), label: ClassLabel\(\)'):
+      input_pipeline.load_protocol(config, seed=0)
 
 
 class ErrorsTest(parameterized.TestCase):
@@ -268,16 +330,18 @@ class ErrorsTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
       ('dataset', dict(dataset='imagenet'),
-       "Unknown dataset data.dataset='imagenet'; valid TFDS names: mnist, "
-       'fashion_mnist, cifar10, svhn_cropped'),
+       "Unknown dataset data.dataset='imagenet': not a built-in dataset "
+       r'\(mnist, fashion_mnist, cifar10, svhn_cropped\), not a TFDS dataset '
+       'and not an existing path. Give folder:PATH'),
       ('ood_dataset', dict(ood_dataset='svhn'),
-       "Unknown dataset data.ood_dataset='svhn'; valid"),
+       "Unknown dataset data.ood_dataset='svhn': not a built-in"),
       ('same_datasets', dict(ood_dataset='fashion_mnist'),
        "ood_dataset='fashion_mnist' must differ"),
       ('protocol', dict(protocol='two_class'),
        r"Unknown data.protocol='two_class'; valid: \['one_class', 'ood'\]"),
       ('class_index', dict(protocol='one_class', normal_classes=(10,)),
-       r'Class index 10 is out of range for fashion_mnist: valid 0..9'),
+       r'Class index 10 is out of range for fashion_mnist: valid names: '
+       r"\['T-shirt/top'.*\(or indices 0..9\)"),
       ('class_name', dict(protocol='one_class', dataset='cifar10',
                           normal_classes=('banana',)),
        r"Unknown class 'banana' of cifar10; valid names: \['airplane'"),
@@ -290,8 +354,15 @@ class ErrorsTest(parameterized.TestCase):
        r'data.corruption_ratio=-0.1 must be in \[0, 1\)'),
       ('num_val', dict(num_val_normal=-1),
        'data.num_val_normal=-1 must be an integer >= 0'),
-      ('image_shape', dict(image_shape=(32, 32, 2)),
-       r'data.image_shape=\(32, 32, 2\) must be \(H, W, C\)'),
+      ('image_size', dict(image_size=-3),
+       r'data.image_size=-3 must be a positive integer'),
+      ('channels', dict(channels=2), r'data.channels=2 must be 1 \(grey\), 3'),
+      ('resize', dict(resize='cubic'),
+       r"Unknown data.resize='cubic'; valid: \['bilinear', 'nearest', "
+       r"'crop', 'pad'\]"),
+      ('test_fraction', dict(test_fraction=0.0),
+       r'data.test_fraction=0.0 must be in \(0, 1\)'),
+      ('empty_dataset', dict(dataset=''), "data.dataset='' must name"),
       ('max_test', dict(max_test=1),
        'data.max_test=1 must be an integer >= 2 or None'),
   )
@@ -306,10 +377,15 @@ class ErrorsTest(parameterized.TestCase):
   def test_missing_offline_files_name_the_fetch_command(self):
     config = data_config(raw_dir=self.create_tempdir().full_path,
                          data_dir=self.create_tempdir().full_path)
-    no_network = mock.patch.object(tfds, 'data_source',
-                                   side_effect=ConnectionError('offline'))
-    with no_network, self.assertRaisesRegex(
-        ValueError, r'Could not load mnist/train.*ConnectionError: offline.*'
+    # Hosts answer, but the download itself fails.
+    reachable = mock.patch.object(input_pipeline, 'unreachable',
+                                  return_value=None)
+    no_network = mock.patch.object(
+        tfds.core.DatasetBuilder, 'download_and_prepare',
+        side_effect=ConnectionError('offline'))
+    with reachable, no_network, self.assertRaisesRegex(
+        input_pipeline.DataUnavailableError,
+        r'Could not load mnist: .*ConnectionError: offline.*'
         r'missing from .*: run `bash scripts/setup\.sh`'):
       input_pipeline.load_raw('mnist', 'train', config)
 

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+from unittest import mock as mock_lib
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -14,6 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ama_jax import checkpointing
+from ama_jax import input_pipeline
 from ama_jax import loop
 from ama_jax import train
 from configs import cifar_oneclass
@@ -82,7 +84,9 @@ class MainTest(parameterized.TestCase):
     config = module.get_config(arg)
     workdir = pathlib.Path(self.create_tempdir().full_path)
     if mock:  # CIFAR-10 / SVHN cannot be downloaded here.
-      with tfds.testing.mock_data(num_examples=1024):
+      # Mocked TFDS "downloads": the hosts need not answer.
+      with tfds.testing.mock_data(num_examples=1024), mock_lib.patch.object(
+          input_pipeline, 'unreachable', return_value=None):
         loop.train_and_evaluate(config, str(workdir))
     else:
       loop.train_and_evaluate(config, str(workdir))

@@ -1,2 +1,5 @@
-"""Local TFDS builders; importing this package registers them with TFDS."""
-from ama_jax.datasets import idx_images  # Registers `idx_images`.
+"""Dataset readers and local TFDS builders.
+
+Importing a builder's module registers it with TFDS (`input_pipeline`
+imports `idx_images` and `local_images`); `image_files` needs no TFDS.
+"""

@@ -1,0 +1,320 @@
+r"""Writes a trained model as a self-contained scorer: StableHLO via jax.export.
+
+  python -m ama_jax.export --workdir=W --output=DIR [--kind=best|latest] \
+      [--step=N] [--platforms=cpu,cuda,tpu] [--savedmodel]
+
+DIR then holds
+
+* `scorer.jaxexport`: a serialized `jax.export.Exported` (StableHLO plus its
+  calling convention) of
+
+      scorer(images: float32 [batch, H, W, C] in [-1, 1])
+        -> (r: float32 [batch], score: float32 [batch],
+            is_anomaly: bool [batch])
+
+  with the encoder, generator and critic weights (the moving averages if
+  the run kept them, `train.scoring_variables`), mu, sigma, the calibrated
+  score's kind ('two_sided' (R - mu)^2 / (2 sigma^2) or 'one_sided'
+  (R - mu) / sigma) and the decision threshold (is_anomaly = score >
+  threshold) baked in as constants. `batch` is symbolic: any number of
+  images per call. Lowered for every platform in `--platforms`.
+* `scorer.json`: what it expects and computes (image shape, the conversion
+  the run applied to its training images, calibration, where it came from,
+  jax version, platforms).
+* `README.md` and `score_exported.py`: a loader that needs only jax and
+  numpy (the README of the repository shows the same code).
+* with `--savedmodel`, `savedmodel/`: a TensorFlow SavedModel of the same
+  function (jax2tf, native serialization: the StableHLO inside an
+  XlaCallModule op) for TF Serving or `tf.saved_model.load`; signature
+  `serving_default(images: float32 [None, H, W, C]) -> {'r', 'score',
+  'is_anomaly'}`. Needs TensorFlow (in requirements.txt) to write, and
+  TensorFlow only to load.
+
+Scores agree with `python -m ama_jax.score` on the same images up to float32
+rounding of the calibration constants (~1e-6 relative): the exported
+function computes in float32 where `ama_jax.score` calibrates in float64, so
+an image that sits exactly on the threshold may be classified differently.
+`python -m ama_jax.score --workdir=DIR` scores with the exported directory
+too. A serialized export is readable by later jax versions within
+`jax.export`'s compatibility window (see its documentation).
+
+Known problems (no workdir or checkpoint, a damaged checkpoint, unknown
+platforms, an output that is not a folder) end in one line `error: ...` on
+stderr and exit status 1 (`--verbose`: with its traceback).
+"""
+import json
+import os
+import pathlib
+from typing import Any, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from jax import export as jax_export
+import jax.numpy as jnp
+import numpy as np
+
+from ama_jax import checkpointing
+from ama_jax import cli
+from ama_jax import errors
+from ama_jax import scoring
+
+FUNCTION_FILE, META_FILE = 'scorer.jaxexport', 'scorer.json'
+FORMAT = 'ama_jax.export/1'
+OUTPUTS = ('r', 'score', 'is_anomaly')
+PLATFORMS = ('cpu', 'cuda', 'tpu')
+
+# The loader the README shows (tests run this exact text in a fresh process
+# that imports neither ama_jax nor flax).
+LOADER = '''\
+import json
+import sys
+
+import numpy as np
+from jax import export
+
+
+def load_scorer(directory):
+  """(scorer, meta): scorer(uint8 images [N, H, W(, C)]) -> r, score, flag."""
+  with open(f'{directory}/scorer.json') as f:
+    meta = json.load(f)
+  with open(f'{directory}/scorer.jaxexport', 'rb') as f:
+    exported = export.deserialize(bytearray(f.read()))
+
+  def scorer(images, batch_size=1000):
+    x = np.asarray(images).reshape(len(images), *meta['image_shape'])
+    x = x.astype(np.float32) / 127.5 - 1.0  # uint8 0..255 -> [-1, 1].
+    out = [exported.call(x[i:i + batch_size])
+           for i in range(0, len(x), batch_size)]
+    return tuple(np.concatenate([np.asarray(o[k]) for o in out])
+                 for k in range(3))
+  return scorer, meta
+
+
+if __name__ == '__main__':
+  # python score_exported.py EXPORT_DIR images.npy scores.csv
+  scorer, meta = load_scorer(sys.argv[1])
+  r, score, is_anomaly = scorer(np.load(sys.argv[2]))
+  np.savetxt(sys.argv[3], np.stack([r, score, is_anomaly], axis=1),
+             delimiter=',', header='r,score,is_anomaly', comments='')
+'''
+
+
+class ExportError(errors.UserError):
+  """A problem with the command's inputs; its message says what to fix."""
+
+
+def scoring_function(ae_model, critic_model, ae_vars, critic_vars,
+                     calibration: scoring.Calibration):
+  """images [b, H, W, C] -> (r, score, is_anomaly), constants baked in."""
+  mu, sigma = np.float32(calibration.mu), np.float32(calibration.sigma)
+  threshold = np.float32(calibration.threshold)
+  if calibration.score not in scoring.SCORES:
+    raise ExportError(f'Unknown score {calibration.score!r}; valid: '
+                      f'{scoring.SCORES}.')
+
+  def scorer(images: jax.Array):
+    r = scoring.raw_scores(ae_model, critic_model, ae_vars, critic_vars,
+                           images)
+    z = (r - mu) / sigma  # scoring.calibrated_scores, in float32.
+    score = z * z / 2.0 if calibration.score == 'two_sided' else z
+    return r, score, score > threshold
+
+  return scorer
+
+
+def export_scorer(scorer, image_shape: Sequence[int],
+                  platforms: Sequence[str] = PLATFORMS
+                  ) -> jax_export.Exported:
+  """jax.export of `scorer` with a symbolic batch dimension."""
+  batch, = jax_export.symbolic_shape('batch')
+  spec = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+  return jax_export.export(jax.jit(scorer), platforms=tuple(platforms))(spec)
+
+
+def write_savedmodel(path: os.PathLike | str, scorer,
+                     image_shape: Sequence[int],
+                     platforms: Sequence[str] = PLATFORMS) -> None:
+  """`scorer` as a TensorFlow SavedModel (see the module docstring)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  h, w, c = (int(d) for d in image_shape)
+
+  def named(images):
+    return dict(zip(OUTPUTS, scorer(images)))
+
+  tf_fn = jax2tf.convert(named, polymorphic_shapes=[f'(b, {h}, {w}, {c})'],
+                         native_serialization_platforms=tuple(platforms),
+                         with_gradient=False)
+  module = tf.Module()
+  module.serve = tf.function(
+      tf_fn, autograph=False,
+      input_signature=[tf.TensorSpec([None, h, w, c], tf.float32,
+                                     name='images')])
+  tf.saved_model.save(module, str(path), signatures={
+      'serving_default': module.serve.get_concrete_function()})
+
+
+def is_exported(path: os.PathLike | str) -> bool:
+  """Whether `path` is a directory written by this program."""
+  path = pathlib.Path(path)
+  return (path / META_FILE).is_file() and (path / FUNCTION_FILE).is_file()
+
+
+def load(path: os.PathLike | str) -> tuple[jax_export.Exported, dict]:
+  """(exported function, meta) of an export directory.
+
+  Raises:
+    ExportError: missing or unreadable files, or another format.
+  """
+  path = pathlib.Path(path)
+  try:
+    meta = json.loads((path / META_FILE).read_text())
+    exported = jax_export.deserialize(bytearray(
+        (path / FUNCTION_FILE).read_bytes()))
+  except (OSError, ValueError, TypeError) as e:
+    raise ExportError(f'Cannot read the exported scorer in {path}: '
+                      f'{type(e).__name__}: {e}') from e
+  if meta.get('format') != FORMAT:
+    raise ExportError(f'{path / META_FILE} is not an {FORMAT} scorer '
+                      f'(format {meta.get("format")!r}).')
+  return exported, meta
+
+
+def write(output: os.PathLike | str, exported: jax_export.Exported,
+          meta: dict[str, Any]) -> pathlib.Path:
+  """Writes the function, its meta, the README and the loader."""
+  output = pathlib.Path(output)
+  output.mkdir(parents=True, exist_ok=True)
+  (output / FUNCTION_FILE).write_bytes(bytes(exported.serialize()))
+  (output / META_FILE).write_text(json.dumps(
+      checkpointing.to_json(meta, 'meta'), indent=2))
+  (output / 'score_exported.py').write_text(LOADER)
+  h, w, c = meta['image_shape']
+  (output / 'README.md').write_text(
+      f'# AMA anomaly scorer ({h}x{w}x{c} images)\n\n'
+      'Needs only `jax` and `numpy`:\n\n'
+      f'    python score_exported.py . images.npy scores.csv\n\n'
+      f'`images.npy`: uint8 [N, {h}, {w}' + (f', {c}' if c > 1 else '')
+      + '] (0..255). Higher score = more anomalous; is_anomaly = score > '
+      f'{meta["calibration"]["threshold"]:.6g} ('
+      f'{meta["calibration"]["score"]} score, threshold at '
+      f'{meta["calibration"]["threshold_fpr"]:g} false positives on '
+      'held-out normals). Images of another size must first be converted as '
+      f'in training: {meta["preprocessing"]}.\n\n```python\n{LOADER}```\n')
+  return output
+
+
+def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
+        kind: Optional[str] = None, step: Optional[int] = None,
+        platforms: Sequence[str] = PLATFORMS,
+        savedmodel: bool = False) -> dict[str, Any]:
+  """Exports a checkpoint of `workdir` into `output`; returns the meta.
+
+  Raises:
+    errors.UserError: ExportError (bad platforms or output), score.ScoreError
+      (no usable checkpoint), input_pipeline.DataError (a conversion this
+      version does not know).
+  """
+  from ama_jax import score  # pylint: disable=g-import-not-at-top
+  unknown = sorted(set(platforms) - set(PLATFORMS))
+  if unknown or not platforms:
+    raise ExportError(f'--platforms={",".join(platforms)}: choose from '
+                      f'{",".join(PLATFORMS)}.')
+  output = pathlib.Path(output)
+  if output.exists() and not output.is_dir():
+    raise ExportError(f'Output {output} exists and is not a folder.')
+  workdir = pathlib.Path(workdir)
+  kind, step = score.locate(workdir, kind, step)
+  meta = score.read_checked_meta(workdir, kind, step)
+  state, ae_model, critic_model = score.restore_state(workdir, kind, meta)
+  from ama_jax import train  # pylint: disable=g-import-not-at-top
+  ae_vars, critic_vars = train.scoring_variables(state)
+  calibration = scoring.Calibration(
+      mu=meta['mu'], sigma=meta['sigma'], threshold=meta['threshold'],
+      threshold_fpr=meta.get('threshold_fpr', float('nan')),
+      score=meta.get('score', 'two_sided'))
+  image_shape = tuple(int(d) for d in meta['image_shape'])
+  scorer = scoring_function(ae_model, critic_model, ae_vars, critic_vars,
+                            calibration)
+  exported = export_scorer(scorer, image_shape, platforms)
+  data_config = meta['config'].get('data', {})
+  from ama_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  conv = input_pipeline.conversion(data_config)
+  out_meta = {
+      'format': FORMAT,
+      'function': FUNCTION_FILE,
+      'inputs': {'images': {
+          'shape': ['batch', *image_shape], 'dtype': 'float32',
+          'range': [-1.0, 1.0], 'from_uint8': 'x / 127.5 - 1'}},
+      'outputs': list(OUTPUTS),
+      'image_shape': list(image_shape),
+      'preprocessing': {'image_size': conv.image_size,
+                        'channels': conv.channels, 'resize': conv.resize},
+      'calibration': calibration.to_dict(),
+      'source': {'workdir': str(workdir.absolute()), 'kind': kind,
+                 'step': meta['step'], 'val_auroc': meta.get('val_auroc')},
+      'config': meta['config'],
+      'jax_version': jax.__version__,
+      'platforms': list(platforms),
+      'savedmodel': 'savedmodel' if savedmodel else None,
+  }
+  try:
+    write(output, exported, out_meta)
+    if savedmodel:
+      write_savedmodel(output / 'savedmodel', scorer, image_shape, platforms)
+  except OSError as e:
+    raise ExportError(f'Cannot write {output}: {e}') from e
+  logging.info('Exported %s step %d of %s to %s (%s).', kind, meta['step'],
+               workdir, output, ', '.join(platforms))
+  return out_meta
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  flags.DEFINE_string('workdir', None, 'Workdir of a training run.',
+                      flag_values=flag_values)
+  flags.DEFINE_string('output', None, 'Folder to write the scorer into.',
+                      flag_values=flag_values)
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best or '
+                       'latest one).', flag_values=flag_values)
+  flags.DEFINE_enum('kind', None, ['best', 'latest'], 'Checkpoint kind '
+                    '(default: best, else latest).', flag_values=flag_values)
+  flags.DEFINE_list('platforms', list(PLATFORMS), 'Platforms to lower for.',
+                    flag_values=flag_values)
+  flags.DEFINE_bool('savedmodel', False, 'Also write a TensorFlow '
+                    'SavedModel (savedmodel/; needs TensorFlow).',
+                    flag_values=flag_values)
+
+
+def main(argv: Sequence[str],
+         flag_values: flags.FlagValues = flags.FLAGS) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from ama_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.setup()
+  fv = flag_values
+  try:
+    meta = run(fv.workdir, fv.output, kind=fv.kind, step=fv.step,
+               platforms=fv.platforms, savedmodel=fv.savedmodel)
+  except errors.UserError as e:  # ExportError, ScoreError, DataError, ...
+    return cli.report(e, flag_values=fv)  # One line, whatever the cause.
+  source = meta['source']
+  print(f'exported {source["kind"]} step {source["step"]} of '
+        f'{source["workdir"]} to {pathlib.Path(fv.output)}: '
+        f'{FUNCTION_FILE} ({", ".join(meta["platforms"])}), {META_FILE}, '
+        'score_exported.py' + (', savedmodel/' if fv.savedmodel else ''),
+        flush=True)
+  return 0
+
+
+def _cli_main(argv: Sequence[str]) -> int:
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  return main(argv)
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flags_as_required(['workdir', 'output'])
+  cli.run_main(_cli_main)
