@@ -320,7 +320,8 @@ FIELDS: dict[str, Rule] = {
     'sampling.radius_quantile': Float(0, 1),
     'sampling.start_epoch': Int(min=0),
     'sampling.start_step': Int(min=0, optional=True),
-    'sampling.ramp_steps': Int(min=0),
+    'sampling.start_fraction': Float(0, 1, max_open=True, optional=True),
+    'sampling.ramp_fraction': Float(0, 1),
     'sampling.fraction': FRACTION,
     # --- optim ---
     'optim.lr': Float(min=0, min_open=True),
@@ -503,7 +504,8 @@ def _negatives_schedule(config, context) -> list[str]:
   if s.style == 'none':
     return []
   problems = []
-  if s.get('start_step') is None and s.start_epoch >= epochs:
+  if (s.get('start_step') is None and s.get('start_fraction') is None
+      and s.start_epoch >= epochs):
     problems.append(
         f'sampling.start_epoch={s.start_epoch} with train.num_epochs='
         f'{epochs}: atypical selection (sampling.style={s.style!r}) would '

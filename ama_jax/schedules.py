@@ -19,9 +19,11 @@ The paper's schedule ('step') puts the boundaries at 30/60/90% of training
 (MultiStepLR at epochs 30/60/90 of 100); `optim.decay_at_epochs` gives them
 in epochs instead, which keeps them where they are when the run is shorter.
 
-Negatives (eq. 5): weight 0 before `sampling.start_epoch` (in epochs) or
-`sampling.start_step`, then lambda_neg, reached linearly over
-`sampling.ramp_steps` steps (0: at once, the paper).
+Negatives (eq. 5): weight 0 before the start of atypical selection, then
+lambda_neg, reached linearly over `sampling.ramp_fraction` of the run's
+steps (0: at once, the paper). The start is `sampling.start_step` if set,
+else `sampling.start_fraction` of the run's steps if set, else
+`sampling.start_epoch` epochs (the paper: 10).
 """
 import math
 from typing import Optional
@@ -60,7 +62,15 @@ def negatives_start_step(config: ml_collections.ConfigDict,
     return None
   if sampling.get('start_step') is not None:
     return int(sampling.start_step)
+  if sampling.get('start_fraction') is not None:
+    return int(round(sampling.start_fraction * total_steps(config,
+                                                           steps_per_epoch)))
   return int(sampling.start_epoch) * steps_per_epoch
+
+
+def total_steps(config: ml_collections.ConfigDict,
+                steps_per_epoch: int) -> int:
+  return steps_per_epoch * config.train.num_epochs
 
 
 def decay_boundaries(config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -95,7 +105,8 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
       cosine_start=np.int32(warmup), total_steps=np.int32(total_steps),
       final_lr_fraction=np.float32(optim.get('final_lr_fraction') or 0.0),
       negatives_start=np.int32(_NEVER if start is None else start),
-      ramp_steps=np.int32(sampling.get('ramp_steps') or 0),
+      ramp_steps=np.int32(round((sampling.get('ramp_fraction') or 0.0)
+                                * total_steps)),
       lambda_neg=np.float32(config.loss.lambda_neg))
 
 

@@ -158,10 +158,14 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   sampling.shell_radius = 'sqrt_d'
   sampling.radius_quantile = 0.5
   sampling.start_epoch = 10  # Negatives from this epoch on (paper: 10).
-  # Negatives from this step on instead (overrides start_epoch); None: off.
+  # Negatives from this fraction of the run's steps on instead (overrides
+  # start_epoch; keeps its place when the run is shorter); None: unused.
+  sampling.start_fraction = placeholder(float)
+  # Negatives from this step on (overrides both); None: unused.
   sampling.start_step = placeholder(int)
-  # lambda_neg rises linearly from 0 over this many steps (0: at once).
-  sampling.ramp_steps = 0
+  # lambda_neg rises linearly from 0 over this fraction of the run's steps
+  # (0: at once, the paper).
+  sampling.ramp_fraction = 0.0
   sampling.fraction = 0.1  # Fraction of each batch replaced by negatives.
 
   # --- Optimisation (appendix). ---
@@ -250,8 +254,9 @@ def apply_paper(config: ml_collections.ConfigDict) -> None:
   config.optim.b2 = 0.999
   config.sampling.shell_radius = 'sqrt_d'
   config.sampling.start_epoch = 10
+  config.sampling.start_fraction = None
   config.sampling.start_step = None
-  config.sampling.ramp_steps = 0
+  config.sampling.ramp_fraction = 0.0
   config.loss.gp_inter = False
   config.eval.score = 'two_sided'  # A(x), eq. 7.
 
