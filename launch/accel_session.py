@@ -21,7 +21,9 @@ from the start:
    `--archs` x `--batches` x `--dtypes`, largest batch first, each in a
    fresh process that compiles the step cold (its own empty persistent
    cache) and again warm (from that cache), times `--bench_steps` steps and
-   reports FLOPs, utilisation of the chip's peak and memory. Each appends
+   reports FLOPs, utilisation of the chip's peak and memory. `--variant`
+   adds runs of the first benchmark with more XLA flags (compile-time
+   levers to measure, e.g. autotuning off), right after it. Each appends
    its JSON line to OUT/bench.jsonl and its log to OUT/bench.log. A
    benchmark still running when the benchmarks' time is up is stopped (its
    log says how far it got: traced, compiled cold, compiled warm); the
@@ -83,18 +85,25 @@ class Benchmark:
   arch: str
   batch: int
   dtype: str
+  xla_flags: str = ''  # Added to XLA_FLAGS (a variant; see --variant).
+  variant: int = 0
 
   @property
   def name(self) -> str:
-    return f'{self.arch}_b{self.batch}_{self.dtype}'
+    suffix = f'_variant{self.variant}' if self.xla_flags else ''
+    return f'{self.arch}_b{self.batch}_{self.dtype}{suffix}'
 
 
-def benchmarks(archs: list[str], batches: list[int],
-               dtypes: list[str]) -> list[Benchmark]:
+def benchmarks(archs: list[str], batches: list[int], dtypes: list[str],
+               variants: tuple[str, ...] = ()) -> list[Benchmark]:
   """The benchmarks in the order they run: largest batch first (the
-  utilisation figure), then archs and dtypes in the order given."""
-  return [Benchmark(a, b, d) for b in sorted(batches, reverse=True)
+  utilisation figure), then archs and dtypes in the order given; each
+  variant (XLA flags) of the first one right after it."""
+  plan = [Benchmark(a, b, d) for b in sorted(batches, reverse=True)
           for a in archs for d in dtypes]
+  extra = [dataclasses.replace(plan[0], xla_flags=f, variant=i + 1)
+           for i, f in enumerate(variants)] if plan else []
+  return plan[:1] + extra + plan[1:]
 
 
 def benchmark_command(bench: Benchmark, args: argparse.Namespace,
@@ -215,12 +224,18 @@ def run_benchmarks(args, plan: list[Benchmark], out: pathlib.Path, env: dict,
       outcomes.append({'name': bench.name, 'skipped': True})
       continue
     lines = _read_lines(json_out)
+    env_b = bench_env
+    if bench.xla_flags:
+      env_b = dict(bench_env, XLA_FLAGS=' '.join(
+          f for f in (bench_env.get('XLA_FLAGS', ''), bench.xla_flags) if f))
     result = run(benchmark_command(bench, args, json_out), timeout_s=left,
-                 log=log, env=bench_env)
+                 log=log, env=env_b)
     new = _read_lines(json_out)[len(lines):]
     outcome = {'name': bench.name, **result}
-    if new:
-      outcome['result'] = json.loads(new[-1])
+    if bench.xla_flags:
+      outcome['xla_flags'] = bench.xla_flags
+    if new and _json(new[-1]):
+      outcome['result'] = _json(new[-1])
     outcomes.append(outcome)
     say(out, _brief(outcome))
   return outcomes
@@ -233,8 +248,8 @@ def _brief(outcome: dict) -> dict:
           'train_img_per_s', 'flops_per_step', 'utilisation',
           'peak_memory_mb')
   return {'name': outcome['name'],
-          **{k: outcome[k] for k in ('rc', 'timed_out', 'wall_s', 'skipped')
-             if k in outcome},
+          **{k: outcome[k] for k in ('xla_flags', 'rc', 'timed_out', 'wall_s',
+                                     'skipped') if k in outcome},
           **{k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k))
              for k in keys if k in r}}
 
@@ -257,22 +272,29 @@ def run_training(args, out: pathlib.Path, work: pathlib.Path, env: dict,
   result = run(train_command(args, budget, work / 'reproduce'),
                timeout_s=budget + args.stop_s, log=out / 'launcher.log',
                env=env)
-  lines = [l for l in _read_lines(out / 'launcher.log') if l.startswith('{')]
-  summary = json.loads(lines[-1]) if lines else None
+  # The launcher's JSON lines: progress, then (unless it was stopped) its
+  # summary, the one with 'workers'.
+  records = [_json(l) for l in _read_lines(out / 'launcher.log')
+             if l.startswith('{')]
+  summaries = [r for r in records if r and 'workers' in r]
   return {**result, 'budget_s': round(budget, 1),
-          'launcher_summary': summary, 'runs': _runs(work / 'reproduce')}
+          'launcher_summary': summaries[-1] if summaries else None,
+          'runs': _runs(work / 'reproduce')}
+
+
+def _json(line: str) -> Optional[dict]:
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError:
+    return None  # A line cut by a stop.
 
 
 def _runs(folder: pathlib.Path) -> list[dict]:
   """Each training run's last logged step and whether it finished."""
   runs = []
   for history in sorted(folder.glob('**/history.jsonl')):
-    steps = []
-    for line in history.read_text().splitlines():
-      try:
-        steps.append(json.loads(line).get('step', 0))
-      except json.JSONDecodeError:
-        continue  # A line cut by the stop.
+    steps = [(_json(line) or {}).get('step', 0)
+             for line in history.read_text().splitlines()]
     runs.append({'run': str(history.parent.relative_to(folder)),
                  'last_step': max(steps, default=0),
                  'finished': (history.parent / 'results.json').exists()})
@@ -324,6 +346,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       'compilation would take time from the budget).')
   parser.add_argument('--bench_flag', action='append', default=[],
                       help='Extra flag for every benchmark (repeat).')
+  parser.add_argument('--variant', action='append', default=[],
+                      help='XLA flags of one more run of the first benchmark '
+                      '(repeat), e.g. --variant=--xla_gpu_autotune_level=0 '
+                      'to see what autotuning costs in compile time.')
   parser.add_argument('--train_epochs', type=int, default=None,
                       help='Epochs of the three runs (default 100; smoke 2).')
   parser.add_argument('--train_min_s', type=float, default=60,
@@ -369,7 +395,7 @@ def main(argv=None) -> dict:
   work = pathlib.Path(args.work or REPO / 'runs' / 'accel_session').resolve()
   plan = benchmarks(args.archs.split(','),
                     [int(b) for b in str(args.batches).split(',')],
-                    args.dtypes.split(','))
+                    args.dtypes.split(','), tuple(args.variant))
   summary = {'budget_s': args.budget_s, 'bench_s': args.bench_s,
              'phases': args.phases, 'smoke': args.smoke,
              'plan': {'benchmarks': [b.name for b in plan] if 'bench' in

@@ -42,6 +42,15 @@ class PlanTest(absltest.TestCase):
       self.assertIn(flag, train)
     self.assertTrue(train[1].endswith('launch/parallel_reproduce.py'))
 
+  def test_variants_follow_the_first_benchmark(self):
+    plan = session.benchmarks(['cifar', 'mnist'], [64, 256], ['bfloat16'],
+                              ('--xla_a=1', '--xla_b=2'))
+    self.assertEqual([b.name for b in plan], [
+        'cifar_b256_bfloat16', 'cifar_b256_bfloat16_variant1',
+        'cifar_b256_bfloat16_variant2', 'mnist_b256_bfloat16',
+        'cifar_b64_bfloat16', 'mnist_b64_bfloat16'])
+    self.assertEqual(plan[2].xla_flags, '--xla_b=2')
+
   def test_smoke_settings_and_phases(self):
     args = session.parse_args(['out', '--smoke', '--phases=train',
                                '--budget_s=300'])
@@ -56,14 +65,16 @@ class PlanTest(absltest.TestCase):
   def test_benchmarks_get_what_is_left_and_then_are_skipped(self):
     args = session.parse_args(['out', '--bench_timeout_s=100',
                                '--bench_min_s=30'])
-    plan = session.benchmarks(['cifar', 'mnist'], [64], ['float32'])
+    # mnist_b64_float32, then a variant of it with more XLA flags.
+    plan = session.benchmarks(['mnist'], [64], ['float32'], ('--xla_x=1',))
     clock = session.Clock(540)
     clock.start = time.time() - 100  # 100 s have passed.
-    timeouts = []
+    timeouts, xla_flags = [], []
 
     def fake_run(cmd, *, timeout_s, log, env):
-      del cmd, log, env
+      del cmd, log
       timeouts.append(timeout_s)
+      xla_flags.append(env.get('XLA_FLAGS'))
       clock.start -= 45  # Each benchmark takes 45 s.
       return {'rc': 0, 'timed_out': False, 'wall_s': 45.0}
 
@@ -78,12 +89,32 @@ class PlanTest(absltest.TestCase):
     self.assertAlmostEqual(timeouts[1], 35, delta=1)
     self.assertEqual([o.get('skipped', False) for o in outcomes],
                      [False, False])
+    self.assertEqual(xla_flags, [None, '--xla_x=1'])
+    self.assertEqual(outcomes[1]['xla_flags'], '--xla_x=1')
     clock.start -= 100
     with tempfile.TemporaryDirectory() as d, mock.patch.object(
         session, 'run', fake_run):
       outcomes = session.run_benchmarks(args, plan, pathlib.Path(d), {},
                                         clock, until=180)
     self.assertEqual([o['skipped'] for o in outcomes], [True, True])
+
+
+  def test_runs_report_their_last_step_and_whether_they_finished(self):
+    with tempfile.TemporaryDirectory() as d:
+      folder = pathlib.Path(d)
+      for seed, finished in ((0, True), (1, False)):
+        run = folder / 'fmnist_mnist' / 'full' / f'e100_s{seed}'
+        run.mkdir(parents=True)
+        (run / 'history.jsonl').write_text(
+            '{"kind": "train", "step": 50}\n{"kind": "val", "step": 232}\n'
+            + ('' if finished else '{"kind": "tra'))  # Cut by the stop.
+        if finished:
+          (run / 'results.json').write_text('{}')
+      self.assertEqual(session._runs(folder), [  # pylint: disable=protected-access
+          {'run': 'fmnist_mnist/full/e100_s0', 'last_step': 232,
+           'finished': True},
+          {'run': 'fmnist_mnist/full/e100_s1', 'last_step': 232,
+           'finished': False}])
 
 
 class SmokeTest(absltest.TestCase):
