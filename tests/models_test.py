@@ -330,12 +330,18 @@ class ModelsTest(parameterized.TestCase):
     jax.tree.map(_assert_close, derivatives(models._patch_matmul),
                  derivatives(jnp.dot))
 
-  def test_conv_layer_matches_nn_conv_variables_and_values(self):
+  def test_conv_layer_matches_nn_conv_variables_values_and_gradients(self):
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 16))
     kw = dict(kernel_init=models._TORCH_KERNEL_INIT,
               bias_init=nn.initializers.normal(1.0))
     ref = nn.Conv(8, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
     params = ref.init(jax.random.key(1), x)
+
+    def value_and_grads(apply):
+      return jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))),
+                                argnums=(0, 1))(params, x)
+
+    expected = value_and_grads(ref.apply)
     for impl in models.CONV_IMPLS:
       layer = models.Conv4x4S2(8, impl=impl, **kw)
       with self.subTest(impl):
@@ -343,6 +349,7 @@ class ModelsTest(parameterized.TestCase):
         jax.tree.map(np.testing.assert_array_equal,
                      layer.init(jax.random.key(1), x), params)
         _assert_close(layer.apply(params, x), ref.apply(params, x))
+        jax.tree.map(_assert_close, value_and_grads(layer.apply), expected)
     with self.assertRaisesRegex(ValueError, 'im2col'):
       models.conv_4x4_s2(x, params['params']['kernel'], 'fft')
 
