@@ -40,6 +40,10 @@ Fields of the JSON line (times in seconds unless named otherwise):
                               (`Compiled.cost_analysis()`, all devices;
                               `flops_source` says when it came from the
                               lowered program instead);
+  lowered_flops_per_step      the same of the lowered program (as traced,
+                              before XLA's rewrites): a check on the
+                              compiled count where library calls (cuDNN,
+                              cuBLAS) might hide work from it;
   achieved_flops_per_s, peak_flops_per_s, utilisation
                               FLOP/s per device at the median step, the
                               chip's dense peak for the compute dtype
@@ -168,19 +172,17 @@ def _peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB.
 
 
-def _flops(compiled, lowered) -> tuple[Optional[float], str]:
-  """FLOPs of one call on one device: XLA's cost analysis of the compiled
-  program, else of the lowered one (before XLA's optimisations)."""
-  for source, stage in (('compiled', compiled), ('lowered', lowered)):
-    try:
-      cost = stage.cost_analysis()
-    except Exception:  # pylint: disable=broad-except
-      continue  # Not every backend implements it.
-    if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
-      cost = cost[0] if cost else {}
-    if cost and cost.get('flops', 0) > 0:
-      return float(cost['flops']), source
-  return None, 'none'
+def _flops(stage) -> Optional[float]:
+  """FLOPs of one call on one device by XLA's cost analysis of a compiled
+  or lowered program (None where the backend gives none)."""
+  try:
+    cost = stage.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None  # Not every backend implements it.
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
+    cost = cost[0] if cost else {}
+  flops = (cost or {}).get('flops', 0)
+  return float(flops) if flops > 0 else None
 
 
 def _temp_mb(compiled) -> Optional[float]:
@@ -204,9 +206,14 @@ def compile_step(p_step, args: tuple, warm: bool) -> tuple[Any, dict]:
   compiled = lowered.compile()
   t2 = time.perf_counter()
   logging.info('Training step compiled in %.1f s (cold).', t2 - t1)
-  flops, source = _flops(compiled, lowered)
+  # The compiled program's count, else the lowered one's: the program as
+  # traced, before XLA's rewrites (which may hide work in library calls).
+  compiled_flops, lowered_flops = _flops(compiled), _flops(lowered)
   figures = {'trace_s': t1 - t0, 'compile_s': t2 - t0,
-             'flops_per_device_call': flops, 'flops_source': source,
+             'flops_per_device_call': compiled_flops or lowered_flops,
+             'flops_source': ('compiled' if compiled_flops else
+                              'lowered' if lowered_flops else 'none'),
+             'lowered_flops_per_device_call': lowered_flops,
              'temp_mb': _temp_mb(compiled)}
   if warm:
     hits = []
@@ -291,6 +298,7 @@ def run_ours(measure_warm: bool) -> dict:
 
   kind = devices[0].device_kind
   flops = figures.pop('flops_per_device_call')
+  lowered_flops = figures.pop('lowered_flops_per_device_call')
   achieved = flops / call_s if flops else None
   peak = FLAGS.peak_flops or peak_flops(kind, FLAGS.compute_dtype)
   tf32 = (peak_flops(kind, 'tf32') if FLAGS.compute_dtype == 'float32'
@@ -309,6 +317,9 @@ def run_ours(measure_warm: bool) -> dict:
       **figures, 'first_call_s': first_call_s,
       'flops_per_step': (flops * len(devices) / FLAGS.steps_per_call
                          if flops else None),
+      'lowered_flops_per_step': (lowered_flops * len(devices)
+                                 / FLAGS.steps_per_call
+                                 if lowered_flops else None),
       'achieved_flops_per_s': achieved,
       'peak_flops_per_s': peak,
       'utilisation': achieved / peak if achieved and peak else None,

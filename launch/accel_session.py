@@ -32,7 +32,7 @@ from the start:
    `launch/parallel_reproduce.py --oneclass_epochs=0
    --epoch_choices=<--train_epochs>`, i.e. the three seeds of
    Fashion-MNIST->MNIST (`ama_jax.reproduce --table=fmnist_mnist
-   --epochs=100 --shard=s/3`) side by side. Runs not finished by then are
+   --epochs=100 --shard=s/3 --recipes=paper`) side by side. Runs not finished by then are
    stopped; their checkpoints stay on that machine only (too big to carry
    back), so OUT records how far each got.
 4. Packing: OUT/runs.tgz (each run's results.json, history.jsonl and
@@ -125,6 +125,8 @@ def train_command(args: argparse.Namespace, budget_s: float,
          f'--progress_s={args.progress_s}']
   if args.smoke:
     cmd.append('--worker_flag=--runlocal')
+  if args.recipes:
+    cmd.append(f'--worker_flag=--recipes={args.recipes}')
   return cmd + [f'--worker_flag={f}' for f in args.worker_flag]
 
 
@@ -352,6 +354,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       'to see what autotuning costs in compile time.')
   parser.add_argument('--train_epochs', type=int, default=None,
                       help='Epochs of the three runs (default 100; smoke 2).')
+  parser.add_argument('--recipes', default='paper',
+                      help="ama_jax.reproduce's --recipes for the runs "
+                      "(default: the paper's, one run per seed; '' leaves "
+                      "reproduce's default, every recipe).")
   parser.add_argument('--train_min_s', type=float, default=60,
                       help='No training starts with less time than this.')
   parser.add_argument('--worker_flag', action='append', default=[],

@@ -38,6 +38,7 @@ class PlanTest(absltest.TestCase):
     self.assertNotIn('--runlocal', command)
     train = plan['train_command']
     for flag in ('--oneclass_epochs=0', '--epoch_choices=100',
+                 '--worker_flag=--recipes=paper',
                  '--budget_s=450'):  # 500 - 20 (packing) - 30 (stopping).
       self.assertIn(flag, train)
     self.assertTrue(train[1].endswith('launch/parallel_reproduce.py'))

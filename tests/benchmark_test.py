@@ -72,6 +72,7 @@ class BenchmarkTest(absltest.TestCase):
     self.assertGreater(line['compile_warm_s'], 0)
     self.assertGreater(line['flops_per_step'], 0)
     self.assertEqual(line['flops_source'], 'compiled')
+    self.assertGreater(line['lowered_flops_per_step'], 0)
     self.assertAlmostEqual(line['utilisation'],
                            line['achieved_flops_per_s'] / 1e12)
     self.assertAlmostEqual(line['step_ms'],
