@@ -93,9 +93,9 @@ flags.DEFINE_enum('compute_dtype', 'float32', sorted(models.COMPUTE_DTYPES),
                   'model.compute_dtype: the layers\' arithmetic.')
 flags.DEFINE_enum('conv_impl', 'auto', list(models.CONV_IMPLS),
                   'model.conv_impl: convolution forms.')
-flags.DEFINE_bool('runlocal', False, 'Tiny models (the :runlocal widths), '
+flags.DEFINE_bool('tiny', False, 'Tiny models (the :runlocal widths), '
                   'for smoke tests of the benchmark itself.')
-flags.DEFINE_string('compilation_cache', '', 'Persistent compilation cache '
+flags.DEFINE_string('cache_dir', '', 'Persistent compilation cache '
                     'folder; empty: a fresh temporary one (a cold compile, '
                     'then a warm one from it); "off": none (no warm '
                     'compile).')
@@ -145,10 +145,10 @@ def peak_flops(device_kind: str, compute_dtype: str) -> Optional[float]:
 
 
 def _config():
-  config = default.get_config('runlocal' if FLAGS.runlocal else None)
+  config = default.get_config('runlocal' if FLAGS.tiny else None)
   config.model.arch = FLAGS.arch
   if FLAGS.arch == 'cifar':
-    config.model.latent_dim = 8 if FLAGS.runlocal else 128
+    config.model.latent_dim = 8 if FLAGS.tiny else 128
     config.model.spectral_norm = True
     # The data fields only name the image shape the checks expect (the
     # benchmark's images are random): configs/cifar_svhn.py's.
@@ -308,7 +308,7 @@ def run_ours(measure_warm: bool) -> dict:
       'n_critic': FLAGS.n_critic, 'paper_inter': FLAGS.paper_inter,
       'compute_dtype': FLAGS.compute_dtype, 'conv_impl': FLAGS.conv_impl,
       'conv_forms': models.conv_forms(FLAGS.conv_impl),
-      'runlocal': FLAGS.runlocal, 'steps_per_call': FLAGS.steps_per_call,
+      'tiny': FLAGS.tiny, 'steps_per_call': FLAGS.steps_per_call,
       'train_img_per_s': images_per_call / call_s,
       'train_step_s_median': call_s / FLAGS.steps_per_call,
       'step_ms': 1e3 * call_s / FLAGS.steps_per_call,
@@ -379,7 +379,7 @@ def main(argv):
     raise errors.ConfigError(f'{e} (--batch sets train.batch_size, '
                              '--n_critic train.n_critic)') from e
   with tempfile.TemporaryDirectory(prefix='ama_jax_bench_cache_') as fresh:
-    cache = FLAGS.compilation_cache or fresh
+    cache = FLAGS.cache_dir or fresh
     _use_cache(cache)
     warm = FLAGS.warm_compile and cache != 'off'
     ours, ref = [], []
@@ -396,8 +396,7 @@ def main(argv):
         r['score_img_per_s'] for r in ours)
   result['rounds'] = FLAGS.rounds
   result['compilation_cache'] = (
-      'fresh temporary folder' if not FLAGS.compilation_cache
-      else FLAGS.compilation_cache)
+      'fresh temporary folder' if not FLAGS.cache_dir else FLAGS.cache_dir)
   if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     result['compilation_cache'] = os.environ['JAX_COMPILATION_CACHE_DIR']
   if ref:

@@ -44,8 +44,8 @@ from the start:
    summary.json.
 
 `--smoke` shrinks everything for a CPU check of the script itself: tiny
-models (`--runlocal`), 1 timed step, batches 8 and 16, `:runlocal` training
-runs of 2 epochs. `--dry_run` prints the plan and writes summary.json
+models (the benchmark's `--tiny`), 1 timed step, batches 8 and 16,
+`:runlocal` training runs of 2 epochs. `--dry_run` prints the plan and writes summary.json
 without running anything. Phases can be chosen (`--phases=bench`,
 `--phases=train`). Nothing here imports JAX: the phases are subprocesses.
 """
@@ -113,7 +113,7 @@ def benchmark_command(bench: Benchmark, args: argparse.Namespace,
          f'--steps={args.bench_steps}', f'--warmup={args.bench_warmup}',
          f'--score_batches={args.score_batches}', f'--json_out={json_out}']
   if args.smoke:
-    cmd.append('--runlocal')
+    cmd.append('--tiny')
   return cmd + list(args.bench_flag)
 
 

@@ -35,7 +35,7 @@ class PlanTest(absltest.TestCase):
     command = plan['benchmark_command']
     self.assertEqual(command[1:3], ['-m', 'ama_jax.benchmark'])
     self.assertIn('--compute_dtype=bfloat16', command)
-    self.assertNotIn('--runlocal', command)
+    self.assertNotIn('--tiny', command)
     train = plan['train_command']
     for flag in ('--oneclass_epochs=0', '--epoch_choices=100',
                  '--worker_flag=--recipes=paper',
@@ -141,7 +141,7 @@ class SmokeTest(absltest.TestCase):
     (bench,) = summary['benchmarks']
     self.assertEqual((bench['name'], bench['rc']), ('mnist_b8_bfloat16', 0))
     self.assertEqual(bench['result'], line)
-    self.assertEqual((line['compute_dtype'], line['batch'], line['runlocal']),
+    self.assertEqual((line['compute_dtype'], line['batch'], line['tiny']),
                      ('bfloat16', 8, True))
     self.assertTrue(line['warm_cache_hit'])
     self.assertTrue(line['finite'])

@@ -57,7 +57,7 @@ class BenchmarkTest(absltest.TestCase):
       env.pop('JAX_COMPILATION_CACHE_DIR', None)
       proc = subprocess.run(
           [sys.executable, '-m', 'ama_jax.benchmark', '--arch=mnist',
-           '--batch=4', '--runlocal', '--steps=1', '--warmup=0',
+           '--batch=4', '--tiny', '--steps=1', '--warmup=0',
            '--score_batches=1', '--rounds=2', f'--torch_python={fake}',
            '--peak_flops=1e12', f'--json_out={out}'],
           cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
