@@ -302,6 +302,8 @@ FIELDS: dict[str, Rule] = {
     'model.latent_dim': Int(min=1),
     'model.width': Int(min=1),
     'model.spectral_norm': Bool(),
+    'model.conv_impl': Choice(models.CONV_IMPLS),
+    'model.compute_dtype': Choice(lambda: sorted(models.COMPUTE_DTYPES)),
     # --- loss ---
     'loss.lambda_inter': WEIGHT,
     'loss.num_inter': Int(min=2),  # One encoding is no interpolation.

@@ -17,8 +17,23 @@ PyTorch's NCHW order, so the function class is the same.
 Variables: `params`, and `batch_stats` holding BatchNorm statistics (cifar
 encoder/generator) or spectral-norm `u`/`sigma` (critic with
 `spectral_norm=True`). Train-mode calls need `mutable=['batch_stats']`.
+
+Two fields choose how the same function is computed (`create_models`):
+
+* `model.conv_impl` (`CONV_IMPLS`): 'cpu_forms' computes convolutions in
+  exact matmul forms measured faster on CPU (im2col, sub-pixel and phase
+  matmuls, matmul kernel gradients); 'xla' uses XLA's own convolutions
+  everywhere (cuDNN on GPU); 'auto' is 'cpu_forms' on CPU, 'xla' elsewhere.
+  Both compute the same function up to float rounding (models_test).
+* `model.compute_dtype` (`COMPUTE_DTYPES`): the dtype of the layers'
+  arithmetic. Variables stay float32 whatever it is (flax `param_dtype`;
+  BatchNorm statistics and spectral-norm vectors in float32), and every
+  network returns float32 (z, x_rec, logits, features), so that losses,
+  optimizer and calibration see float32; the critic's last (1-output)
+  layer computes in float32.
 """
 from collections.abc import Sequence
+import functools
 import math
 from typing import Any, Optional
 
@@ -30,6 +45,12 @@ import ml_collections
 
 Array = jax.Array
 Initializer = Any
+Dtype = Any
+
+# `model.conv_impl` values (see the module docstring and `conv_forms`).
+CONV_IMPLS = ('auto', 'xla', 'cpu_forms')
+# `model.compute_dtype` values.
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # PyTorch's default Conv2d/Linear weight init, kaiming_uniform(a=sqrt(5)),
 # is U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -58,6 +79,17 @@ def _xavier(gain: float) -> Initializer:
   return nn.initializers.variance_scaling(gain**2, 'fan_avg', 'uniform')
 
 
+def _cast(dtype: Dtype, *arrays: Array) -> tuple[Array, ...]:
+  """The arrays in `dtype`; an array already in it is returned as it is (no
+  convert op, so float32 models lower exactly as before the dtype field)."""
+  return tuple(a if a.dtype == dtype else a.astype(dtype) for a in arrays)
+
+
+def _float32(x: Array) -> Array:
+  """A network output in float32 (losses and scores are float32)."""
+  return _cast(jnp.float32, x)[0]
+
+
 def _layer(
     layer: nn.Module, x: Array, *, spectral_norm: bool, train: bool
 ) -> Array:
@@ -74,16 +106,20 @@ def _layer(
 
 
 def _batch_norm(
-    train: bool, axis_name: Optional[str], name: str
+    train: bool, axis_name: Optional[str], name: str,
+    dtype: Dtype = jnp.float32,
 ) -> nn.BatchNorm:
   # momentum 0.9 == PyTorch's momentum 0.1; axis_name makes batch statistics
   # global across devices inside pmap. (PyTorch's running variance is the
-  # unbiased one; flax keeps the biased one: a negligible difference.)
+  # unbiased one; flax keeps the biased one: a negligible difference.) Flax
+  # reduces in float32 and keeps the running statistics in float32; `dtype`
+  # is the output's.
   return nn.BatchNorm(
       use_running_average=not train,
       momentum=0.9,
       epsilon=1e-5,
       axis_name=axis_name,
+      dtype=dtype,
       name=name,
   )
 
@@ -404,12 +440,34 @@ def upsample2_conv3x3(x: Array, kernel: Array) -> Array:
   return _phase_matmul(x, k.transpose(2, 3, 4, 0, 1, 5))
 
 
-def _auto_conv_impl() -> str:
-  """'im2col' on CPU at every width; 'lax' on accelerators.
+def upsample_conv_kernel(kernel: Array) -> Array:
+  """The 4x4 kernel K with `conv_transpose_4x4_s2(x, K)` == conv3(up2(x)).
 
-  Accelerators keep their own convolution kernels (cuDNN on GPU), which
-  the measurements below do not cover; im2col there would also turn every
-  convolution into a GEMM fusion for XLA's autotuner.
+  As in `upsample2_conv3x3`, output row 2m reads input rows m - 1 (tap 0)
+  and m (taps 1 + 2), row 2m + 1 rows m (taps 0 + 1) and m + 1 (tap 2); the
+  transposed convolution adds x[i] @ K[ky] into row 2i - 1 + ky, so
+  K = [k2, k1 + k2, k0 + k1, k0] in each axis. The same function as
+  conv3(up2(x)) with 4/9 of its multiply-adds, as XLA's own transposed
+  convolution (the 'xla' form of `ConvSame(resample='up')`).
+
+  Args:
+    kernel: [3, 3, c_in, c_out].
+
+  Returns:
+    [4, 4, c_in, c_out].
+  """
+  taps = ((2,), (1, 2), (0, 1), (0,))
+  rows = jnp.stack([sum(kernel[i] for i in t) for t in taps])  # [4, 3, ...]
+  return jnp.stack([sum(rows[:, j] for j in t) for t in taps], axis=1)
+
+
+def conv_forms(conv_impl: str) -> str:
+  """The forms a `model.conv_impl` value stands for: 'cpu_forms' or 'xla'.
+
+  'auto' is 'cpu_forms' on CPU and 'xla' on accelerators: the matmul forms
+  are CPU measurements (below), and on GPU they would turn every
+  convolution into a GEMM fusion for XLA's autotuner instead of cuDNN's
+  convolutions. Decided when a layer is traced, by `jax.default_backend()`.
 
   CPU (measured on 2 cores):
 
@@ -424,8 +482,16 @@ def _auto_conv_impl() -> str:
   machine, interleaved) went from 1.11-1.16 s to 1.07-1.10 s (benchmark
   settings) and from ~1.27-1.32 s to ~1.24-1.27 s (penalty on). cifar's
   3- and 6-channel inputs: within noise (6.5-6.9 s either way).
+
+  Raises:
+    ValueError: a value not in `CONV_IMPLS`.
   """
-  return 'im2col' if jax.default_backend() == 'cpu' else 'lax'
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f'Unknown conv_impl {conv_impl!r}; choose one of '
+                     f'{CONV_IMPLS}.')
+  if conv_impl == 'auto':
+    return 'cpu_forms' if jax.default_backend() == 'cpu' else 'xla'
+  return conv_impl
 
 
 class Conv4x4S2(nn.Module):
@@ -439,18 +505,19 @@ class Conv4x4S2(nn.Module):
   features: int
   kernel_init: Initializer = _TORCH_KERNEL_INIT
   bias_init: Initializer = nn.initializers.zeros
-  # 'lax' | 'im2col' (see `conv_4x4_s2`) | 'auto' (see _auto_conv_impl).
+  # A `model.conv_impl` value (`conv_forms`): 'cpu_forms' is `conv_4x4_s2`'s
+  # 'im2col', 'xla' its 'lax'.
   impl: str = 'auto'
+  dtype: Dtype = jnp.float32  # Of the arithmetic; variables are float32.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = self.param('kernel', self.kernel_init,
                         (4, 4, x.shape[-1], self.features))
     bias = self.param('bias', self.bias_init, (self.features,))
-    impl = self.impl
-    if impl == 'auto':
-      impl = _auto_conv_impl()
-    return conv_4x4_s2(x, kernel, impl) + bias
+    x, kernel, bias = _cast(self.dtype, x, kernel, bias)
+    form = 'im2col' if conv_forms(self.impl) == 'cpu_forms' else 'lax'
+    return conv_4x4_s2(x, kernel, form) + bias
 
 
 class ConvSame(nn.Module):
@@ -460,8 +527,9 @@ class ConvSame(nn.Module):
   Same variables (`kernel` [k, k, c_in, features], `bias`) and initial
   values as `nn.Conv`, so either module reads the other's checkpoints; the
   fused forms compute the same function as the separate ops (up to float
-  rounding) with fewer multiply-adds (`upsample2_conv3x3`, `conv3x3_pool2`;
-  for 1x1 kernels the conv moves to the low-resolution side).
+  rounding) with fewer multiply-adds (conv3(up(x)): `upsample2_conv3x3` /
+  `upsample_conv_kernel`, 4/9 of them; pool(conv3(x)): `conv3x3_pool2`, 4/9;
+  for 1x1 kernels the conv moves to the low-resolution side, 1/4).
   """
 
   features: int
@@ -469,12 +537,17 @@ class ConvSame(nn.Module):
   kernel_init: Initializer = _TORCH_KERNEL_INIT
   bias_init: Initializer = nn.initializers.zeros
   resample: str = 'none'  # 'none' | 'up' (conv(up(x))) | 'pool' (pool(conv(x)))
-  # 'lax': the literal composition with `lax.conv_general_dilated` (the
-  # reference form). 'auto': the fused forms above; 1x1 kernels as a matmul;
-  # unfused 3x3 kernels 'rowgrad' (see `conv_same`) on CPU for >= 16 input
-  # and output channels, else 'lax' (256 -> 3 and 6 -> 128 layers measured
-  # equal or faster with 'lax'; accelerators keep their own conv kernels).
+  # 'literal': the literal composition with `lax.conv_general_dilated` (the
+  # reference form). A `model.conv_impl` value (`conv_forms`) gives the
+  # fused forms above, with 1x1 kernels on the low-resolution side:
+  # 'xla': every convolution XLA's own (conv3(up(x)) as a 4x4 stride-2
+  # transposed convolution, pool(conv3(x)) as a 4x4 stride-2 convolution).
+  # 'cpu_forms': conv3(up(x)) as 2x2 phase matmuls, pool(conv3(x)) in the
+  # im2col form, 1x1 kernels as a matmul, unfused 3x3 kernels 'rowgrad' (see
+  # `conv_same`) for >= 16 input and output channels, else XLA's (256 -> 3
+  # and 6 -> 128 layers measured equal or faster with it on CPU).
   impl: str = 'auto'
+  dtype: Dtype = jnp.float32  # Of the arithmetic; variables are float32.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -485,25 +558,30 @@ class ConvSame(nn.Module):
     if self.resample not in ('none', 'up', 'pool'):
       raise ValueError(f"Unknown resample {self.resample!r}; choose 'none',"
                        " 'up' or 'pool'.")
-    if self.impl not in ('auto', 'lax'):
-      raise ValueError(f"Unknown ConvSame impl {self.impl!r}; choose 'auto'"
-                       " or 'lax'.")
+    if self.impl not in CONV_IMPLS + ('literal',):
+      raise ValueError(f'Unknown ConvSame impl {self.impl!r}; choose one of '
+                       f"{CONV_IMPLS + ('literal',)}.")
+    x, kernel, bias = _cast(self.dtype, x, kernel, bias)
     up, pool = self.resample == 'up', self.resample == 'pool'
-    if self.impl == 'lax':
+    if self.impl == 'literal':
       y = conv_same(_upsample2(x) if up else x, kernel, 'lax') + bias
       return _avg_pool2(y) if pool else y
+    cpu = conv_forms(self.impl) == 'cpu_forms'
     if k == 1:  # Conv and resampling commute: convolve the small side.
-      y = conv_same(_avg_pool2(x) if pool else x, kernel, 'dot') + bias
+      y = conv_same(_avg_pool2(x) if pool else x, kernel,
+                    'dot' if cpu else 'lax') + bias
       return _upsample2(y) if up else y
     if up or pool:
       if k != 3:
         raise ValueError(f'resample={self.resample!r} needs a 1x1 or 3x3 '
                          f'kernel, got {k}x{k}.')
-      if up:
+      if up and cpu:
         return upsample2_conv3x3(x, kernel) + bias
-      return conv3x3_pool2(x, kernel, _auto_conv_impl()) + bias
-    fast = (min(x.shape[-1], self.features) >= 16
-            and jax.default_backend() == 'cpu')
+      if up:
+        return conv_transpose_4x4_s2(x, upsample_conv_kernel(kernel),
+                                     'dilated') + bias
+      return conv3x3_pool2(x, kernel, 'im2col' if cpu else 'lax') + bias
+    fast = cpu and min(x.shape[-1], self.features) >= 16
     return conv_same(x, kernel, 'rowgrad' if fast else 'lax') + bias
 
 
@@ -515,12 +593,15 @@ class ConvTranspose4x4(nn.Module):
   """
 
   features: int
-  # 'dilated' | 'subpixel' (see `conv_transpose_4x4_s2`) | 'auto': subpixel
-  # for >= 16 output channels. Measured on 2 CPU cores, batch 256, forward +
-  # gradient: subpixel ~7x faster for 128 -> 64 channels (7 -> 14) but ~3x
-  # slower for 64 -> 1 (14 -> 28); the mnist generator is ~4.5x faster with
-  # 'auto' than with 'dilated' (its forward alone ~15% slower).
+  # A `model.conv_impl` value (`conv_forms`). 'xla': `conv_transpose_4x4_s2`'s
+  # 'dilated' form (XLA's transposed convolution). 'cpu_forms': 'subpixel'
+  # for >= 16 output channels, else 'dilated'. Measured on 2 CPU cores,
+  # batch 256, forward + gradient: subpixel ~7x faster for 128 -> 64
+  # channels (7 -> 14) but ~3x slower for 64 -> 1 (14 -> 28); the mnist
+  # generator is ~4.5x faster with 'cpu_forms' than with 'dilated' alone
+  # (its forward alone ~15% slower).
   impl: str = 'auto'
+  dtype: Dtype = jnp.float32  # Of the arithmetic; variables are float32.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -531,10 +612,10 @@ class ConvTranspose4x4(nn.Module):
     )
     bias = self.param('bias', _torch_bias_init(16 * self.features),
                       (self.features,))
-    impl = self.impl
-    if impl == 'auto':
-      impl = 'subpixel' if self.features >= 16 else 'dilated'
-    return conv_transpose_4x4_s2(x, kernel, impl) + bias
+    x, kernel, bias = _cast(self.dtype, x, kernel, bias)
+    cpu = conv_forms(self.impl) == 'cpu_forms'
+    form = 'subpixel' if cpu and self.features >= 16 else 'dilated'
+    return conv_transpose_4x4_s2(x, kernel, form) + bias
 
 
 class ResBlockUp(nn.Module):
@@ -542,6 +623,8 @@ class ResBlockUp(nn.Module):
 
   features: int
   axis_name: Optional[str] = None
+  conv_impl: str = 'auto'  # See `ConvSame.impl`.
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -549,11 +632,13 @@ class ResBlockUp(nn.Module):
       # Official Gblock: biases start at zero, xavier gains sqrt(2) and 1.
       return ConvSame(self.features, k, kernel_init=_xavier(gain),
                       bias_init=nn.initializers.zeros, resample=resample,
-                      name=name)
+                      impl=self.conv_impl, dtype=self.dtype, name=name)
 
-    h = nn.relu(_batch_norm(train, self.axis_name, 'bn1')(x))
+    bn = functools.partial(_batch_norm, train, self.axis_name,
+                           dtype=self.dtype)
+    h = nn.relu(bn('bn1')(x))
     h = conv(3, math.sqrt(2), 'conv1', 'up')(h)  # conv3(up(h)).
-    h = nn.relu(_batch_norm(train, self.axis_name, 'bn2')(h))
+    h = nn.relu(bn('bn2')(h))
     h = conv(3, math.sqrt(2), 'conv2')(h)
     return h + conv(1, 1.0, 'shortcut', 'up')(x)
 
@@ -571,6 +656,8 @@ class ResBlockDown(nn.Module):
   downsample: bool
   first: bool = False
   spectral_norm: bool = True
+  conv_impl: str = 'auto'  # See `ConvSame.impl`.
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -578,7 +665,7 @@ class ResBlockDown(nn.Module):
       # Official Block/Dblock: biases start at zero, xavier gains sqrt(2), 1.
       layer = ConvSame(self.features, k, kernel_init=_xavier(gain),
                        bias_init=nn.initializers.zeros, resample=resample,
-                       name=name)
+                       impl=self.conv_impl, dtype=self.dtype, name=name)
       return _layer(layer, h, spectral_norm=self.spectral_norm, train=train)
 
     # 'pool' = the conv then a 2x2 average pool (the official order; the
@@ -596,23 +683,25 @@ class ResBlockDown(nn.Module):
 # mnist architecture (Table 4).
 # ---------------------------------------------------------------------------
 def _torch_conv(features: int, c_in: int, name: str, *,
-                zero_bias: bool = False, impl: str = 'auto') -> Conv4x4S2:
+                zero_bias: bool = False, impl: str = 'auto',
+                dtype: Dtype = jnp.float32) -> Conv4x4S2:
   """PyTorch `Conv2d(c_in, features, 4, 2, 1)` with PyTorch's default init."""
   return Conv4x4S2(
       features, kernel_init=_TORCH_KERNEL_INIT,
       bias_init=(nn.initializers.zeros if zero_bias
                  else _torch_bias_init(16 * c_in)),
-      impl=impl, name=name)
+      impl=impl, dtype=dtype, name=name)
 
 
 def _torch_dense(features: int, fan_in: int, name: str, *,
-                 zero_bias: bool = False) -> nn.Dense:
+                 zero_bias: bool = False,
+                 dtype: Dtype = jnp.float32) -> nn.Dense:
   """PyTorch `Linear(fan_in, features)` with PyTorch's default init."""
   return nn.Dense(
       features, kernel_init=_TORCH_KERNEL_INIT,
       bias_init=(nn.initializers.zeros if zero_bias
                  else _torch_bias_init(fan_in)),
-      name=name)
+      dtype=dtype, name=name)
 
 
 class MnistEncoder(nn.Module):
@@ -620,56 +709,74 @@ class MnistEncoder(nn.Module):
 
   latent_dim: int = 64
   width: int = 64
+  conv_impl: str = 'auto'  # See `conv_forms`.
+  dtype: Dtype = jnp.float32  # Of the arithmetic; z is float32.
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     del train  # No normalization layers.
-    h = nn.relu(_torch_conv(self.width, x.shape[-1], 'conv1')(x))
-    h = nn.relu(_torch_conv(2 * self.width, self.width, 'conv2')(h))
+    conv = functools.partial(_torch_conv, impl=self.conv_impl,
+                             dtype=self.dtype)
+    dense = functools.partial(_torch_dense, dtype=self.dtype)
+    (x,) = _cast(self.dtype, x)
+    h = nn.relu(conv(self.width, x.shape[-1], 'conv1')(x))
+    h = nn.relu(conv(2 * self.width, self.width, 'conv2')(h))
     h = h.reshape(h.shape[0], -1)
-    h = nn.relu(_torch_dense(16 * self.width, h.shape[-1], 'fc1')(h))
-    return _torch_dense(self.latent_dim, 16 * self.width, 'fc2')(h)
+    h = nn.relu(dense(16 * self.width, h.shape[-1], 'fc1')(h))
+    return _float32(dense(self.latent_dim, 16 * self.width, 'fc2')(h))
 
 
 class MnistGenerator(nn.Module):
-  """z [B, latent] -> x [B, 28, 28, C] in [-1, 1]."""
+  """z [B, latent] -> x [B, 28, 28, C] in [-1, 1] (float32)."""
 
   channels: int = 1
   width: int = 64
-  conv_transpose_impl: str = 'auto'  # See ConvTranspose4x4.
+  conv_impl: str = 'auto'  # See ConvTranspose4x4.
+  dtype: Dtype = jnp.float32  # Of the arithmetic; the images are float32.
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
     del train  # No normalization layers.
     w = self.width
-    h = nn.relu(_torch_dense(16 * w, z.shape[-1], 'fc1')(z))
-    h = nn.relu(_torch_dense(7 * 7 * 2 * w, 16 * w, 'fc2')(h))
+    dense = functools.partial(_torch_dense, dtype=self.dtype)
+    deconv = functools.partial(ConvTranspose4x4, impl=self.conv_impl,
+                               dtype=self.dtype)
+    (z,) = _cast(self.dtype, z)
+    h = nn.relu(dense(16 * w, z.shape[-1], 'fc1')(z))
+    h = nn.relu(dense(7 * 7 * 2 * w, 16 * w, 'fc2')(h))
     h = h.reshape(h.shape[0], 7, 7, 2 * w)
-    impl = self.conv_transpose_impl
-    h = nn.relu(ConvTranspose4x4(w, impl, name='deconv1')(h))  # 7 -> 14
-    h = ConvTranspose4x4(self.channels, impl, name='deconv2')(h)  # -> 28
-    return jnp.tanh(h)
+    h = nn.relu(deconv(w, name='deconv1')(h))  # 7 -> 14
+    h = deconv(self.channels, name='deconv2')(h)  # -> 28
+    return jnp.tanh(_float32(h))
 
 
 class MnistCritic(nn.Module):
-  """Stacked pair [B, 28, 28, 2C] -> (logits [B], features [B, 16w])."""
+  """Stacked pair [B, 28, 28, 2C] -> (logits [B], features [B, 16w]).
+
+  Both outputs float32; the last (1-output) layer computes in float32.
+  """
 
   width: int = 64
   spectral_norm: bool = False
+  conv_impl: str = 'auto'  # See `conv_forms`.
+  dtype: Dtype = jnp.float32  # Of the arithmetic.
 
   @nn.compact
   def __call__(self, xy: Array, train: bool) -> tuple[Array, Array]:
     # Official SN layers start biases at zero (torch_ref.SNConv2d/SNLinear).
     sn = dict(spectral_norm=self.spectral_norm, train=train)
+    conv = functools.partial(_torch_conv, zero_bias=True, impl=self.conv_impl,
+                             dtype=self.dtype)
     w = self.width
-    h = _layer(_torch_conv(w, xy.shape[-1], 'conv1', zero_bias=True), xy, **sn)
+    (xy,) = _cast(self.dtype, xy)
+    h = _layer(conv(w, xy.shape[-1], 'conv1'), xy, **sn)
     h = nn.leaky_relu(h, _LEAK)
-    h = _layer(_torch_conv(2 * w, w, 'conv2', zero_bias=True), h, **sn)
+    h = _layer(conv(2 * w, w, 'conv2'), h, **sn)
     h = nn.leaky_relu(h, _LEAK)
     h = h.reshape(h.shape[0], -1)
-    h = _layer(_torch_dense(16 * w, h.shape[-1], 'fc', zero_bias=True), h,
-               **sn)
-    features = nn.leaky_relu(h, _LEAK)
+    h = _layer(_torch_dense(16 * w, h.shape[-1], 'fc', zero_bias=True,
+                            dtype=self.dtype), h, **sn)
+    features = _float32(nn.leaky_relu(h, _LEAK))
     logits = _layer(_torch_dense(1, 16 * w, 'out', zero_bias=True), features,
                     **sn)
     return logits[:, 0], features
@@ -679,65 +786,82 @@ class MnistCritic(nn.Module):
 # cifar architecture (Table 3; official cifar_models_bNorm.py).
 # ---------------------------------------------------------------------------
 class CifarEncoder(nn.Module):
-  """x [B, 32, 32, C] -> z [B, latent]: 3 x (conv4 s2, BN, LReLU), conv4."""
+  """x [B, 32, 32, C] -> z [B, latent]: 3 x (conv4 s2, BN, LReLU), conv4.
+
+  Its convolutions are `nn.Conv` (XLA's) with every `conv_impl`.
+  """
 
   latent_dim: int = 128
   width: int = 64
   axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32  # Of the arithmetic; z is float32.
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    h = x
+    (h,) = _cast(self.dtype, x)
     for i, mult in enumerate((1, 2, 4)):  # 32 -> 16 -> 8 -> 4
       h = nn.Conv(mult * self.width, (4, 4), strides=(2, 2),
                   padding=((1, 1), (1, 1)), use_bias=False,
-                  kernel_init=_TORCH_KERNEL_INIT, name=f'conv{i + 1}')(h)
-      h = _batch_norm(train, self.axis_name, f'bn{i + 1}')(h)
+                  kernel_init=_TORCH_KERNEL_INIT, dtype=self.dtype,
+                  name=f'conv{i + 1}')(h)
+      h = _batch_norm(train, self.axis_name, f'bn{i + 1}', self.dtype)(h)
       h = nn.leaky_relu(h, _LEAK)
     h = nn.Conv(self.latent_dim, (4, 4), padding='VALID', use_bias=False,
-                kernel_init=_TORCH_KERNEL_INIT, name='conv4')(h)  # 4 -> 1
-    return h.reshape(h.shape[0], self.latent_dim)
+                kernel_init=_TORCH_KERNEL_INIT, dtype=self.dtype,
+                name='conv4')(h)  # 4 -> 1
+    return _float32(h.reshape(h.shape[0], self.latent_dim))
 
 
 class CifarGenerator(nn.Module):
-  """SNGAN ResnetGenerator32: z [B, latent] -> x [B, 32, 32, C]."""
+  """SNGAN ResnetGenerator32: z [B, latent] -> x [B, 32, 32, C] (float32)."""
 
   channels: int = 3
   width: int = 256  # Channels of every block (the official `ch`).
   axis_name: Optional[str] = None
+  conv_impl: str = 'auto'  # See `ConvSame.impl`.
+  dtype: Dtype = jnp.float32  # Of the arithmetic; the images are float32.
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
+    (z,) = _cast(self.dtype, z)
     h = nn.Dense(4 * 4 * self.width, kernel_init=_xavier(1.0),
-                 bias_init=_torch_bias_init(z.shape[-1]), name='fc')(z)
+                 bias_init=_torch_bias_init(z.shape[-1]), dtype=self.dtype,
+                 name='fc')(z)
     h = h.reshape(h.shape[0], 4, 4, self.width)
     for i in range(3):  # 4 -> 8 -> 16 -> 32
-      h = ResBlockUp(self.width, self.axis_name, name=f'block{i + 1}')(h, train)
-    h = nn.relu(_batch_norm(train, self.axis_name, 'bn')(h))
+      h = ResBlockUp(self.width, self.axis_name, self.conv_impl, self.dtype,
+                     name=f'block{i + 1}')(h, train)
+    h = nn.relu(_batch_norm(train, self.axis_name, 'bn', self.dtype)(h))
     h = ConvSame(self.channels, 3, kernel_init=_xavier(1.0),
-                 bias_init=_torch_bias_init(9 * self.width), name='conv')(h)
-    return jnp.tanh(h)
+                 bias_init=_torch_bias_init(9 * self.width),
+                 impl=self.conv_impl, dtype=self.dtype, name='conv')(h)
+    return jnp.tanh(_float32(h))
 
 
 class CifarCritic(nn.Module):
   """SNGAN ResnetDiscriminator32 on the stacked pair [B, 32, 32, 2C].
 
-  Returns (logits [B], features [B, width]); features are the ReLU'd,
-  globally *sum*-pooled activations, as the official `feature()`.
+  Returns (logits [B], features [B, width]), both float32; features are the
+  ReLU'd, globally *sum*-pooled activations, as the official `feature()`
+  (summed in float32), and the last (1-output) layer computes in float32.
   """
 
   width: int = 128
   spectral_norm: bool = True
+  conv_impl: str = 'auto'  # See `ConvSame.impl`.
+  dtype: Dtype = jnp.float32  # Of the arithmetic.
 
   @nn.compact
   def __call__(self, xy: Array, train: bool) -> tuple[Array, Array]:
-    kw = dict(features=self.width, spectral_norm=self.spectral_norm)
+    kw = dict(features=self.width, spectral_norm=self.spectral_norm,
+              conv_impl=self.conv_impl, dtype=self.dtype)
+    (xy,) = _cast(self.dtype, xy)
     h = ResBlockDown(downsample=True, first=True, name='block1', **kw)(
         xy, train)  # 32 -> 16
     h = ResBlockDown(downsample=True, name='block2', **kw)(h, train)  # -> 8
     h = ResBlockDown(downsample=False, name='block3', **kw)(h, train)
     h = ResBlockDown(downsample=False, name='block4', **kw)(h, train)
-    features = jnp.sum(nn.relu(h), axis=(1, 2))
+    features = jnp.sum(_float32(nn.relu(h)), axis=(1, 2))
     out = nn.Dense(1, use_bias=False, kernel_init=_xavier(1.0), name='out')
     logits = _layer(out, features, spectral_norm=self.spectral_norm,
                     train=train)
@@ -808,7 +932,9 @@ def create_models(
   Args:
     model_config: `config.model`: `arch`, `latent_dim`, `width` (mnist: base
       width, 64 in Table 4; cifar: encoder w, 2w, 4w, generator 4w, critic
-      2w, 64 for Table 3), `spectral_norm` (critic).
+      2w, 64 for Table 3), `spectral_norm` (critic), and optionally
+      `conv_impl` (`CONV_IMPLS`, default 'auto') and `compute_dtype`
+      (`COMPUTE_DTYPES`, default 'float32').
     image_shape: (H, W, C) of the images.
     axis_name: pmap axis for global BatchNorm statistics; None outside pmap.
 
@@ -816,7 +942,8 @@ def create_models(
     (autoencoder, critic) modules.
 
   Raises:
-    ValueError: unknown arch, or an image shape the arch cannot take.
+    ValueError: unknown arch, conv_impl or compute_dtype, or an image shape
+      the arch cannot take.
   """
   arch = model_config.arch
   if arch not in _SHAPES:
@@ -833,12 +960,20 @@ def create_models(
         + ' (set data.image_size and data.channels to convert).')
   channels, w = image_shape[2], model_config.width
   latent_dim, sn = model_config.latent_dim, model_config.spectral_norm
+  # .get: configs saved before these fields existed mean the defaults.
+  conv_impl = model_config.get('conv_impl', 'auto')
+  conv_forms(conv_impl)  # Validates it.
+  dtype_name = model_config.get('compute_dtype', 'float32')
+  if dtype_name not in COMPUTE_DTYPES:
+    raise ValueError(f'Unknown model.compute_dtype {dtype_name!r}; choose '
+                     f'one of {sorted(COMPUTE_DTYPES)}.')
+  kw = dict(dtype=COMPUTE_DTYPES[dtype_name])
   if arch == 'mnist':
-    encoder = MnistEncoder(latent_dim, w)
-    generator = MnistGenerator(channels, w)
-    network = MnistCritic(w, sn)
+    encoder = MnistEncoder(latent_dim, w, conv_impl, **kw)
+    generator = MnistGenerator(channels, w, conv_impl, **kw)
+    network = MnistCritic(w, sn, conv_impl, **kw)
   else:
-    encoder = CifarEncoder(latent_dim, w, axis_name)
-    generator = CifarGenerator(channels, 4 * w, axis_name)
-    network = CifarCritic(2 * w, sn)
+    encoder = CifarEncoder(latent_dim, w, axis_name, **kw)
+    generator = CifarGenerator(channels, 4 * w, axis_name, conv_impl, **kw)
+    network = CifarCritic(2 * w, sn, conv_impl, **kw)
   return Autoencoder(encoder, generator), Critic(network)

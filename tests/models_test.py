@@ -1,9 +1,12 @@
-"""Tests for ama_jax.models: shapes, variables, spectral norm, deconv."""
+"""Tests for ama_jax.models: shapes, variables, spectral norm, the
+convolution forms of `model.conv_impl`, `model.compute_dtype`."""
 import functools
+import re
 from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,39 @@ def _assert_close(actual, expected):
   expected = np.asarray(expected)
   np.testing.assert_allclose(actual, expected, rtol=1e-5,
                              atol=1e-5 * np.abs(expected).max())
+
+
+def _assert_trees_close(actual, expected, rtol=1e-4):
+  """Equal up to float32 rounding accumulated through a whole network: rtol
+  of each value or of the largest value in the tree (gradients of biases
+  that a BatchNorm cancels are rounding noise around 0)."""
+  scale = max((np.abs(np.asarray(e)).max()
+               for e in jax.tree.leaves(expected)), default=0.0)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=rtol,
+                                 atol=rtol * scale), actual, expected)
+
+
+def _fake_variables(ae, critic, x, seed=0):
+  """(AE variables, critic variables) of the models' shapes without their
+  initializers (XLA:CPU takes ~20 s to compile those of the cifar models):
+  kernels ~ N(0, 1 / fan_in), biases ~ N(0, 0.1), BatchNorm and spectral
+  norm in their initial state, u random."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    shape = leaf.shape
+    if name in ('scale', 'var') or name.endswith('/sigma'):
+      return jnp.ones(shape, leaf.dtype)
+    if name == 'mean':
+      return jnp.zeros(shape, leaf.dtype)
+    std = 1 / np.sqrt(np.prod(shape[:-1])) if len(shape) > 1 else 0.1
+    return jnp.asarray(rng.normal(0, std, shape), leaf.dtype)
+
+  shapes = jax.eval_shape(lambda: (ae.init(jax.random.key(0), x, False),
+                                   critic.init(jax.random.key(0), x, x,
+                                               False)))
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _images(arch, channels, seed):
@@ -192,21 +228,38 @@ class ModelsTest(parameterized.TestCase):
     np.testing.assert_allclose(y, _numpy_conv_transpose(x, kernel),
                                rtol=1e-5, atol=1e-5)
 
-  def test_conv_transpose_impls_agree_with_gradients(self):
-    layer = lambda impl: models.ConvTranspose4x4(4, impl)
+  # 16 output channels: 'cpu_forms' is the sub-pixel form; 4: dilated.
+  @parameterized.product(features=(4, 16), impl=('xla', 'cpu_forms', 'auto'))
+  def test_conv_transpose_layer_forms_agree_with_gradients(self, features,
+                                                          impl):
+    layer = lambda impl: models.ConvTranspose4x4(features, impl)
     x = jax.random.normal(jax.random.key(0), (2, 7, 7, 5))
-    params = layer('dilated').init(jax.random.key(1), x)
-    self.assertEqual(params['params']['kernel'].shape, (4, 4, 5, 4))
+    params = layer('xla').init(jax.random.key(1), x)
+    self.assertEqual(params['params']['kernel'].shape, (4, 4, 5, features))
+    kernel, bias = params['params']['kernel'], params['params']['bias']
+    y_ref = models.conv_transpose_4x4_s2(x, kernel, 'dilated') + bias
+
+    def value_and_grads(f):
+      return jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))),
+                                argnums=(0, 1))(params, x)
+
+    _assert_close(layer(impl).apply(params, x), y_ref)
+    jax.tree.map(_assert_close, value_and_grads(layer(impl).apply),
+                 value_and_grads(layer('xla').apply))
+
+  def test_conv_transpose_forms_agree_with_gradients(self):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 5))
+    kernel = jax.random.normal(jax.random.key(1), (4, 4, 5, 4)) / 8
 
     def value_and_grads(impl):
-      f = lambda p, x: jnp.sum(jnp.sin(layer(impl).apply(p, x)))
-      return jax.value_and_grad(f, argnums=(0, 1))(params, x)
+      f = lambda k, x: jnp.sum(jnp.sin(
+          models.conv_transpose_4x4_s2(x, k, impl)))
+      return jax.value_and_grad(f, argnums=(0, 1))(kernel, x)
 
-    jax.tree.map(
-        functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
-        value_and_grads('dilated'), value_and_grads('subpixel'))
+    jax.tree.map(_assert_close, value_and_grads('subpixel'),
+                 value_and_grads('dilated'))
     with self.assertRaisesRegex(ValueError, 'subpixel'):
-      models.conv_transpose_4x4_s2(x, params['params']['kernel'], 'fft')
+      models.conv_transpose_4x4_s2(x, kernel, 'fft')
 
   # The mnist encoder/critic layer shapes (28 -> 14 with 1 or 2 channels,
   # 14 -> 7 with 64), an odd size (7 -> 3) and a non-square one.
@@ -277,28 +330,40 @@ class ModelsTest(parameterized.TestCase):
     jax.tree.map(_assert_close, derivatives(models._patch_matmul),
                  derivatives(jnp.dot))
 
-  def test_conv_layer_matches_nn_conv_variables_and_values(self):
+  def test_conv_layer_matches_nn_conv_variables_values_and_gradients(self):
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 16))
     kw = dict(kernel_init=models._TORCH_KERNEL_INIT,
               bias_init=nn.initializers.normal(1.0))
     ref = nn.Conv(8, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
     params = ref.init(jax.random.key(1), x)
-    for impl in ('auto', 'lax', 'im2col'):
+
+    def value_and_grads(apply):
+      return jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(apply(p, x))),
+                                argnums=(0, 1))(params, x)
+
+    expected = value_and_grads(ref.apply)
+    for impl in models.CONV_IMPLS:
       layer = models.Conv4x4S2(8, impl=impl, **kw)
       with self.subTest(impl):
         # Same names, shapes and (same keys) initial values as nn.Conv.
         jax.tree.map(np.testing.assert_array_equal,
                      layer.init(jax.random.key(1), x), params)
         _assert_close(layer.apply(params, x), ref.apply(params, x))
+        jax.tree.map(_assert_close, value_and_grads(layer.apply), expected)
     with self.assertRaisesRegex(ValueError, 'im2col'):
       models.conv_4x4_s2(x, params['params']['kernel'], 'fft')
 
-  def test_auto_conv_impl_is_im2col_on_cpu_and_lax_on_accelerators(self):
-    # im2col is a CPU measurement; accelerators keep their conv kernels.
-    self.assertEqual(models._auto_conv_impl(), 'im2col')  # Tests run on CPU.
+  def test_auto_conv_forms_are_cpu_forms_on_cpu_and_xla_on_accelerators(
+      self):
+    # The matmul forms are CPU measurements; accelerators keep XLA's own.
+    self.assertEqual(models.conv_forms('auto'), 'cpu_forms')  # Tests: CPU.
     for backend in ('gpu', 'tpu'):
       with mock.patch.object(jax, 'default_backend', return_value=backend):
-        self.assertEqual(models._auto_conv_impl(), 'lax', backend)
+        self.assertEqual(models.conv_forms('auto'), 'xla', backend)
+        for forced in ('xla', 'cpu_forms'):
+          self.assertEqual(models.conv_forms(forced), forced)
+    with self.assertRaisesRegex(ValueError, "'auto', 'xla', 'cpu_forms'"):
+      models.conv_forms('lax')
 
   # k x k stride-1 'SAME' convolutions of the cifar ResNets: the heavy
   # 128/256-channel shapes at test size, 1x1 shortcuts, a non-square input.
@@ -324,10 +389,10 @@ class ModelsTest(parameterized.TestCase):
 
   @parameterized.product(resample=('none', 'up', 'pool'), k=(1, 3),
                          c_in=(4, 16))
-  def test_conv_same_layer_fused_forms_match_composition(self, resample, k,
-                                                         c_in):
-    # 'auto' fuses the resampling into the conv (fewer multiply-adds);
-    # 'lax' is the literal conv(up(x)) / pool(conv(x)) of the official code.
+  def test_conv_same_layer_forms_match_composition(self, resample, k, c_in):
+    # Every `conv_impl` fuses the resampling into the conv (fewer
+    # multiply-adds); 'literal' is the official code's conv(up(x)) /
+    # pool(conv(x)). 16 channels take 'cpu_forms' to the 'rowgrad' path.
     x = jax.random.normal(jax.random.key(0), (2, 6, 8, c_in))
     kw = dict(kernel_init=models._xavier(1.0),
               bias_init=nn.initializers.normal(1.0))
@@ -341,15 +406,25 @@ class ModelsTest(parameterized.TestCase):
     y = ref.apply(params, models._upsample2(x) if resample == 'up' else x)
     if resample == 'pool':
       y = models._avg_pool2(y)
-    _assert_close(layer('lax').apply(params, x), y)
+    _assert_close(layer('literal').apply(params, x), y)
 
     def value_and_grads(impl):
       return jax.value_and_grad(
           lambda p, x: jnp.sum(jnp.sin(layer(impl).apply(p, x))),
           argnums=(0, 1))(params, x)
 
-    jax.tree.map(_assert_close, value_and_grads('auto'),
-                 value_and_grads('lax'))
+    expected = value_and_grads('literal')
+    for impl in models.CONV_IMPLS:
+      with self.subTest(impl):
+        jax.tree.map(_assert_close, value_and_grads(impl), expected)
+
+  def test_upsample_conv_kernel_is_conv3_of_upsampling(self):
+    x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 2))
+    expected = models.conv_same(models._upsample2(x), kernel, 'lax')
+    _assert_close(models.conv_transpose_4x4_s2(
+        x, models.upsample_conv_kernel(kernel), 'dilated'), expected)
+    _assert_close(models.upsample2_conv3x3(x, kernel), expected)
 
   def test_conv_same_rejects_bad_arguments(self):
     x = jnp.zeros((1, 4, 4, 2))
@@ -359,10 +434,108 @@ class ModelsTest(parameterized.TestCase):
       models.conv_same(x, jnp.zeros((3, 3, 2, 3)), 'fft')
     with self.assertRaisesRegex(ValueError, "choose 'none', 'up' or 'pool'"):
       models.ConvSame(3, 3, resample='down').init(jax.random.key(0), x)
-    with self.assertRaisesRegex(ValueError, "choose 'auto' or 'lax'"):
+    with self.assertRaisesRegex(ValueError, "'cpu_forms', 'literal'"):
       models.ConvSame(3, 3, impl='rowgrad').init(jax.random.key(0), x)
     with self.assertRaisesRegex(ValueError, 'needs a 1x1 or 3x3 kernel'):
       models.ConvSame(3, 5, resample='up').init(jax.random.key(0), x)
+
+  # Whole networks through `model.conv_impl`, every layer type in train mode
+  # (new BatchNorm / spectral-norm statistics), and for mnist the gradient
+  # penalty's second derivatives. mnist at width 16 takes deconv1 to the
+  # sub-pixel form; the cifar critic's 16-channel 3x3 layers take 'rowgrad'.
+  @parameterized.parameters(('mnist', 16), ('cifar', 8))
+  def test_networks_agree_across_conv_impls(self, arch, width):
+    x = _images(arch, 1, 0)
+
+    def build(conv_impl):
+      config = _config(arch, spectral_norm=arch == 'cifar')
+      config.update(width=width, conv_impl=conv_impl)
+      return models.create_models(config, x.shape[1:])
+
+    ae_vars, critic_vars = _fake_variables(*build('xla'), x)
+
+    def run(conv_impl):
+      ae, critic = build(conv_impl)
+
+      def loss(ae_params, critic_params):
+        (x_rec, z), ae_new = ae.apply({**ae_vars, 'params': ae_params}, x,
+                                      True, mutable=['batch_stats'])
+        critic_params_vars = {**critic_vars, 'params': critic_params}
+        (logits, features), critic_new = critic.apply(
+            critic_params_vars, x, x_rec, True, mutable=['batch_stats'])
+        value = (jnp.sum(jnp.sin(logits)) + jnp.sum(jnp.sin(features))
+                 + jnp.sum(jnp.sin(3 * x_rec)) + jnp.sum(z**2))
+        if arch == 'mnist':
+          value += losses.gradient_penalty(
+              lambda xy: critic.apply(critic_params_vars, xy, False,
+                                      method=critic.stacked)[0],
+              x, x_rec, jnp.full((_BATCH,), 0.3), style='per_sample')
+        return value, (x_rec, z, logits, features, ae_new, critic_new)
+
+      return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+          ae_vars['params'], critic_vars['params'])
+
+    # ('auto' is 'cpu_forms' here: the same program.)
+    (value, outputs), grads = run('xla')
+    (value_c, outputs_c), grads_c = run('cpu_forms')
+    # Each output, and each network's gradients, on its own scale.
+    for actual, expected in zip((value_c, *outputs_c, *grads_c),
+                                (value, *outputs, *grads)):
+      _assert_trees_close(actual, expected)
+
+  @parameterized.parameters('mnist', 'cifar')
+  def test_bfloat16_model_keeps_float32_variables_and_outputs(self, arch):
+    x, y = _images(arch, 3, 0), _images(arch, 3, 3)
+
+    def build(dtype):
+      config = _config(arch, spectral_norm=arch == 'cifar')
+      config.compute_dtype = dtype
+      return models.create_models(config, x.shape[1:])
+
+    (ae32, critic32), (ae16, critic16) = build('float32'), build('bfloat16')
+    # The bf16 model's variables are the float32 model's, all float32.
+    shapes = lambda ae, critic: jax.eval_shape(
+        lambda: (ae.init(jax.random.key(1), x, False),
+                 critic.init(jax.random.key(2), x, y, False)))
+    self.assertEqual(shapes(ae16, critic16), shapes(ae32, critic32))
+    for leaf in jax.tree.leaves(shapes(ae16, critic16)):
+      self.assertEqual(leaf.dtype, jnp.float32)
+    ae_vars, critic_vars = _fake_variables(ae32, critic32, x)
+
+    def outputs(ae, critic):
+      (x_rec, z), ae_new = ae.apply(ae_vars, x, True, mutable=['batch_stats'])
+      (logits, features), critic_new = critic.apply(
+          critic_vars, x, x_rec, True, mutable=['batch_stats'])
+      return (x_rec, z, logits, features), (ae_new, critic_new)
+
+    jit_outputs = jax.jit(outputs, static_argnums=(0, 1))
+    (out16, new16), (out32, new32) = (jit_outputs(ae16, critic16),
+                                      jit_outputs(ae32, critic32))
+    for leaf in jax.tree.leaves((out16, new16)):
+      self.assertEqual(leaf.dtype, jnp.float32)
+    # bf16 keeps 8 significant bits (~0.4% per rounding). Seen here: 0.2-2%
+    # of an output's norm, up to 6% of its largest value in single elements
+    # (the cifar generator: train-mode BatchNorm over a batch of 2).
+    for a, b in zip(jax.tree.leaves((out16, new16)),
+                    jax.tree.leaves((out32, new32))):
+      a, b = np.asarray(a), np.asarray(b)
+      self.assertLessEqual(np.linalg.norm(a - b), 0.05 * np.linalg.norm(b))
+      self.assertLessEqual(np.abs(a - b).max(), 0.15 * np.abs(b).max())
+    # Every convolution of the bf16 model's forward passes runs in bf16.
+    text = str(jax.make_jaxpr(functools.partial(outputs, ae16, critic16))())
+    convs = re.findall(r'(\w+)\[[\d,]*\] = conv_general_dilated', text)
+    self.assertNotEmpty(convs)
+    self.assertEqual(set(convs), {'bf16'})
+
+  def test_create_models_rejects_unknown_conv_impl_and_dtype(self):
+    config = _config('mnist')
+    config.conv_impl = 'im2col'
+    with self.assertRaisesRegex(ValueError, "'auto', 'xla', 'cpu_forms'"):
+      models.create_models(config, (28, 28, 1))
+    config.conv_impl = 'xla'
+    config.compute_dtype = 'float16'
+    with self.assertRaisesRegex(ValueError, "'bfloat16', 'float32'"):
+      models.create_models(config, (28, 28, 1))
 
   def test_create_models_passes_axis_name_to_batch_norm(self):
     ae, _ = models.create_models(_config('cifar'), (32, 32, 3), 'batch')
