@@ -308,6 +308,7 @@ FIELDS: dict[str, Rule] = {
     'loss.lambda_inter': WEIGHT,
     'loss.num_inter': Int(min=2),  # One encoding is no interpolation.
     'loss.detach_inter': Bool(),
+    'loss.inter_anchors': Choice(('all', 'first')),
     'loss.lambda_neg': WEIGHT,
     'loss.lambda_reg': WEIGHT,
     'loss.reg_squared': Bool(),

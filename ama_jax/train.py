@@ -121,6 +121,7 @@ class StepSettings:
   lambda_inter: float = 0.5
   num_inter: int = 3
   detach_inter: bool = False
+  inter_anchors: str = 'all'
   lambda_neg: float = 5.0  # Weight of labelled anomalies (semi-supervised).
   lambda_reg: float = 1.0
   reg_squared: bool = False
@@ -143,6 +144,7 @@ class StepSettings:
         local_batch=local_batch, num_devices=num_devices,
         n_critic=config.train.n_critic, lambda_inter=loss.lambda_inter,
         num_inter=loss.num_inter, detach_inter=loss.detach_inter,
+        inter_anchors=loss.get('inter_anchors', 'all'),
         lambda_neg=loss.lambda_neg, lambda_reg=loss.lambda_reg,
         reg_squared=loss.reg_squared, lambda_gp=loss.lambda_gp,
         gp_style=loss.gp_style, gp_inter=bool(loss.get('gp_inter', False)),
@@ -514,11 +516,18 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
 
   # 2. Simplex interpolation plan (eq. 4): weights and anchor rows.
   use_inter = s.lambda_inter != 0
-  alpha = anchors = x_anchors = None
+  alpha = anchors = x_anchors = pair_anchors = None
   if use_inter:
     alpha, anchors = _interpolation_plan(weights, global_rows, step_rng, s)
-    x_all = lax.all_gather(x, AXIS, tiled=True)
-    x_anchors = jnp.moveaxis(x_all[anchors], 1, 0)  # [m, b, H, W, C]
+    # The critic sees (x_k, x_inter) for every anchor k ('all', the official
+    # code), or for the interpolant's own row only ('first': x_1, whose
+    # encoding is e_1 of eq. 4), a third of the critic's interpolation work.
+    pair_anchors = anchors if s.inter_anchors == 'all' else anchors[:, :1]
+    if s.inter_anchors == 'all':
+      x_all = lax.all_gather(x, AXIS, tiled=True)
+      x_anchors = jnp.moveaxis(x_all[anchors], 1, 0)  # [m, b, H, W, C]
+    else:
+      x_anchors = x[None]  # Row i's own image: [1, b, H, W, C].
 
   # 3. Autoencoder forward, once: E and G do not change during the critic
   # updates; its VJP gives the AE gradient after them.
@@ -550,7 +559,7 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
                jnp.sum(negative * (pairs.real - pairs.fake)) / num_negative}
     if use_inter:
       real_all = lax.all_gather(pairs.real, AXIS, tiled=True)
-      anchor_real = real_all[anchors]  # [b, m]
+      anchor_real = real_all[pair_anchors]  # [b, m] or [b, 1]
       inter = losses.interpolation_critic_loss(
           anchor_real_logits=anchor_real, inter_logits=pairs.inter,
           mask=normal, denominator=num_normal)
@@ -558,7 +567,7 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
       aux['critic_inter'] = inter
       # Critic values on the interpolation pairs (x_k, x_inter) beside those
       # on the anchors' mirrored pairs (x_k, x_k).
-      per_pair = num_normal * s.num_inter
+      per_pair = num_normal * pair_anchors.shape[1]
       aux['diag/critic_inter_pair'] = jnp.sum(
           normal[:, None] * pairs.inter) / per_pair
       aux['diag/critic_inter_anchor_real'] = jnp.sum(

@@ -269,7 +269,8 @@ class CombinationsTest(parameterized.TestCase):
        r'no epoch would be validated'),
       ('no_validation_every', {'eval.every_epochs': 3}, 2,
        r'no epoch would be validated'),
-      ('decay_epochs_after_the_end', {'optim.decay_at_epochs': (1, 2)}, 2,
+      ('decay_epochs_after_the_end', {'optim.schedule': 'step',
+                                      'optim.decay_at_epochs': (1, 2)}, 2,
        r'decay point\(s\) \[2\] fall at or after the end'),
   )
   def test_combination_is_an_error(self, overrides, devices, message):
@@ -299,14 +300,15 @@ class CombinationsTest(parameterized.TestCase):
         'sampling.fraction': 0.0})), [])
 
   def test_schedule_points_must_fall_on_distinct_steps(self):
-    config = _runlocal()
+    config = _runlocal(**{'optim.schedule': 'step'})
     config_checks.check_plan(config, steps_per_epoch=4)  # Steps 2, 5, 7.
     with self.assertRaisesRegex(
         errors.ConfigError, r'decays at steps \[1, 1, 2\] of 2 training '
         r'steps .* same step'):
       config_checks.check_plan(config, steps_per_epoch=1)
     with self.assertRaisesRegex(errors.ConfigError, 'at or after the end'):
-      config_checks.check_plan(_runlocal(**{'optim.decay_at': (0.99,)}),
+      config_checks.check_plan(_runlocal(**{'optim.schedule': 'step',
+                                            'optim.decay_at': (0.99,)}),
                                steps_per_epoch=4)
     config_checks.check_plan(_runlocal(**{'optim.decay_at': ()}), 1)
     config_checks.check_plan(_runlocal(**{'optim.schedule': 'constant'}), 1)
@@ -314,7 +316,8 @@ class CombinationsTest(parameterized.TestCase):
                                 r'optim\.decay_at_epochs=\(1, 1\.1\) puts '
                                 r'the lr decays at steps \[4, 4\]'):
       config_checks.check_plan(
-          _runlocal(**{'optim.decay_at_epochs': (1, 1.1),
+          _runlocal(**{'optim.schedule': 'step',
+                       'optim.decay_at_epochs': (1, 1.1),
                        'train.num_epochs': 2}), steps_per_epoch=4)
     with self.assertRaisesRegex(errors.ConfigError,
                                 r'optim\.warmup_steps=8 is not shorter'):

@@ -5,6 +5,7 @@ import pathlib
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from ama_jax import checkpointing
 from configs import default
 
 _CONFIGS = {
@@ -25,9 +26,9 @@ class ConfigsTest(parameterized.TestCase):
       self.assertEqual(config.train.batch_size % 2, 0)
       self.assertIn(config.model.arch, ('mnist', 'cifar'))
 
-  def test_paper_hyper_parameters(self):
-    mnist, cifar = default.get_config(), importlib.import_module(
-        'configs.cifar_svhn').get_config()
+  def test_paper_recipe_has_the_paper_hyper_parameters(self):
+    mnist, cifar = default.get_config('paper'), importlib.import_module(
+        'configs.cifar_svhn').get_config('paper')
     for config in (mnist, cifar):
       self.assertEqual(config.optim.lr, 3e-4)
       self.assertEqual(config.train.batch_size, 256)
@@ -43,6 +44,26 @@ class ConfigsTest(parameterized.TestCase):
     self.assertEqual((cifar.model.arch, cifar.model.latent_dim,
                       cifar.sampling.style, cifar.model.spectral_norm,
                       cifar.loss.lambda_gp), ('cifar', 128, 'inward', True, 0))
+
+    for config in (mnist, cifar):
+      self.assertEqual((config.optim.schedule, config.optim.decay_at,
+                        config.optim.decay, config.optim.ema_decay,
+                        config.eval.score, config.loss.inter_anchors),
+                       ('step', (0.3, 0.6, 0.9), 0.1, 0.0, 'two_sided',
+                        'all'))
+
+  def test_tuned_recipe_differs_from_the_paper_only_in_its_levers(self):
+    for name in ('fmnist_mnist', 'mnist_oneclass', 'cifar_svhn'):
+      module = importlib.import_module(f'configs.{name}')
+      tuned = checkpointing.config_to_dict(module.get_config())
+      paper = checkpointing.config_to_dict(module.get_config('paper'))
+      changed = {f'{section}.{k}' for section in tuned
+                 if isinstance(tuned[section], dict)
+                 for k in tuned[section]
+                 if tuned[section][k] != paper[section][k]}
+      self.assertEqual(changed, {
+          'train.batch_size', 'optim.schedule', 'optim.ema_decay',
+          'sampling.style', 'loss.inter_anchors', 'eval.score'}, name)
 
   def test_class_arguments(self):
     oneclass = importlib.import_module('configs.mnist_oneclass')

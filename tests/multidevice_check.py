@@ -33,6 +33,7 @@ def run(devices, per_device_state, steps=3):
   # The non-paper options that reach across devices, on too.
   config.sampling.shell_radius = 'measured'
   config.loss.gp_inter = True
+  config.loss.inter_anchors = 'all'  # Anchors gathered across devices.
   config.optim.ema_decay = 0.9
   num_train = 64
   rng = np.random.default_rng(0)

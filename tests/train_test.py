@@ -88,6 +88,25 @@ class TrainStepTest(absltest.TestCase):
     chex.assert_trees_all_close(jax.device_get(a.ae.params),
                                 jax.device_get(b.ae.params), atol=1e-5)
 
+  def test_interpolation_anchors_first_and_all_both_train_and_differ(self):
+    rng = jax.random.key(1)
+    finals = {}
+    for anchors in ('first', 'all'):
+      config = _tiny_config()
+      config.loss.inter_anchors = anchors
+      ae, critic = models.create_models(config.model, _SHAPE,
+                                        axis_name=train.AXIS)
+      state, settings, data, devices = _setup(config)
+      p_step = train.make_p_train_step(ae, critic, settings, devices=devices)
+      state, metrics = p_step(state, data, rng)
+      self.assertTrue(bool(metrics['finite']))
+      self.assertTrue(np.isfinite(float(metrics['critic_inter'])))
+      finals[anchors] = jax.device_get(state.critic.params)
+    # 'first' pairs each interpolant with its own row only: another loss.
+    diff = jax.tree.map(lambda a, b: np.abs(a - b).max(), finals['first'],
+                        finals['all'])
+    self.assertGreater(max(jax.tree.leaves(diff)), 0)
+
 
 class EpochDataTest(absltest.TestCase):
 
