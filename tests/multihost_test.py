@@ -133,11 +133,16 @@ class MultiHostTest(absltest.TestCase):
     # Both checkpoints restore here (one fresh process), to the same state.
     (mstate, mmeta), (sstate, smeta) = _latest(multi), _latest(single)
     self.assertEqual((mmeta['step'], smeta['step']), (8, 8))
+    # The sums over 2 x 2 and 1 x 4 devices round differently; Adam turns a
+    # near-zero gradient's rounding into a step of up to lr, so a rare
+    # parameter may differ by a few lr (3e-4) after 8 steps. Nearly all
+    # agree to 1e-4.
+    off = total = 0
     for a, b in zip(jax.tree.leaves(mstate), jax.tree.leaves(sstate)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    diff = jax.tree.map(lambda a, b: np.abs(a - b).max(initial=0),
-                        mstate.ae.params, sstate.ae.params)
-    self.assertLess(max(jax.tree.leaves(diff)), 1e-4)
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=8 * 3e-4)
+      far = ~np.isclose(a, b, rtol=1e-4, atol=1e-4)
+      off, total = off + int(far.sum()), total + far.size
+    self.assertLess(off, 1e-4 * total)
     # Validation and test scores (split over processes, then gathered).
     single_results = json.loads((single / 'results.json').read_text())
     self.assertEqual(results['best_step'], single_results['best_step'])
@@ -145,9 +150,10 @@ class MultiHostTest(absltest.TestCase):
       for key, value in single_results['test'][name].items():
         self.assertAlmostEqual(results['test'][name][key], value, places=4,
                                msg=f'test {name} {key}')
-      self.assertAlmostEqual(results['calibration'][name]['mu'],
-                             single_results['calibration'][name]['mu'],
-                             places=4)
+      # Relative: mu sums R over the training set in another order.
+      mu = single_results['calibration'][name]['mu']
+      self.assertAlmostEqual(results['calibration'][name]['mu'], mu,
+                             delta=1e-4 * abs(mu))
 
 
 class PlanTest(absltest.TestCase):
