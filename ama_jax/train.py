@@ -522,11 +522,12 @@ def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
     # The critic sees (x_k, x_inter) for every anchor k ('all', the official
     # code), or for the interpolant's own row only ('first': x_1, whose
     # encoding is e_1 of eq. 4), a third of the critic's interpolation work.
-    pair_anchors = anchors if s.inter_anchors == 'all' else anchors[:, :1]
     if s.inter_anchors == 'all':
+      pair_anchors = anchors
       x_all = lax.all_gather(x, AXIS, tiled=True)
       x_anchors = jnp.moveaxis(x_all[anchors], 1, 0)  # [m, b, H, W, C]
     else:
+      pair_anchors = anchors[:, :1]  # Row i itself (anchors put it first).
       x_anchors = x[None]  # Row i's own image: [1, b, H, W, C].
 
   # 3. Autoencoder forward, once: E and G do not change during the critic
