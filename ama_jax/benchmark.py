@@ -71,6 +71,7 @@ import numpy as np
 from configs import default
 from ama_jax import cli
 from ama_jax import config_checks
+from ama_jax import conv_layers
 from ama_jax import errors
 from ama_jax import malloc_tuning
 from ama_jax import models
@@ -91,7 +92,7 @@ flags.DEFINE_integer('score_batches', 5, 'Timed scoring batches (0: no '
 flags.DEFINE_bool('paper_inter', False, 'Interpolation gradients reach E, G.')
 flags.DEFINE_enum('compute_dtype', 'float32', sorted(models.COMPUTE_DTYPES),
                   'model.compute_dtype: the layers\' arithmetic.')
-flags.DEFINE_enum('conv_impl', 'auto', list(models.CONV_IMPLS),
+flags.DEFINE_enum('conv_impl', 'auto', list(conv_layers.CONV_IMPLS),
                   'model.conv_impl: convolution forms.')
 flags.DEFINE_bool('tiny', False, 'Tiny models (the :runlocal widths), '
                   'for smoke tests of the benchmark itself.')
@@ -307,7 +308,7 @@ def run_ours(measure_warm: bool) -> dict:
       'impl': 'ama_jax', 'arch': FLAGS.arch, 'batch': FLAGS.batch,
       'n_critic': FLAGS.n_critic, 'paper_inter': FLAGS.paper_inter,
       'compute_dtype': FLAGS.compute_dtype, 'conv_impl': FLAGS.conv_impl,
-      'conv_forms': models.conv_forms(FLAGS.conv_impl),
+      'conv_forms': conv_layers.conv_forms(FLAGS.conv_impl),
       'tiny': FLAGS.tiny, 'steps_per_call': FLAGS.steps_per_call,
       'train_img_per_s': images_per_call / call_s,
       'train_step_s_median': call_s / FLAGS.steps_per_call,

@@ -38,6 +38,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from ama_jax import conv_layers
 from ama_jax import errors
 from ama_jax import input_pipeline
 from ama_jax import losses
@@ -302,7 +303,7 @@ FIELDS: dict[str, Rule] = {
     'model.latent_dim': Int(min=1),
     'model.width': Int(min=1),
     'model.spectral_norm': Bool(),
-    'model.conv_impl': Choice(models.CONV_IMPLS),
+    'model.conv_impl': Choice(conv_layers.CONV_IMPLS),
     'model.compute_dtype': Choice(lambda: sorted(models.COMPUTE_DTYPES)),
     # --- loss ---
     'loss.lambda_inter': WEIGHT,
