@@ -75,6 +75,7 @@ from ama_jax import conv_layers
 from ama_jax import errors
 from ama_jax import malloc_tuning
 from ama_jax import models
+from ama_jax import placement
 from ama_jax import runtime
 from ama_jax import schedules
 from ama_jax import scoring
@@ -251,20 +252,20 @@ def run_ours(measure_warm: bool) -> dict:
   images = rng.uniform(-1, 1, (num_train, *image_shape)).astype(np.float32)
   state = train.create_train_state(jax.random.key(0), config, image_shape)
   ae_model, critic_model = models.create_models(config.model, image_shape,
-                                                axis_name=train.AXIS)
+                                                axis_name=placement.AXIS)
   config.sampling.start_step = 0  # Negatives on from the first step.
   settings = train.StepSettings.from_config(
       config, local_batch=FLAGS.batch // len(devices),
       num_devices=len(devices))
   schedule = schedules.make_schedule(config, 8, 10**6)
-  data = train.epoch_data(
-      train.put_train_set(images, np.zeros(num_train, np.int32), 8, schedule,
-                          devices),
+  data = placement.epoch_data(
+      placement.put_train_set(images, np.zeros(num_train, np.int32), 8,
+                              schedule, devices),
       np.arange(num_train), settings.local_batch, 8, devices)
   p_step = train.make_p_train_step(ae_model, critic_model, settings,
                                    num_steps=FLAGS.steps_per_call,
                                    devices=devices)
-  state, rng = train.replicate((state, jax.random.key(1)), devices)
+  state, rng = placement.replicate((state, jax.random.key(1)), devices)
   count = (np.int32(FLAGS.steps_per_call),) if FLAGS.steps_per_call > 1 else ()
   step, figures = compile_step(p_step, (state, data, rng, *count),
                                warm=measure_warm)

@@ -9,12 +9,13 @@ the run logs (and results.json keeps) the seconds of each and the share of
 the wall time spent in training steps.
 
 Several processes (multi-host) run this same function: the training step is
-one pmap over the devices of all of them (`train.mesh_devices`), each
+one pmap over the devices of all of them (`placement.mesh_devices`), each
 process putting the training set on its devices once and sending them only
-their rows' indices each epoch (`train.put_train_set`, `train.epoch_data`);
-validation and test images are scored in per-process slices and gathered
-(`scoring.Scorer`), so every process sees the same metrics and takes the
-same decisions (best checkpoint, halting, errors).
+their rows' indices each epoch (`placement.put_train_set`,
+`placement.epoch_data`); validation and test images are scored in
+per-process slices and gathered (`scoring.Scorer`), so every process sees
+the same metrics and takes the same decisions (best checkpoint, halting,
+errors).
 All processes join checkpoint saves and restores (orbax writes from process
 0); only process 0 writes metrics, figures and results.json.
 """
@@ -38,6 +39,7 @@ from ama_jax import figures
 from ama_jax import input_pipeline
 from ama_jax import metric_writers
 from ama_jax import models
+from ama_jax import placement
 from ama_jax import report
 from ama_jax import schedules
 from ama_jax import scoring
@@ -123,7 +125,7 @@ def _host_target(tree: Any) -> Any:
   """A restore target whose leaves come back as numpy arrays.
 
   Every process restores the whole state into host memory and places it on
-  its devices itself (`train.replicate`).
+  its devices itself (`placement.replicate`).
   """
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype),
                       tree)
@@ -151,7 +153,7 @@ class Run:
   ckpts: checkpointing.CheckpointManagers
   eval_models: tuple  # (autoencoder, critic) without a pmap axis.
   p_step: Any  # The compiled training call (`train.make_p_train_step`).
-  train_set: train.TrainData
+  train_set: placement.TrainData
   train_rng: PRNGKey
   data_rng: PRNGKey
 
@@ -178,7 +180,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   workdir.mkdir(parents=True, exist_ok=True)
   data = _load_data(config)
   image_shape = tuple(data.image_shape)
-  devices, local_devices = train.mesh_devices(), jax.local_devices()
+  devices, local_devices = placement.mesh_devices(), jax.local_devices()
   num_train = len(data.train.images)
   local_batch, steps_per_epoch = plan(config, num_train, len(devices),
                                       jax.process_count())
@@ -206,12 +208,12 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   if restored is not None:
     state, meta = restored
     logging.info('Resumed from step %d of %s.', int(state.step), workdir)
-  state = train.replicate(state, devices)
+  state = placement.replicate(state, devices)
   history = metric_writers.History(workdir, is_chief,
                                    int(jax.device_get(state.step)))
 
   ae_model, critic_model = models.create_models(
-      config.model, image_shape, axis_name=train.AXIS)
+      config.model, image_shape, axis_name=placement.AXIS)
   settings = train.StepSettings.from_config(
       config, local_batch=local_batch, num_devices=len(devices))
   # One compiled call for the whole run: the schedule is data.
@@ -220,7 +222,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       num_steps=max(1, config.train.steps_per_call), devices=devices)
   # The training set goes to the devices once; each epoch sends row indices.
   schedule = schedules.make_schedule(config, steps_per_epoch, total_steps)
-  train_set = train.put_train_set(data.train.images, data.train.labels,
+  train_set = placement.put_train_set(data.train.images, data.train.labels,
                                   steps_per_epoch, schedule, devices)
   run = Run(config=config, workdir=workdir, data=data, devices=devices,
             local_devices=local_devices, local_batch=local_batch,
@@ -228,7 +230,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
             report_progress=report_progress, history=history, ckpts=ckpts,
             eval_models=models.create_models(config.model, image_shape),
             p_step=p_step, train_set=train_set,
-            train_rng=train.replicate(train_rng, devices), data_rng=data_rng)
+            train_rng=placement.replicate(train_rng, devices),
+            data_rng=data_rng)
   return run, state, meta
 
 
@@ -260,9 +263,10 @@ class Trainer:
     s0 = self.step
     with self.timer('training steps'):
       # This process's devices' rows of the epoch (the order is global).
-      data = train.epoch_data(
+      data = placement.epoch_data(
           run.train_set,
-          train.epoch_order(run.data_rng, epoch, len(run.data.train.images)),
+          placement.epoch_order(run.data_rng, epoch,
+                                len(run.data.train.images)),
           run.local_batch, run.steps_per_epoch, run.devices)
       while self.step < epoch_end:
         n = min(k, epoch_end - self.step)
@@ -284,7 +288,7 @@ class Trainer:
     self.steps_timed += self.step - s0
     return True
 
-  def _call(self, data: train.TrainData, n: int, k: int) -> None:
+  def _call(self, data: placement.TrainData, n: int, k: int) -> None:
     """One compiled call of n <= k steps; the first one logs compile time."""
     t0 = time.time()
     args = (self.state, data, self.run.train_rng)
@@ -419,7 +423,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with timer('final evaluation'):
     best = run.ckpts.restore_best(_host_target(trainer.state))
     if best is not None:  # Placed as the trained state is: same program.
-      best = (train.replicate(best[0], run.devices), best[1])
+      best = (placement.replicate(best[0], run.devices), best[1])
     results = report.final_evaluation(
         config, run.workdir, run.data, trainer.state, best,
         *run.eval_models, run.local_devices, run.writer, trainer.step)

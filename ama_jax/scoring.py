@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ama_jax import evaluation
-
-AXIS = 'batch'
+from ama_jax import placement
+from ama_jax import train
 
 
 def raw_scores(ae_model, critic_model, ae_vars, critic_vars,
@@ -85,7 +85,7 @@ def _pmapped_scores(ae_model, critic_model, devices: tuple) -> Any:
   """`raw_scores` pmapped over `devices`; built once per (models, devices),
   so the scorers of every validation of a run share one compiled program."""
   fn = functools.partial(raw_scores, ae_model, critic_model)
-  return jax.pmap(fn, axis_name=AXIS, in_axes=(None, None, 0),
+  return jax.pmap(fn, axis_name=placement.AXIS, in_axes=(None, None, 0),
                   devices=devices)
 
 
@@ -156,12 +156,7 @@ def scorer_from_state(state, ae_model, critic_model, batch_size: int = 500,
   It scores with the moving averages of the weights when the state keeps
   them (`optim.ema_decay` > 0), else with the trained weights.
   """
-  if getattr(state, 'ema', None) is not None:
-    ae_vars, critic_vars = state.ema['ae'], state.ema['critic']
-  else:
-    ae_vars = {'params': state.ae.params, 'batch_stats': state.ae.batch_stats}
-    critic_vars = {'params': state.critic.params,
-                   'batch_stats': state.critic.batch_stats}
+  ae_vars, critic_vars = train.scoring_variables(state)
   return Scorer(ae_model, critic_model, ae_vars, critic_vars,
                 batch_size=batch_size, devices=devices)
 

@@ -7,24 +7,21 @@ exponential moving average of the weights that validation and scoring use.
 
 Everything that changes during a run (the learning rate, whether the
 negatives are on and their weight, the epoch's rows) is data
-(`schedules.Schedule`, `TrainData`), so a run compiles its step once.
+(`schedules.Schedule`, `placement.TrainData`), so a run compiles its step
+once. Where the arrays live (devices, the training set, an epoch's rows) is
+`placement.py`; the step gathers its batch by row inside compiled code.
 
 Multi-device contract: the state is passed unreplicated (`in_axes=None`) and
-every leaf of the returned state is identical on all devices. The devices are
-those of every process (`mesh_devices`), so one pmapped call is one global
-step whether they sit in one process or in several. Each epoch's order of the
-training set is drawn from the config seed, identically on every process.
-The training set is put on every device once per run (`put_train_set`); each
-epoch uploads only the row indices each device's steps take (`epoch_data`),
-and the step gathers its batch by those indices inside compiled code (no
-host work between steps). Every random draw is keyed by the example's row in
-the global batch (never by the device or process), which rows are synthetic
-negatives is decided on the global batch, and losses are sums over local
-rows divided by global counts whose gradients are `psum`med, so a run on n
-devices computes exactly what one device computes on the same global batch
-(up to float summation order), however the devices are split over processes.
-Interpolation partners are drawn from the whole global batch through
-`all_gather`; its transpose (a reduce-scatter) routes their gradients back.
+every leaf of the returned state is identical on all devices, one pmapped
+call being one global step over every process's devices. Every random draw
+is keyed by the example's row in the global batch (never by the device or
+process), which rows are synthetic negatives is decided on the global batch,
+and losses are sums over local rows divided by global counts whose gradients
+are `psum`med, so a run on n devices computes exactly what one device
+computes on the same global batch (up to float summation order), however the
+devices are split over processes. Interpolation partners are drawn from the
+whole global batch through `all_gather`; its transpose (a reduce-scatter)
+routes their gradients back.
 """
 import dataclasses
 import functools
@@ -41,10 +38,11 @@ import optax
 
 from ama_jax import losses
 from ama_jax import models
+from ama_jax import placement
 from ama_jax import sampling
 from ama_jax import schedules
 
-AXIS = 'batch'
+AXIS = placement.AXIS  # The pmapped axis (one name for step and scoring).
 PRNGKey = jax.Array
 Metrics = dict[str, jax.Array]
 
@@ -86,26 +84,6 @@ def scoring_variables(state: AMAState) -> tuple[dict, dict]:
   if state.ema is not None:
     return state.ema['ae'], state.ema['critic']
   return variables(state.ae), variables(state.critic)
-
-
-@flax.struct.dataclass
-class TrainData:
-  """The training set on every device, and each device's rows of one epoch.
-
-  Leading axis of every field: the local devices. `images` and `labels` are
-  the whole training set, the same on every device (`put_train_set`, once
-  per run); `rows` [steps_per_epoch * local_batch] are the indices of the
-  images the device's steps take in the current epoch (`epoch_data`), step
-  i of the epoch taking rows[i * local_batch:(i + 1) * local_batch].
-  """
-  # [..., N, H, W, C]: uint8 pixel values when the images are exactly
-  # value / 127.5 - 1 (a quarter of the memory; `pixels_to_float` in the
-  # step), else float32 in [-1, 1].
-  images: jax.Array
-  labels: jax.Array  # [..., N] int32: 0 normal, 1 labelled anomaly.
-  rows: jax.Array  # [..., steps_per_epoch * local_batch] int32.
-  steps_per_epoch: jax.Array  # [...] int32.
-  schedule: schedules.Schedule  # Every leaf [...].
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,36 +248,13 @@ def _row_keys(step_rng: PRNGKey, global_rows: jax.Array, name: int
 _NEGATIVES, _ALPHA, _PARTNERS, _GP, _GP_INTER = 0, 1, 2, 3, 4
 
 
-# float32 of each uint8 pixel value as the input pipeline computes it
-# (v / 127.5 - 1 in numpy float32); a table lookup keeps it bit-identical
-# (XLA would compute the division as a multiplication).
-_PIXEL_VALUES = np.arange(256, dtype=np.float32) / 127.5 - 1.0
-
-
-def pixels_to_float(images: jax.Array) -> jax.Array:
-  """uint8 pixel values -> float32 in [-1, 1]; float32 passes through."""
-  if images.dtype != jnp.uint8:
-    return images
-  return jnp.asarray(_PIXEL_VALUES)[images.astype(jnp.int32)]
-
-
-def _as_pixels(images: np.ndarray) -> np.ndarray:
-  """uint8 pixel values of float images in [-1, 1] when they are exactly
-  value / 127.5 - 1 (the input pipeline's conversion), else the images."""
-  images = np.asarray(images, np.float32)
-  pixels = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-  if np.array_equal(_PIXEL_VALUES[pixels], images):
-    return pixels
-  return images
-
-
-def _take_batch(data: TrainData, step: jax.Array, local_batch: int
-                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _take_batch(data: placement.TrainData, step: jax.Array,
+                local_batch: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """This device's rows of the global batch and their global row numbers."""
   start = (step % data.steps_per_epoch) * local_batch
   global_rows = lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
   rows = lax.dynamic_slice_in_dim(data.rows, start, local_batch)
-  return (pixels_to_float(data.images[rows]), data.labels[rows],
+  return (placement.pixels_to_float(data.images[rows]), data.labels[rows],
           global_rows)
 
 
@@ -473,7 +428,8 @@ def critic_on_pairs(critic_fn, x, x_rec, x_inter=None, x_anchors=None, *,
   return CriticPairs(fake=fake, real=real, inter=inter), features[:b]
 
 
-def train_step(state: AMAState, data: TrainData, train_rng: PRNGKey, *,
+def train_step(state: AMAState, data: placement.TrainData,
+               train_rng: PRNGKey, *,
                ae_model, critic_model, settings: StepSettings
                ) -> tuple[AMAState, Metrics]:
   """One AMA iteration on this device's share of the global batch.
@@ -694,7 +650,8 @@ def _latent_diagnostics(z, normal, negative, negatives: Optional[Negatives]
   return out
 
 
-def train_steps(state: AMAState, data: TrainData, train_rng: PRNGKey,
+def train_steps(state: AMAState, data: placement.TrainData,
+                train_rng: PRNGKey,
                 count: Optional[jax.Array] = None, *, num_steps: int,
                 **kwargs) -> tuple[AMAState, Metrics]:
   """Up to `num_steps` train steps (of one epoch) in one call.
@@ -743,140 +700,5 @@ def make_p_train_step(ae_model, critic_model, settings: StepSettings, *,
   in_axes = (None, 0, None) + ((None,) if num_steps > 1 else ())
   return jax.pmap(step, axis_name=AXIS, in_axes=in_axes,
                   out_axes=(0 if per_device_state else None, None),
-                  donate_argnums=(0,), devices=devices or mesh_devices())
-
-
-# ----------------------------------------------------------------------------
-# Devices and data placement.
-# ----------------------------------------------------------------------------
-def mesh_devices() -> list[jax.Device]:
-  """Every process's devices, process by process: the training step's axis.
-
-  The same list on every process (pmap's own default order); a device's
-  position in it is its `lax.axis_index(AXIS)`. One process: the local
-  devices.
-  """
-  return [d for p in range(jax.process_count())
-          for d in jax.local_devices(process_index=p)]
-
-
-def _local(devices) -> list[jax.Device]:
-  """The devices of this process among `devices`, in their order."""
-  return [d for d in devices if d.process_index == jax.process_index()]
-
-
-def replicate(tree: Any, devices=None) -> Any:
-  """Places a pytree on this process's devices as the pmapped step returns it.
-
-  The step's unreplicated outputs carry a replicated `NamedSharding` over the
-  local devices; inputs placed the same way keep the step from compiling a
-  second time (and from being copied).
-  """
-  return jax.device_put(tree, _local_sharding(
-      _local(devices or mesh_devices()), jax.sharding.PartitionSpec()))
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _permutation(data_rng: PRNGKey, epoch: int, num_train: int) -> jax.Array:
-  return jax.random.permutation(jax.random.fold_in(data_rng, epoch),
-                                num_train)
-
-
-def epoch_order(data_rng: PRNGKey, epoch: int, num_train: int) -> np.ndarray:
-  """The order of the training set in `epoch` (a permutation of num_train).
-
-  A function of the key and the epoch only, so every process draws the same
-  one.
-  """
-  return np.asarray(_permutation(data_rng, epoch, num_train))
-
-
-def put_train_set(images: np.ndarray, labels: np.ndarray,
-                  steps_per_epoch: int, schedule: schedules.Schedule,
-                  devices=None) -> TrainData:
-  """The training set and the run's schedule on each of this process's
-  devices (once per run). Images held as uint8 where that is exact.
-
-  Args:
-    images: [N, H, W, C] the whole training set (host memory, the same on
-      every process).
-    labels: [N] int labels (0 normal, 1 labelled anomaly).
-    steps_per_epoch: steps of one epoch.
-    schedule: the run's `schedules.Schedule`.
-    devices: the training step's devices (default `mesh_devices()`).
-
-  Returns:
-    TrainData with a leading local-device axis and no rows yet (`rows` is
-    empty): give it to `epoch_data`.
-  """
-  devices = list(devices or mesh_devices())
-  local = _local(devices)
-  sharding = _local_sharding(local)
-
-  def put(x) -> jax.Array:
-    x = np.asarray(x)
-    return jax.make_array_from_single_device_arrays(
-        (len(local), *x.shape), sharding,
-        [jax.device_put(x[None], d) for d in local])
-
-  return TrainData(
-      images=put(_as_pixels(images)),
-      labels=put(np.asarray(labels, np.int32)),
-      rows=put(np.zeros(0, np.int32)),
-      steps_per_epoch=put(np.int32(steps_per_epoch)),
-      schedule=jax.tree.map(put, schedule))
-
-
-def epoch_data(train_set: TrainData, order: np.ndarray, local_batch: int,
-               steps_per_epoch: int, devices=None) -> TrainData:
-  """`train_set` with each of this process's devices' rows of one epoch.
-
-  Step i of the epoch takes the global batch order[i * B: (i + 1) * B]
-  (B = number of devices x local batch b, the remainder dropped); the device
-  at position q of `devices` takes its rows q * b ... (q + 1) * b - 1. Only
-  those row indices are uploaded (the images stay where `put_train_set` put
-  them), and the batch a device sees depends on its position alone, not on
-  how the devices are split over processes.
-
-  Args:
-    train_set: from `put_train_set` with the same devices.
-    order: `epoch_order` of the epoch.
-    local_batch: rows per device and step.
-    steps_per_epoch: steps of the epoch (as given to `put_train_set`).
-    devices: the training step's devices (default `mesh_devices()`).
-
-  Returns:
-    TrainData with a leading local-device axis, as `make_p_train_step`'s
-    function takes it.
-  """
-  devices = list(devices or mesh_devices())
-  b, steps = local_batch, steps_per_epoch
-  used = steps * b * len(devices)
-  if len(order) < used:
-    raise ValueError(f'An epoch of {steps} steps x {b * len(devices)} images '
-                     f'needs {used} training images; the order has '
-                     f'{len(order)}.')
-  num_train = train_set.images.shape[1]
-  if np.max(order[:used]) >= num_train:
-    raise ValueError(f'The order indexes row {np.max(order[:used])} but the '
-                     f'training set on the devices has {num_train} rows: '
-                     'pass the put_train_set of the same images.')
-  local = _local(devices)
-  positions = [devices.index(d) for d in local]
-  rows = np.asarray(order[:used], np.int32).reshape(steps, len(devices), b)
-  rows = rows[:, positions].transpose(1, 0, 2).reshape(len(local), steps * b)
-  return train_set.replace(
-      rows=jax.device_put(rows, _local_sharding(local)))
-
-
-def _local_sharding(
-    local: list[jax.Device],
-    spec: jax.sharding.PartitionSpec = jax.sharding.PartitionSpec(AXIS),
-) -> jax.sharding.NamedSharding:
-  """`spec` over a mesh of this process's devices.
-
-  The default splits the leading axis over them, as pmap takes its
-  per-device inputs; `replicate` passes an empty spec.
-  """
-  return jax.sharding.NamedSharding(
-      jax.sharding.Mesh(np.array(local), (AXIS,)), spec)
+                  donate_argnums=(0,),
+                  devices=devices or placement.mesh_devices())

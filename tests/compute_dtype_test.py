@@ -8,6 +8,7 @@ import numpy as np
 
 from configs import default
 from ama_jax import models
+from ama_jax import placement
 from ama_jax import schedules
 from ama_jax import train
 
@@ -28,17 +29,17 @@ class BFloat16StepTest(absltest.TestCase):
     settings = train.StepSettings.from_config(
         config, local_batch=batch // len(devices), num_devices=len(devices))
     schedule = schedules.make_schedule(config, 2, 100)
-    data = train.epoch_data(
-        train.put_train_set(images, np.zeros(2 * batch, np.int32), 2,
+    data = placement.epoch_data(
+        placement.put_train_set(images, np.zeros(2 * batch, np.int32), 2,
                             schedule, devices),
         np.arange(2 * batch), settings.local_batch, 2, devices)
     ae, critic = models.create_models(config.model, _SHAPE,
-                                      axis_name=train.AXIS)
+                                      axis_name=placement.AXIS)
     # On the host: the step donates the state it is given.
     initial = jax.device_get(
         train.create_train_state(jax.random.key(0), config, _SHAPE))
     p_step = train.make_p_train_step(ae, critic, settings, devices=devices)
-    state, rng = train.replicate((initial, jax.random.key(1)), devices)
+    state, rng = placement.replicate((initial, jax.random.key(1)), devices)
     for _ in range(2):
       state, metrics = p_step(state, data, rng)
     state = jax.device_get(state)

@@ -15,6 +15,7 @@ import optax
 
 from configs import default
 from ama_jax import models
+from ama_jax import placement
 from ama_jax import schedules
 from ama_jax import train
 
@@ -41,17 +42,18 @@ def run(devices, per_device_state, steps=3):
   labels = np.zeros(num_train, np.int32)
   labels[::7] = 1  # Some labelled anomalies (semi-supervised rows) too.
   state = train.create_train_state(jax.random.key(0), config, SHAPE)
-  ae, critic = models.create_models(config.model, SHAPE, axis_name=train.AXIS)
+  ae, critic = models.create_models(config.model, SHAPE,
+                                    axis_name=placement.AXIS)
   settings = train.StepSettings.from_config(
       config, local_batch=16 // len(devices), num_devices=len(devices))
   p_step = train.make_p_train_step(ae, critic, settings, devices=devices,
                                    per_device_state=per_device_state)
-  order = train.epoch_order(jax.random.key(2), 0, num_train)
+  order = placement.epoch_order(jax.random.key(2), 0, num_train)
   schedule = schedules.make_schedule(config, 4, 100)
-  data = train.epoch_data(
-      train.put_train_set(images, labels, 4, schedule, devices), order,
+  data = placement.epoch_data(
+      placement.put_train_set(images, labels, 4, schedule, devices), order,
       settings.local_batch, 4, devices)
-  state, rng = train.replicate((state, jax.random.key(1)), devices)
+  state, rng = placement.replicate((state, jax.random.key(1)), devices)
   history = []
   for _ in range(steps):
     out, metrics = p_step(state, data, rng)

@@ -11,7 +11,7 @@ Every random term is keyed per example: by the step and the example's row
 in the global batch, never by the device or the process (`train._row_keys`:
 negatives, simplex weights, interpolation partners, gradient-penalty
 mixing), and each epoch's data order is drawn from the config seed on every
-process (`train.epoch_order`). Both layouts thus compute the same global
+process (`placement.epoch_order`). Both layouts thus compute the same global
 steps; they differ only in the summation order of cross-device sums (gloo
 across processes vs. XLA in one), so parameters agree to float32 noise:
 measured max |difference| 4e-6 after 8 Adam steps; the test allows 1e-4.
@@ -31,6 +31,7 @@ import numpy as np
 
 from ama_jax import checkpointing
 from ama_jax import loop
+from ama_jax import placement
 from ama_jax import train
 from configs import default
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from configs import default
 from ama_jax import models
+from ama_jax import placement
 from ama_jax import schedules
 from ama_jax import train
 
@@ -30,11 +31,11 @@ def _setup(config, num_train=64, devices=None):
       num_devices=len(devices))
   steps = num_train // config.train.batch_size
   schedule = schedules.make_schedule(config, steps, 100)
-  order = train.epoch_order(jax.random.key(2), 0, num_train)
-  data = train.epoch_data(
-      train.put_train_set(images, labels, steps, schedule, devices), order,
+  order = placement.epoch_order(jax.random.key(2), 0, num_train)
+  data = placement.epoch_data(
+      placement.put_train_set(images, labels, steps, schedule, devices), order,
       settings.local_batch, steps, devices)
-  return train.replicate(state, devices), settings, data, devices
+  return placement.replicate(state, devices), settings, data, devices
 
 
 def _tiny_config():
@@ -53,12 +54,12 @@ class TrainStepTest(absltest.TestCase):
     finals = []
     with absltest.mock.patch.object(train, 'train_steps', traced):
       ae, critic = models.create_models(config.model, _SHAPE,
-                                        axis_name=train.AXIS)
+                                        axis_name=placement.AXIS)
       state, settings, data, devices = _setup(config)
       initial = jax.device_get(state)  # Same pytree (incl. static fields).
       p_step = train.make_p_train_step(ae, critic, settings, devices=devices)
       for _ in range(2):  # Two runs from the same seed, one compiled step.
-        state = train.replicate(initial, devices)
+        state = placement.replicate(initial, devices)
         for _ in range(3):
           state, metrics = p_step(state, data, rng)
         finals.append(jax.device_get(state))
@@ -74,7 +75,7 @@ class TrainStepTest(absltest.TestCase):
   def test_scan_of_steps_equals_single_steps(self):
     config = _tiny_config()
     ae, critic = models.create_models(config.model, _SHAPE,
-                                      axis_name=train.AXIS)
+                                      axis_name=placement.AXIS)
     rng = jax.random.key(1)
     state, settings, data, devices = _setup(config)
     one = train.make_p_train_step(ae, critic, settings, devices=devices)
@@ -95,7 +96,7 @@ class TrainStepTest(absltest.TestCase):
       config = _tiny_config()
       config.loss.inter_anchors = anchors
       ae, critic = models.create_models(config.model, _SHAPE,
-                                        axis_name=train.AXIS)
+                                        axis_name=placement.AXIS)
       state, settings, data, devices = _setup(config)
       p_step = train.make_p_train_step(ae, critic, settings, devices=devices)
       state, metrics = p_step(state, data, rng)
@@ -116,13 +117,13 @@ class EpochDataTest(absltest.TestCase):
     images = np.arange(13, dtype=np.float32)[:, None, None, None] * np.ones(
         (1, *_SHAPE), np.float32)
     labels = np.arange(13) % 2
-    order = train.epoch_order(jax.random.key(3), 0, 13)
+    order = placement.epoch_order(jax.random.key(3), 0, 13)
     np.testing.assert_array_equal(np.sort(order), np.arange(13))
     config = default.get_config('runlocal')
-    train_set = train.put_train_set(images, labels, 2,
+    train_set = placement.put_train_set(images, labels, 2,
                                     schedules.make_schedule(config, 2, 4),
                                     devices)
-    data = train.epoch_data(train_set, order, 3, 2, devices)
+    data = placement.epoch_data(train_set, order, 3, 2, devices)
     # The images stay on the devices; an epoch only adds its row indices.
     self.assertIs(data.images, train_set.images)
     host = jax.device_get(data)
@@ -131,7 +132,7 @@ class EpochDataTest(absltest.TestCase):
     take_batch = train._take_batch  # pylint: disable=protected-access
     take = jax.pmap(  # The step's own batch selection, on each device.
         lambda d, i: take_batch(d, i, 3)[:2],
-        axis_name=train.AXIS, in_axes=(0, None), devices=devices)
+        axis_name=placement.AXIS, in_axes=(0, None), devices=devices)
     for i in range(2):
       x, y = jax.device_get(take(data, jnp.int32(i)))
       for q in range(2):
@@ -140,9 +141,9 @@ class EpochDataTest(absltest.TestCase):
         np.testing.assert_array_equal(x[q, :, 0, 0, 0], rows)
         np.testing.assert_array_equal(y[q], labels[rows])
     with self.assertRaisesRegex(ValueError, 'needs 12 training images'):
-      train.epoch_data(train_set, order[:11], 3, 2, devices)
+      placement.epoch_data(train_set, order[:11], 3, 2, devices)
     with self.assertRaisesRegex(ValueError, 'has 13 rows'):
-      train.epoch_data(train_set, np.arange(20)[::-1], 3, 2, devices)
+      placement.epoch_data(train_set, np.arange(20)[::-1], 3, 2, devices)
 
 
   def test_pixel_images_sit_on_the_devices_as_uint8_and_come_back_exact(self):
@@ -151,13 +152,13 @@ class EpochDataTest(absltest.TestCase):
     images = pixels.astype(np.float32) / 127.5 - 1.0  # The pipeline's values.
     config = default.get_config('runlocal')
     schedule = schedules.make_schedule(config, 2, 4)
-    train_set = train.put_train_set(images, np.zeros(8, np.int32), 2,
+    train_set = placement.put_train_set(images, np.zeros(8, np.int32), 2,
                                     schedule, devices)
     self.assertEqual(train_set.images.dtype, np.uint8)
-    back = jax.device_get(jax.jit(train.pixels_to_float)(train_set.images))
+    back = jax.device_get(jax.jit(placement.pixels_to_float)(train_set.images))
     np.testing.assert_array_equal(back[0], images)  # Bit for bit.
     resized = images * 0.999  # Not pixel values: kept as float32.
-    self.assertEqual(train.put_train_set(
+    self.assertEqual(placement.put_train_set(
         resized, np.zeros(8, np.int32), 2, schedule,
         devices).images.dtype, np.float32)
 
