@@ -44,7 +44,7 @@ from sklearn import svm
 
 from ama_jax import cli
 from ama_jax import errors
-from ama_jax import evaluation
+from ama_jax import metrics
 from ama_jax import input_pipeline
 
 K_GRID = (1, 2, 5, 10, 20, 50)
@@ -88,7 +88,7 @@ def select_by_validation(
     (best value, {value: validation AUROC}); ties go to the first value.
   """
   grid = {
-      h: evaluation.compute_metrics(val_labels, s)['auroc']
+      h: metrics.compute_metrics(val_labels, s)['auroc']
       for h, s in val_scores.items()
   }
   best = None
@@ -249,7 +249,7 @@ def run_method(
 
   Returns:
     {'hparam_name', 'hparam' (chosen), 'val_auroc', 'val_grid' ({value:
-    validation AUROC} in grid order), 'test' (`evaluation.compute_metrics`
+    validation AUROC} in grid order), 'test' (`metrics.compute_metrics`
     of the chosen value), 'num_train', 'seconds'}.
   """
   start = time.perf_counter()
@@ -277,7 +277,7 @@ def run_method(
     logging.info(
         '%s %s=%g: val AUROC %.4f', method, HPARAM_NAMES[method], h, auroc
     )
-  test_metrics = evaluation.compute_metrics(test_labels, scores(best, 'test'))
+  test_metrics = metrics.compute_metrics(test_labels, scores(best, 'test'))
   seconds = time.perf_counter() - start
   logging.info(
       '%s: chose %s=%g (val AUROC %.4f); test AUROC %.4f (%.1f s).',
