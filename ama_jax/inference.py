@@ -8,7 +8,7 @@ formats, conversions and checks are those `python -m ama_jax.tools.score
 `python -m ama_jax.tools.export` (shape, conversion, calibration, and R(x)
 built on first use); `load_scorer` restores a checkpoint's scorer from the
 workdir alone; `check_output` and `write_csv` write the scores' CSV
-atomically. A problem with the inputs raises `ScoreError` (a
+atomically. A problem with the inputs raises `ScoreError` (an
 `errors.UserError`: one line from the programs).
 """
 import csv
