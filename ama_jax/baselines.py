@@ -22,30 +22,20 @@ Methods (scores: higher = more anomalous):
          fit on a deterministic subsample of at most `max_train_ocsvm`
          training normals (the kernel solver is quadratic in rows).
 
-Usage:
-  python -m ama_jax.baselines --config=configs/default.py \
-      --methods=knn,pca,ocsvm --output=/tmp/baselines.json
+`python -m ama_jax.tools.baselines` runs them from a config.
 """
 from collections.abc import Callable, Mapping, Sequence
-import json
-import os
-import sys
 import time
 from typing import Any
 
-from absl import app
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
 import numpy as np
 from sklearn import decomposition
 from sklearn import neighbors
 from sklearn import svm
 
-from ama_jax import cli
-from ama_jax import errors
-from ama_jax import evaluation
 from ama_jax import input_pipeline
+from ama_jax import metrics
 
 K_GRID = (1, 2, 5, 10, 20, 50)
 PCA_GRID = (8, 16, 32, 64, 128)
@@ -88,7 +78,7 @@ def select_by_validation(
     (best value, {value: validation AUROC}); ties go to the first value.
   """
   grid = {
-      h: evaluation.compute_metrics(val_labels, s)['auroc']
+      h: metrics.compute_metrics(val_labels, s)['auroc']
       for h, s in val_scores.items()
   }
   best = None
@@ -249,7 +239,7 @@ def run_method(
 
   Returns:
     {'hparam_name', 'hparam' (chosen), 'val_auroc', 'val_grid' ({value:
-    validation AUROC} in grid order), 'test' (`evaluation.compute_metrics`
+    validation AUROC} in grid order), 'test' (`metrics.compute_metrics`
     of the chosen value), 'num_train', 'seconds'}.
   """
   start = time.perf_counter()
@@ -277,7 +267,7 @@ def run_method(
     logging.info(
         '%s %s=%g: val AUROC %.4f', method, HPARAM_NAMES[method], h, auroc
     )
-  test_metrics = evaluation.compute_metrics(test_labels, scores(best, 'test'))
+  test_metrics = metrics.compute_metrics(test_labels, scores(best, 'test'))
   seconds = time.perf_counter() - start
   logging.info(
       '%s: chose %s=%g (val AUROC %.4f); test AUROC %.4f (%.1f s).',
@@ -371,56 +361,3 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
         f'test: {t["num_normal"]} normal, {t["num_anomaly"]} anomaly images.'
     )
   return '\n'.join(lines)
-
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config.')
-_METHODS = flags.DEFINE_list('methods', list(METHODS), 'Baselines to run.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON results file.')
-_MAX_TRAIN = flags.DEFINE_integer(
-    'max_train', None, 'Cap on training normals for every baseline.'
-)
-_MAX_TRAIN_OCSVM = flags.DEFINE_integer(
-    'max_train_ocsvm', 5000, 'Cap on OC-SVM training normals.'
-)
-
-
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config is required.')
-  start = time.perf_counter()
-  with errors.reraise_as(errors.DataError, ValueError):
-    data = input_pipeline.load_protocol(config.data, config.seed)
-  results = run_baselines(
-      data,
-      seed=config.seed,
-      methods=_METHODS.value,
-      max_train=_MAX_TRAIN.value,
-      max_train_ocsvm=_MAX_TRAIN_OCSVM.value,
-  )
-  seconds = time.perf_counter() - start
-  print(format_table(results))
-  print(f'wall time {seconds:.1f} s')
-  if _OUTPUT.value:
-    payload = {
-        'argv': sys.argv,
-        'data': config.data.to_dict(),
-        'seed': config.seed,
-        'max_train': _MAX_TRAIN.value,
-        'max_train_ocsvm': _MAX_TRAIN_OCSVM.value,
-        'ocsvm_nu': OCSVM_NU,
-        'wall_seconds': seconds,
-        'results': results,
-    }
-    tmp = f'{_OUTPUT.value}.tmp'  # Renamed when complete: never half a file.
-    with open(tmp, 'w') as f:
-      # default=str: tuples/None are fine; numpy scalars become strings.
-      json.dump(payload, f, indent=2, default=str)
-    os.replace(tmp, _OUTPUT.value)
-    logging.info('Wrote %s.', _OUTPUT.value)
-
-
-if __name__ == '__main__':
-  cli.run_main(main)

@@ -1,10 +1,10 @@
 """The errors a user can fix: one class per kind, each printed as one line.
 
-Every command-line program (`ama_jax.cli.run_main`) prints a `UserError` as
-one line, `error: <message>`, on stderr and exits with status 1, without a
-traceback (`--verbose` or AMA_JAX_VERBOSE=1 shows it). Any other exception is
-a bug and keeps its traceback. The message must say what is wrong (the
-field, value, file or step) and what to do about it.
+Every command-line program (`ama_jax.tools.cli.run_main`) prints a
+`UserError` as one line, `error: <message>`, on stderr and exits with status
+1, without a traceback (`--verbose` or AMA_JAX_VERBOSE=1 shows it). Any other
+exception is a bug and keeps its traceback. The message must say what is
+wrong (the field, value, file or step) and what to do about it.
 
   UserError
   |- ConfigError          a config value or combination (also a ValueError)
@@ -16,7 +16,7 @@ field, value, file or step) and what to do about it.
   |- WorkdirError         the workdir cannot be created or written
   |  `- WorkdirLockedError another live process owns it
   |- NonFiniteLossError   training diverged (also a FloatingPointError)
-  |- (score.ScoreError)   bad inputs of the score command
+  |- (inference.ScoreError) bad inputs of the score command
   `- (export.ExportError) bad inputs of the export command
 
 New error kinds subclass `UserError` (or one of the above) where they are

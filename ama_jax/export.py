@@ -1,9 +1,10 @@
 r"""Writes a trained model as a self-contained scorer: StableHLO via jax.export.
 
-  python -m ama_jax.export --workdir=W --output=DIR [--kind=best|latest] \
-      [--step=N] [--platforms=cpu,cuda,tpu] [--savedmodel]
+The export command, `python -m ama_jax.tools.export`, calls `run`; `load`
+and `is_exported` read a folder it wrote (`ama_jax.inference`).
 
-DIR then holds
+`run` writes a checkpoint of a training workdir into a folder DIR, which
+then holds
 
 * `scorer.jaxexport`: a serialized `jax.export.Exported` (StableHLO plus its
   calling convention) of
@@ -17,38 +18,35 @@ DIR then holds
   score's kind ('two_sided' (R - mu)^2 / (2 sigma^2) or 'one_sided'
   (R - mu) / sigma) and the decision threshold (is_anomaly = score >
   threshold) baked in as constants. `batch` is symbolic: any number of
-  images per call. Lowered for every platform in `--platforms`.
+  images per call. Lowered for every platform in `platforms`.
 * `scorer.json`: what it expects and computes (image shape, the conversion
   the run applied to its training images, calibration, where it came from,
   jax version, platforms).
 * `README.md` and `score_exported.py`: a loader that needs only jax and
   numpy (the README of the repository shows the same code).
-* with `--savedmodel`, `savedmodel/`: a TensorFlow SavedModel of the same
+* with `savedmodel=True`, `savedmodel/`: a TensorFlow SavedModel of the same
   function (jax2tf, native serialization: the StableHLO inside an
   XlaCallModule op) for TF Serving or `tf.saved_model.load`; signature
   `serving_default(images: float32 [None, H, W, C]) -> {'r', 'score',
   'is_anomaly'}`. Needs TensorFlow (in requirements.txt) to write, and
   TensorFlow only to load.
 
-Scores agree with `python -m ama_jax.score` on the same images up to float32
-rounding of the calibration constants (~1e-6 relative): the exported
-function computes in float32 where `ama_jax.score` calibrates in float64, so
-an image that sits exactly on the threshold may be classified differently.
-`python -m ama_jax.score --workdir=DIR` scores with the exported directory
-too. A serialized export is readable by later jax versions within
-`jax.export`'s compatibility window (see its documentation).
+Scores agree with `python -m ama_jax.tools.score` on the same images up to
+float32 rounding of the calibration constants (~1e-6 relative): the exported
+function computes in float32 where `ama_jax.tools.score` calibrates in
+float64, so an image that sits exactly on the threshold may be classified
+differently. `python -m ama_jax.tools.score --workdir=DIR` scores with the
+exported directory too. A serialized export is readable by later jax versions
+within `jax.export`'s compatibility window (see its documentation).
 
-Known problems (no workdir or checkpoint, a damaged checkpoint, unknown
-platforms, an output that is not a folder) end in one line `error: ...` on
-stderr and exit status 1 (`--verbose`: with its traceback).
+Problems with the inputs (bad platforms, an output that is not a folder)
+raise `ExportError`; a missing or damaged checkpoint `inference.ScoreError`.
 """
 import json
 import os
 import pathlib
 from typing import Any, Optional, Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
 from jax import export as jax_export
@@ -56,7 +54,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ama_jax import checkpointing
-from ama_jax import cli
 from ama_jax import errors
 from ama_jax import scoring
 
@@ -102,7 +99,7 @@ if __name__ == '__main__':
 
 
 class ExportError(errors.UserError):
-  """A problem with the command's inputs; its message says what to fix."""
+  """Bad inputs of the export command; the message says what to fix."""
 
 
 def scoring_function(ae_model, critic_model, ae_vars, critic_vars,
@@ -213,11 +210,11 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
   """Exports a checkpoint of `workdir` into `output`; returns the meta.
 
   Raises:
-    errors.UserError: ExportError (bad platforms or output), score.ScoreError
-      (no usable checkpoint), input_pipeline.DataError (a conversion this
-      version does not know).
+    errors.UserError: ExportError (bad platforms or output),
+      inference.ScoreError (no usable checkpoint), input_pipeline.DataError
+      (a conversion this version does not know).
   """
-  from ama_jax import score  # pylint: disable=g-import-not-at-top
+  from ama_jax import inference  # pylint: disable=g-import-not-at-top
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown or not platforms:
     raise ExportError(f'--platforms={",".join(platforms)}: choose from '
@@ -226,9 +223,9 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
   if output.exists() and not output.is_dir():
     raise ExportError(f'Output {output} exists and is not a folder.')
   workdir = pathlib.Path(workdir)
-  kind, step = score.locate(workdir, kind, step)
-  meta = score.read_checked_meta(workdir, kind, step)
-  state, ae_model, critic_model = score.restore_state(workdir, kind, meta)
+  kind, step = inference.locate(workdir, kind, step)
+  meta = inference.read_checked_meta(workdir, kind, step)
+  state, ae_model, critic_model = inference.restore_state(workdir, kind, meta)
   from ama_jax import train  # pylint: disable=g-import-not-at-top
   ae_vars, critic_vars = train.scoring_variables(state)
   calibration = scoring.Calibration(
@@ -269,52 +266,3 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
   logging.info('Exported %s step %d of %s to %s (%s).', kind, meta['step'],
                workdir, output, ', '.join(platforms))
   return out_meta
-
-
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  flags.DEFINE_string('workdir', None, 'Workdir of a training run.',
-                      flag_values=flag_values)
-  flags.DEFINE_string('output', None, 'Folder to write the scorer into.',
-                      flag_values=flag_values)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best or '
-                       'latest one).', flag_values=flag_values)
-  flags.DEFINE_enum('kind', None, ['best', 'latest'], 'Checkpoint kind '
-                    '(default: best, else latest).', flag_values=flag_values)
-  flags.DEFINE_list('platforms', list(PLATFORMS), 'Platforms to lower for.',
-                    flag_values=flag_values)
-  flags.DEFINE_bool('savedmodel', False, 'Also write a TensorFlow '
-                    'SavedModel (savedmodel/; needs TensorFlow).',
-                    flag_values=flag_values)
-
-
-def main(argv: Sequence[str],
-         flag_values: flags.FlagValues = flags.FLAGS) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from ama_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.setup()
-  fv = flag_values
-  try:
-    meta = run(fv.workdir, fv.output, kind=fv.kind, step=fv.step,
-               platforms=fv.platforms, savedmodel=fv.savedmodel)
-  except errors.UserError as e:  # ExportError, ScoreError, DataError, ...
-    return cli.report(e, flag_values=fv)  # One line, whatever the cause.
-  source = meta['source']
-  print(f'exported {source["kind"]} step {source["step"]} of '
-        f'{source["workdir"]} to {pathlib.Path(fv.output)}: '
-        f'{FUNCTION_FILE} ({", ".join(meta["platforms"])}), {META_FILE}, '
-        'score_exported.py' + (', savedmodel/' if fv.savedmodel else ''),
-        flush=True)
-  return 0
-
-
-def _cli_main(argv: Sequence[str]) -> int:
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  return main(argv)
-
-
-if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['workdir', 'output'])
-  cli.run_main(_cli_main)

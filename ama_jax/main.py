@@ -33,7 +33,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from ama_jax import cli
+from ama_jax.tools import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, '

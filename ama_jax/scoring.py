@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
-from ama_jax import evaluation
+from ama_jax import metrics
 from ama_jax import placement
 from ama_jax import train
 
@@ -182,7 +182,7 @@ def calibrate(r_train_normal: np.ndarray, r_heldout_normal: np.ndarray,
               threshold_fpr: float, score: str = 'two_sided') -> Calibration:
   """Fits mu, sigma on training normals; threshold on held-out normals."""
   mu, sigma = fit_gaussian(r_train_normal)
-  threshold = evaluation.threshold_at_fpr(
+  threshold = metrics.threshold_at_fpr(
       calibrated_scores(r_heldout_normal, mu, sigma, score), threshold_fpr)
   return Calibration(mu=mu, sigma=sigma, threshold=float(threshold),
                      threshold_fpr=threshold_fpr, score=score)
@@ -194,18 +194,18 @@ def choose_score(r_val: np.ndarray, labels: np.ndarray, mu: float,
   ties, and when validation has no anomalies to tell them apart)."""
   if len(set(np.asarray(labels).tolist())) < 2:
     return 'two_sided'
-  aurocs = {s: evaluation.compute_metrics(
+  aurocs = {s: metrics.compute_metrics(
       labels, calibrated_scores(r_val, mu, sigma, s))['auroc']
             for s in SCORES}
   return max(SCORES, key=lambda s: (aurocs[s], s == 'two_sided'))
 
 
 def _metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-  """`evaluation.compute_metrics`, or NaN for every ROC/PR metric when the
+  """`metrics.compute_metrics`, or NaN for every ROC/PR metric when the
   labels hold one class (a split of normal images only)."""
   labels = np.asarray(labels)
   if len(set(labels.tolist())) == 2:
-    return evaluation.compute_metrics(labels, scores)
+    return metrics.compute_metrics(labels, scores)
   return {'auroc': math.nan, 'auprc_anomaly': math.nan,
           'auprc_normal': math.nan, 'fpr80': math.nan, 'fpr95': math.nan,
           'num_normal': int(np.sum(labels == 0)),
@@ -219,11 +219,11 @@ def evaluate(r: np.ndarray, labels: np.ndarray,
   A split without anomalies (or without normals) gets NaN for AUROC, AUPRC
   and FPR at TPR: they are undefined there.
   """
-  metrics = _metrics(labels, calibration.scores(r))
+  result = _metrics(labels, calibration.scores(r))
   raw = _metrics(labels, r)
-  metrics.update({f'raw_{k}': v for k, v in raw.items()
-                  if not k.startswith('num_')})
-  return metrics
+  result.update({f'raw_{k}': v for k, v in raw.items()
+                 if not k.startswith('num_')})
+  return result
 
 
 # Model selection (`loop.Trainer.validate`): the best validation AUROC of the

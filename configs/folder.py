@@ -2,8 +2,9 @@ r"""Your own images: train on a folder of normal images, score new ones.
 
   python -m ama_jax.main --config=configs/folder.py \
       --config.data.dataset=folder:/path/to/images --workdir=DIR
-  python -m ama_jax.score --workdir=DIR --input=/path/to/new --output=s.csv
-  python -m ama_jax.export --workdir=DIR --output=DIR/export
+  python -m ama_jax.tools.score --workdir=DIR --input=/path/to/new \
+      --output=s.csv
+  python -m ama_jax.tools.export --workdir=DIR --output=DIR/export
 
 The folder (README, "Your own data"; ama_jax/datasets/image_folder.py):
 

@@ -17,9 +17,9 @@ from the start:
 1. Set-up: wheels, IDX files, versions and devices, both TFDS copies
    prepared once (the training workers would race).
 2. Benchmarks, until `--bench_s` seconds have passed (default 55% of the
-   budget): `python -m ama_jax.benchmark` for every (arch, batch, dtype) of
-   `--archs` x `--batches` x `--dtypes`, largest batch first, each in a
-   fresh process that compiles the step cold (its own empty persistent
+   budget): `python -m ama_jax.tools.benchmark` for every (arch, batch,
+   dtype) of `--archs` x `--batches` x `--dtypes`, largest batch first, each
+   in a fresh process that compiles the step cold (its own empty persistent
    cache) and again warm (from that cache), times `--bench_steps` steps and
    reports FLOPs, utilisation of the chip's peak and memory. `--variant`
    adds runs of the first benchmark with more XLA flags (compile-time
@@ -31,7 +31,7 @@ from the start:
 3. Training, for what is left minus `--pack_s` and `--stop_s`:
    `launch/parallel_reproduce.py --oneclass_epochs=0
    --epoch_choices=<--train_epochs>`, i.e. the three seeds of
-   Fashion-MNIST->MNIST (`ama_jax.reproduce --table=fmnist_mnist
+   Fashion-MNIST->MNIST (`ama_jax.tools.reproduce --table=fmnist_mnist
    --epochs=100 --shard=s/3 --recipes=paper`) side by side. Runs not finished by then are
    stopped; their checkpoints stay on that machine only (too big to carry
    back), so OUT records how far each got.
@@ -108,8 +108,9 @@ def benchmarks(archs: list[str], batches: list[int], dtypes: list[str],
 
 def benchmark_command(bench: Benchmark, args: argparse.Namespace,
                       json_out: pathlib.Path) -> list[str]:
-  cmd = [sys.executable, '-m', 'ama_jax.benchmark', f'--arch={bench.arch}',
-         f'--batch={bench.batch}', f'--compute_dtype={bench.dtype}',
+  cmd = [sys.executable, '-m', 'ama_jax.tools.benchmark',
+         f'--arch={bench.arch}', f'--batch={bench.batch}',
+         f'--compute_dtype={bench.dtype}',
          f'--steps={args.bench_steps}', f'--warmup={args.bench_warmup}',
          f'--score_batches={args.score_batches}', f'--json_out={json_out}']
   if args.smoke:
@@ -355,7 +356,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--train_epochs', type=int, default=None,
                       help='Epochs of the three runs (default 100; smoke 2).')
   parser.add_argument('--recipes', default='paper',
-                      help="ama_jax.reproduce's --recipes for the runs "
+                      help="ama_jax.tools.reproduce's --recipes for the runs "
                       "(default: the paper's, one run per seed; '' leaves "
                       "reproduce's default, every recipe).")
   parser.add_argument('--train_min_s', type=float, default=60,

@@ -27,7 +27,7 @@
 # packing, with the flags after OUT_DIR. OUT_DIR receives the launcher's log
 # and runs.tgz: each run's results.json and metrics.jsonl, the tables'
 # .md/.json and the workers' logs (no checkpoints), for
-# `python -m ama_jax.reproduce --report_only` on any machine.
+# `python -m ama_jax.tools.reproduce --report_only` on any machine.
 set -uo pipefail
 out=${1:?usage: BUDGET_S=540 bash launch/device_session.sh OUT_DIR}
 budget=${BUDGET_S:-540}

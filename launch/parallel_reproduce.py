@@ -4,7 +4,7 @@ r"""Trains the MNIST-scale reproduction runs side by side on one accelerator.
 
 One small AMA run leaves a large accelerator mostly idle (the MNIST models are
 a few MFLOP per image), so the runs of the tables go to parallel workers,
-each a `python -m ama_jax.reproduce ... --shard=i/n` process:
+each a `python -m ama_jax.tools.reproduce ... --shard=i/n` process:
 
   stage 1  `mnist_oneclass`, one worker per digit, `--oneclass_epochs`
            (default: the paper's 100; 0 skips the stage).
@@ -20,9 +20,9 @@ The throughput is measured, not assumed: once every stage-1 worker has
 compiled its training step (once per run), the training steps that all
 workers log (`history.jsonl`) are counted over `--measure_s` seconds. Workers still running when the budget
 ends are stopped (their checkpoints stay: the same command resumes them).
-The runs land where `ama_jax.reproduce` puts them, so
-`python -m ama_jax.reproduce --table=... --report_only` reports them, with
-the baselines, afterwards. Prints a JSON progress line (each worker's last
+The runs land where `ama_jax.tools.reproduce` puts them, so
+`python -m ama_jax.tools.reproduce --table=... --report_only` reports them,
+with the baselines, afterwards. Prints a JSON progress line (each worker's last
 logged step) every `--progress_s` seconds and one JSON summary line at the
 end. Workers share a persistent XLA compilation cache (`--compilation_cache`):
 a resumed run, or one started after another of the same shapes and schedule
@@ -54,14 +54,15 @@ ABLATION = ('no_inter', 'no_neg', 'neither')  # Runs 1-3 of the table.
 
 def worker(name: str, workdir: pathlib.Path, args: list[str],
            logs: pathlib.Path, extra: list[str], cache: str = '') -> dict:
-  """Starts one `ama_jax.reproduce` process; `workdir` is its run's folder."""
+  """Starts one `ama_jax.tools.reproduce` process; `workdir` is its run's
+  folder."""
   env = dict(os.environ, PYTHONUNBUFFERED='1', PYTHONFAULTHANDLER='1',
              XLA_PYTHON_CLIENT_PREALLOCATE='false')
   if cache:
     env['JAX_COMPILATION_CACHE_DIR'] = cache
   log = logs / f'{name}.log'
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'ama_jax.reproduce', '--baselines=false',
+      [sys.executable, '-m', 'ama_jax.tools.reproduce', '--baselines=false',
        *args, *extra], cwd=REPO, env=env, stdout=log.open('w'),
       stderr=subprocess.STDOUT)
   return {'name': name, 'dir': workdir, 'log': log, 'proc': proc,

@@ -33,7 +33,7 @@ class PlanTest(absltest.TestCase):
         'mnist_b64_bfloat16', 'mnist_b64_float32'])
     self.assertEqual((summary['budget_s'], summary['bench_s']), (500, 275))
     command = plan['benchmark_command']
-    self.assertEqual(command[1:3], ['-m', 'ama_jax.benchmark'])
+    self.assertEqual(command[1:3], ['-m', 'ama_jax.tools.benchmark'])
     self.assertIn('--compute_dtype=bfloat16', command)
     self.assertNotIn('--tiny', command)
     train = plan['train_command']

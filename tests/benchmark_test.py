@@ -1,4 +1,4 @@
-"""Tests of `ama_jax.benchmark`: its usage lines, the peak table, its
+"""Tests of `ama_jax.tools.benchmark`: its usage lines, the peak table, its
 settings, the figures of a tiny run (float32, the PyTorch comparison with a
 stand-in; `accel_session_test` runs one in bfloat16)."""
 import json
@@ -12,7 +12,7 @@ import tempfile
 from absl.testing import absltest
 from absl.testing import flagsaver
 
-from ama_jax import benchmark
+from ama_jax.tools import benchmark
 from ama_jax import config_checks
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ class BenchmarkTest(absltest.TestCase):
       env.pop('XLA_FLAGS', None)  # One CPU device, as the README's runs.
       env.pop('JAX_COMPILATION_CACHE_DIR', None)
       proc = subprocess.run(
-          [sys.executable, '-m', 'ama_jax.benchmark', '--arch=mnist',
+          [sys.executable, '-m', 'ama_jax.tools.benchmark', '--arch=mnist',
            '--batch=4', '--tiny', '--steps=1', '--warmup=0',
            '--score_batches=1', '--rounds=2', f'--torch_python={fake}',
            '--peak_flops=1e12', f'--json_out={out}'],

@@ -1,4 +1,4 @@
-"""Tests of `ama_jax.cli.run_main`: known errors end in one line."""
+"""Tests of `ama_jax.tools.cli.run_main`: known errors end in one line."""
 import os
 import pathlib
 import subprocess
@@ -13,7 +13,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 _PROGRAM = textwrap.dedent("""
     import sys
     from absl import app
-    from ama_jax import cli, errors
+    from ama_jax import errors
+    from ama_jax.tools import cli
 
     def main(argv):
       what = argv[1]

@@ -1,8 +1,8 @@
 """Your own images end to end: a folder of real MNIST PNGs is trained on
-(`configs/folder.py:runlocal`), scored by `ama_jax.score`, exported by
-`ama_jax.export` and scored again by the README's loader in a fresh process
-that imports neither ama_jax nor flax; and a 200,000-image .npy is scored
-with bounded memory.
+(`configs/folder.py:runlocal`), scored by `ama_jax.tools.score`, exported
+by `ama_jax.tools.export` and scored again by the README's loader in a fresh
+process that imports neither ama_jax nor flax; and a 200,000-image .npy is
+scored with bounded memory.
 """
 import csv
 import io
@@ -25,10 +25,11 @@ from PIL import Image
 from ama_jax import export
 from ama_jax import loop
 from ama_jax import report
-from ama_jax import score
 from ama_jax.datasets import idx_images
 from ama_jax.datasets import image_files
 from ama_jax.datasets import image_folder
+from ama_jax.tools import export as export_tool
+from ama_jax.tools import score
 from configs import folder as folder_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -95,8 +96,9 @@ class OwnFolderEndToEndTest(absltest.TestCase):
   def test_score_cli_on_real_pngs_and_the_exported_loader_agree(self):
     out = self.root / 'cli.csv'
     proc = subprocess.run(
-        [sys.executable, '-m', 'ama_jax.score', f'--workdir={self.workdir}',
-         f'--input={self.pngs}', f'--output={out}'],
+        [sys.executable, '-m', 'ama_jax.tools.score',
+         f'--workdir={self.workdir}', f'--input={self.pngs}',
+         f'--output={out}'],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     cli = _read_csv(out)
@@ -125,7 +127,7 @@ class OwnFolderEndToEndTest(absltest.TestCase):
     agree = got[:, 2].astype(int) == cli['is_anomaly'].astype(int)
     self.assertGreaterEqual(agree.mean(), 0.95)  # Threshold ties may flip.
 
-    # ama_jax.score takes the exported directory as well.
+    # ama_jax.tools.score takes the exported directory as well.
     via_export = self.root / 'export.csv'
     summary = score.run(self.exported, self.npy, via_export)
     self.assertEqual(summary['kind'], 'exported')
@@ -195,11 +197,11 @@ class OwnFolderEndToEndTest(absltest.TestCase):
   def test_export_errors_are_one_line(self):
     stderr = io.StringIO()
     fv = flags.FlagValues()
-    export.define_flags(fv)
+    export_tool.define_flags(fv)
     fv(['export', f'--workdir={self.root / "nowhere"}',
         f'--output={self.root / "e2"}'])
     with mock.patch.object(sys, 'stderr', stderr):
-      self.assertEqual(export.main(['export'], fv), 1)
+      self.assertEqual(export_tool.main(['export'], fv), 1)
     self.assertRegex(stderr.getvalue(), r'^error: Workdir .*nowhere does not '
                      r'exist[^\n]*\n$')
 
@@ -216,7 +218,7 @@ class OwnFolderEndToEndTest(absltest.TestCase):
     code = textwrap.dedent('''
         import resource, sys
         from absl import flags
-        from ama_jax import score
+        from ama_jax.tools import score
         fv = flags.FlagValues()
         score.define_flags(fv)
         fv(['score'] + sys.argv[1:])

@@ -34,7 +34,8 @@ _ENV = dict(os.environ, PYTHONPATH=str(REPO))
 # SIGKILL: its files are written, the rename that commits it is not done.
 _KILL_MID_WRITE = textwrap.dedent("""
     import os, signal, sys
-    from ama_jax import checkpointing, cli
+    from ama_jax import checkpointing
+    from ama_jax.tools import cli
     from ama_jax import main as program
     seal = checkpointing.seal
     def seal_or_die(step_dir):
@@ -181,7 +182,8 @@ class FaultsTest(parameterized.TestCase):
     (workdir / 'best' / '4' / 'meta' / 'metadata').write_text('{"config"')
     _truncate_state(workdir / 'checkpoints' / '8')
     csv = self.tmp / 'scores.csv'
-    score = lambda *flags: _run('-m', 'ama_jax.score', f'--workdir={workdir}',
+    score = lambda *flags: _run('-m', 'ama_jax.tools.score',
+                                f'--workdir={workdir}',
                                 f'--input={self.images}', f'--output={csv}',
                                 *flags)
     self.assertOneLineError(
@@ -257,7 +259,7 @@ class FaultsTest(parameterized.TestCase):
     self.assertFalse((workdir / 'results.json').exists())
 
   def test_reproduce_ends_a_bad_override_in_one_line(self):
-    proc = _run('-m', 'ama_jax.reproduce', '--table=fmnist_mnist',
+    proc = _run('-m', 'ama_jax.tools.reproduce', '--table=fmnist_mnist',
                 '--runlocal', '--epochs=2', '--nobaselines',
                 '--override=optim.lr=-0.1', f'--out={self.tmp / "out"}')
     self.assertOneLineError(proc, r'Invalid config \(1 problem\): '

@@ -66,7 +66,7 @@ class MainTest(parameterized.TestCase):
     npy, csv = workdir / 'new.npy', workdir / 'scores.csv'
     np.save(npy, images)
     out = subprocess.run(
-        [sys.executable, '-m', 'ama_jax.score', f'--workdir={workdir}',
+        [sys.executable, '-m', 'ama_jax.tools.score', f'--workdir={workdir}',
          f'--input={npy}', f'--output={csv}'],
         cwd=_REPO, capture_output=True, text=True, timeout=600)
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])

@@ -1,4 +1,4 @@
-"""Tests of the reproduction entry point (`ama_jax.reproduce`)."""
+"""Tests of the reproduction entry point (`ama_jax.tools.reproduce`)."""
 import json
 import pathlib
 import tempfile
@@ -6,7 +6,7 @@ from unittest import mock
 
 from absl.testing import absltest
 
-from ama_jax import reproduce
+from ama_jax.tools import reproduce
 
 
 class TableTest(absltest.TestCase):

@@ -1,4 +1,4 @@
-"""End-to-end tests of `python -m ama_jax.score` on a tiny saved state."""
+"""End-to-end tests of `python -m ama_jax.tools.score` on a tiny saved state."""
 import contextlib
 import csv
 import functools
@@ -19,9 +19,9 @@ from PIL import Image
 
 from ama_jax import checkpointing
 from ama_jax import models
-from ama_jax import score
 from ama_jax import scoring
 from ama_jax import train
+from ama_jax.tools import score
 from configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -150,8 +150,9 @@ class ScoreTest(parameterized.TestCase):
   def test_subprocess_writes_csv(self):
     out = self.tmp / 'scores.csv'
     proc = subprocess.run(
-        [sys.executable, '-m', 'ama_jax.score', f'--workdir={self.workdir}',
-         f'--input={self.folder}', f'--output={out}'],
+        [sys.executable, '-m', 'ama_jax.tools.score',
+         f'--workdir={self.workdir}', f'--input={self.folder}',
+         f'--output={out}'],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     self.assertNotIn('Traceback', proc.stderr)
@@ -159,7 +160,7 @@ class ScoreTest(parameterized.TestCase):
 
   def test_subprocess_error_is_one_line_without_traceback(self):
     proc = subprocess.run(
-        [sys.executable, '-m', 'ama_jax.score',
+        [sys.executable, '-m', 'ama_jax.tools.score',
          f'--workdir={self.tmp / "missing"}', f'--input={self.npy}',
          f'--output={self.tmp / "s.csv"}'],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False)

@@ -1,9 +1,9 @@
-"""Tests for ama_jax.evaluation: metrics on hand-made scores, thresholds."""
+"""Tests for ama_jax.metrics: metrics on hand-made scores, thresholds."""
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from ama_jax import evaluation
+from ama_jax import metrics
 
 # Three normals, two anomalies. Ranked by score (descending):
 # 0.9 A, 0.6 N, 0.5 A, 0.2 N, 0.1 N.
@@ -14,7 +14,7 @@ SCORES = np.array([0.1, 0.2, 0.6, 0.5, 0.9])
 class ComputeMetricsTest(parameterized.TestCase):
 
   def test_values_match_hand_computation(self):
-    m = evaluation.compute_metrics(LABELS, SCORES)
+    m = metrics.compute_metrics(LABELS, SCORES)
     # Anomaly-normal pairs ranked correctly: 0.5 beats 2 of 3, 0.9 all 3.
     self.assertAlmostEqual(m['auroc'], 5 / 6)
     # Anomalies positive: precision 1/1 and 2/3 at the two recall steps.
@@ -31,7 +31,7 @@ class ComputeMetricsTest(parameterized.TestCase):
   def test_fpr80_and_fpr95_differ_when_the_last_anomaly_is_low(self):
     labels = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0])
     scores = np.array([0.9, 0.8, 0.7, 0.3, 0.05, 0.1, 0.2, 0.4, 0.5])
-    m = evaluation.compute_metrics(labels, scores)
+    m = metrics.compute_metrics(labels, scores)
     # TPR 4/5 at threshold 0.3: normals 0.4, 0.5 above -> 2/4.
     self.assertAlmostEqual(m['fpr80'], 0.5)
     # TPR 1 only at threshold 0.05: every normal above.
@@ -43,12 +43,12 @@ class ComputeMetricsTest(parameterized.TestCase):
     # default drop_intermediate=True) would give FPR 1 at TPR 0.5.
     labels = np.array([1, 0, 1, 0, 1, 0])
     scores = np.array([3.0, 3.0, 2.0, 2.0, 1.0, 1.0])
-    self.assertAlmostEqual(evaluation.fpr_at_tpr(labels, scores, 0.5), 2 / 3)
+    self.assertAlmostEqual(metrics.fpr_at_tpr(labels, scores, 0.5), 2 / 3)
 
   def test_perfect_separation(self):
     labels = np.array([0, 0, 1, 1, 1])
     scores = np.array([-3.0, -1.0, 2.0, 5.0, 7.0])
-    m = evaluation.compute_metrics(labels, scores)
+    m = metrics.compute_metrics(labels, scores)
     for key in ('auroc', 'auprc_anomaly', 'auprc_normal'):
       self.assertAlmostEqual(m[key], 1.0)
     self.assertEqual(m['fpr80'], 0.0)
@@ -58,8 +58,8 @@ class ComputeMetricsTest(parameterized.TestCase):
     rng = np.random.default_rng(0)
     labels = (rng.random(200) < 0.2).astype(np.int32)
     scores = rng.normal(size=200) + labels
-    m = evaluation.compute_metrics(labels, scores)
-    flipped = evaluation.compute_metrics(1 - labels, -scores)
+    m = metrics.compute_metrics(labels, scores)
+    flipped = metrics.compute_metrics(1 - labels, -scores)
     self.assertAlmostEqual(m['auroc'], flipped['auroc'])
     self.assertAlmostEqual(m['auprc_anomaly'], flipped['auprc_normal'])
     self.assertAlmostEqual(m['auprc_normal'], flipped['auprc_anomaly'])
@@ -74,7 +74,7 @@ class ComputeMetricsTest(parameterized.TestCase):
   )
   def test_bad_inputs_raise(self, labels, scores, message):
     with self.assertRaisesRegex(ValueError, message):
-      evaluation.compute_metrics(np.array(labels), np.array(scores))
+      metrics.compute_metrics(np.array(labels), np.array(scores))
 
 
 class ThresholdAtFprTest(parameterized.TestCase):
@@ -84,7 +84,7 @@ class ThresholdAtFprTest(parameterized.TestCase):
   )
   def test_distinct_scores(self, fpr, threshold, num_above):
     scores = np.arange(1, 101, dtype=np.float64)[::-1]  # Order is irrelevant.
-    t = evaluation.threshold_at_fpr(scores, fpr)
+    t = metrics.threshold_at_fpr(scores, fpr)
     self.assertEqual(t, threshold)
     self.assertEqual(int(np.sum(scores > t)), num_above)
 
@@ -92,7 +92,7 @@ class ThresholdAtFprTest(parameterized.TestCase):
     rng = np.random.default_rng(1)
     scores = rng.normal(size=137)
     for fpr in (0.01, 0.05, 0.1, 0.33):
-      t = evaluation.threshold_at_fpr(scores, fpr)
+      t = metrics.threshold_at_fpr(scores, fpr)
       self.assertIn(t, scores)
       self.assertLessEqual(np.mean(scores > t), fpr)
       # The next lower observed score would flag too many normals.
@@ -101,10 +101,10 @@ class ThresholdAtFprTest(parameterized.TestCase):
 
   def test_ties_never_exceed_the_rate(self):
     scores = np.array([1.0, 2.0, 2.0, 2.0, 3.0])
-    self.assertEqual(evaluation.threshold_at_fpr(scores, 0.2), 2.0)
-    self.assertEqual(evaluation.threshold_at_fpr(scores, 0.4), 2.0)
-    self.assertEqual(evaluation.threshold_at_fpr(scores, 0.8), 1.0)
-    self.assertEqual(evaluation.threshold_at_fpr(scores, 1.0), 1.0)
+    self.assertEqual(metrics.threshold_at_fpr(scores, 0.2), 2.0)
+    self.assertEqual(metrics.threshold_at_fpr(scores, 0.4), 2.0)
+    self.assertEqual(metrics.threshold_at_fpr(scores, 0.8), 1.0)
+    self.assertEqual(metrics.threshold_at_fpr(scores, 1.0), 1.0)
 
   @parameterized.named_parameters(
       ('empty', [], 0.05),
@@ -114,7 +114,7 @@ class ThresholdAtFprTest(parameterized.TestCase):
   )
   def test_bad_inputs_raise(self, scores, fpr):
     with self.assertRaises(ValueError):
-      evaluation.threshold_at_fpr(np.array(scores), fpr)
+      metrics.threshold_at_fpr(np.array(scores), fpr)
 
 
 if __name__ == '__main__':

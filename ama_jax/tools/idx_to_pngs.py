@@ -1,6 +1,6 @@
 r"""Writes MNIST / Fashion-MNIST (the IDX files of data/raw) as a PNG folder.
 
-  python -m ama_jax.datasets.idx_to_pngs --dataset=mnist --output=/tmp/mnist_png
+  python -m ama_jax.tools.idx_to_pngs --dataset=mnist --output=/tmp/mnist_png
 
 The folder has the layout `configs/folder.py` reads, with the IDX splits as
 the user's own train and test sets: `OUTPUT/{train,test}/<class>/<i>.png`,
@@ -15,10 +15,10 @@ import pathlib
 from absl import app
 from absl import flags
 
-from ama_jax import cli
 from ama_jax import errors
 from ama_jax.datasets import idx_images
 from ama_jax.datasets import image_folder
+from ama_jax.tools import cli
 
 _DATASET = flags.DEFINE_enum('dataset', 'mnist', list(idx_images.CLASS_NAMES),
                              'Which IDX dataset.')

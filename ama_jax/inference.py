@@ -1,63 +1,15 @@
-r"""Scores new images with a trained AMA model and writes a CSV.
+"""Scoring new images with a trained AMA model: the score command's library.
 
-  python -m ama_jax.score --workdir=/tmp/ama --input=images.npy \
-      --output=scores.csv [--kind=best|latest] [--step=N] [--batch_size=500]
-      [--progress=auto|on|off]
-
-`--workdir` is a training run's workdir, or a folder written by
-`python -m ama_jax.export` (then only its `scorer.jaxexport` and
-`scorer.json` are read: no checkpoint, no flax model). A workdir needs
-nothing else either: the model, its image shape, the conversion its training
-images went through and the calibration (mu, sigma, threshold) come from the
-checkpoint's `meta` item; no config file and no training data are read.
-Without `--step`, the best-validation checkpoint (`<workdir>/best`) is used,
-or the latest one when the run kept none (a run whose validation had no
-anomalies keeps its last state); `--kind=latest` takes the latest training
-checkpoint; `--step=N` takes step N from `--kind`, or, with no `--kind`,
-from `best` and else `latest`.
-
-Inputs (`--input`):
-- `.npy` (memory-mapped and read in chunks of `--batch_size`, so that
-  arrays larger than memory score with bounded memory), or `.npz` (key
-  `images`, else `x`, else its first array; read whole): [N, H, W] or
-  [N, H, W, C]. Integer arrays must hold pixel values 0..255 and are
-  converted as in training (x / 127.5 - 1); float arrays must already be in
-  [-1, 1] (convert [0, 1] images with 2 x - 1 first: a float array in [0, 1]
-  is read as [-1, 1] data, and a warning says so).
-- A folder of PNG/JPEG/BMP files, scored in file-name order (read in
-  chunks); every non-hidden entry must be such an image. Files are read as
-  in training (`ama_jax/datasets/image_files.py`).
-- A single PNG/JPEG/BMP file, or an uncompressed IDX image file (magic
-  2051, e.g. `t10k-images-idx3-ubyte`).
-
-Image shape: when the run converted its training images
-(`data.image_size` / `data.channels`, e.g. `configs/folder.py`), image
-files and integer arrays of any size go through the same conversion
-(`image_files.fit` with the run's `data.resize`). Otherwise they must have
-the model's shape, except that grey images are repeated to RGB for a
-3-channel model, RGB images with equal channels become grey for a 1-channel
-model and a fully opaque alpha channel is dropped; anything else is an error
-(convert the images first).
-
-Output: CSV with columns `id` (file name, or row index for arrays), `r` (raw
-R(x)), `score` (calibrated, (R - mu)^2 / (2 sigma^2), or (R - mu) / sigma
-for a one-sided run) and `is_anomaly` (1 if score > threshold else 0), in
-input order, written atomically (a temporary file in the same folder, then
-renamed). For an exported scorer, `r` comes from the exported function and
-`score`, `is_anomaly` are computed from it here as for a checkpoint.
-
-Progress: with `--progress=auto` (default) inputs of at least 10,000 images
-show a progress line on stderr (updated in place on a terminal, every 10%
-otherwise).
-
-Problems with the inputs (missing workdir or checkpoint, a damaged
-checkpoint, unreadable or non-image files, wrong image size or channels,
-NaN/Inf pixels, empty input, unwritable output) end the program with a
-one-line `error: ...` message on stderr and exit status 1 (`--verbose`: with
-its traceback). A damaged checkpoint is never read: `--kind=latest` without
-`--step` then takes the newest readable step (a warning names the damaged
-one); the best step, or an explicit `--step`, is an error. Logs are quiet
-(warnings only) unless `--verbosity=0` is passed.
+`open_inputs` reads and validates the images to score (a .npy/.npz array, a
+folder of PNG/JPEG/BMP files, one image file or an IDX image file; the
+formats, conversions and checks are those `python -m ama_jax.tools.score
+--help` describes) and `load_images` reads them all into memory;
+`open_model` opens a training run's checkpoint or a folder written by
+`python -m ama_jax.tools.export` (shape, conversion, calibration, and R(x)
+built on first use); `load_scorer` restores a checkpoint's scorer from the
+workdir alone; `check_output` and `write_csv` write the scores' CSV
+atomically. A problem with the inputs raises `ScoreError` (an
+`errors.UserError`: one line from the programs).
 """
 import csv
 import dataclasses
@@ -66,19 +18,14 @@ import math
 import mmap
 import os
 import pathlib
-import sys
 import tempfile
-import time
 from typing import Callable, Iterator, Optional, Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
 import numpy as np
 
 from ama_jax import checkpointing
-from ama_jax import cli
 from ama_jax import errors
 from ama_jax import models
 from ama_jax import scoring
@@ -90,11 +37,10 @@ IDX_IMAGES_MAGIC = 2051
 _NPY_MAGIC, _ZIP_MAGIC, _GZIP_MAGIC = b'\x93NUMPY', b'PK\x03\x04', b'\x1f\x8b'
 FORMATS = ('.npy, .npz, a folder of PNG/JPEG/BMP images, one image file or '
            f'an IDX image file (magic {IDX_IMAGES_MAGIC})')
-PROGRESS_MIN_IMAGES = 10000  # --progress=auto shows it from this many.
 
 
 class ScoreError(errors.UserError):
-  """A problem with the command's inputs; its message says what to fix."""
+  """Bad inputs of the score command; the message says what to fix."""
 
 
 def _shape_str(shape: Sequence[int]) -> str:
@@ -394,7 +340,8 @@ def open_inputs(path: os.PathLike | str, image_shape: Sequence[int],
   """Opens and validates `--input` for a model of `image_shape` (H, W, C).
 
   Args:
-    path: the input (see the module docstring).
+    path: the input (the formats `python -m ama_jax.tools.score --help`
+      lists).
     image_shape: the model's (H, W, C).
     conv: the run's `image_files.Conversion` when it converted its training
       images (explicit), else None: shapes must match.
@@ -442,40 +389,6 @@ def load_images(path: os.PathLike | str, image_shape: Sequence[int],
   """All of `--input` in memory (see `open_inputs`)."""
   inputs = open_inputs(path, image_shape, conv)
   return Images(list(inputs.ids), inputs.read(0, len(inputs)))
-
-
-# ----------------------------------------------------------------------------
-# Progress.
-# ----------------------------------------------------------------------------
-class Progress:
-  """A progress line on stderr: in place on a terminal, every 10% else."""
-
-  def __init__(self, total: int, enabled: bool, stream=None):
-    self.total, self.enabled = total, enabled
-    self.stream = stream or sys.stderr
-    self.done, self.start, self.shown = 0, time.time(), -1
-    self.tty = bool(getattr(self.stream, 'isatty', lambda: False)())
-
-  def update(self, n: int) -> None:
-    self.done += n
-    if not self.enabled:
-      return
-    percent = int(100 * self.done / max(1, self.total))
-    if not self.tty and percent // 10 == self.shown // 10 and (
-        self.done < self.total):
-      return
-    elapsed = max(time.time() - self.start, 1e-9)
-    rate = self.done / elapsed
-    left = (self.total - self.done) / rate if rate else 0.0
-    width = 30
-    bar = '#' * (width * self.done // max(1, self.total))
-    line = (f'scoring [{bar:<{width}}] {self.done}/{self.total} images '
-            f'({percent}%), {rate:.0f} images/s, {left:.0f} s left')
-    self.stream.write(('\r' + line) if self.tty else line + '\n')
-    if self.tty and self.done >= self.total:
-      self.stream.write('\n')
-    self.stream.flush()
-    self.shown = percent
 
 
 # ----------------------------------------------------------------------------
@@ -624,7 +537,7 @@ def _conversion(data_config: dict) -> Optional[image_files.Conversion]:
   try:
     conv = image_files.conversion(data_config)
   except image_files.ImageError:
-    return None  # Not this program's business: shapes must then match.
+    return None  # Not scoring's business: shapes must then match.
   return conv if conv.explicit else None
 
 
@@ -714,109 +627,3 @@ def write_csv(path: os.PathLike | str, ids: Sequence[str], r: np.ndarray,
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-
-
-# ----------------------------------------------------------------------------
-# The program.
-# ----------------------------------------------------------------------------
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """Defines the command's flags on `flag_values`.
-
-  Called only when the command runs, not at import: `ama_jax.main` defines a
-  `--workdir` too, and one test process may import both modules.
-  """
-  flags.DEFINE_string('workdir', None, 'Workdir of a training run, or a '
-                      'folder written by `python -m ama_jax.export`.',
-                      flag_values=flag_values)
-  flags.DEFINE_string('input', None, 'A .npy/.npz array, a folder of '
-                      'PNG/JPEG/BMP images, one image or an IDX image file.',
-                      flag_values=flag_values)
-  flags.DEFINE_string('output', None, 'CSV file to write.',
-                      flag_values=flag_values)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best or '
-                       'latest one).', flag_values=flag_values)
-  flags.DEFINE_enum('kind', None, ['best', 'latest'], 'Checkpoint kind '
-                    '(default: best, else latest; with --step, best else '
-                    'latest).', flag_values=flag_values)
-  flags.DEFINE_integer('batch_size', 500, 'Images per scoring call (and per '
-                       'chunk read).', lower_bound=1, flag_values=flag_values)
-  flags.DEFINE_enum('progress', 'auto', ['auto', 'on', 'off'], 'Progress on '
-                    f'stderr (auto: from {PROGRESS_MIN_IMAGES} images).',
-                    flag_values=flag_values)
-
-
-def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
-        output: os.PathLike | str, *, kind: Optional[str] = None,
-        step: Optional[int] = None, batch_size: int = 500,
-        progress: str = 'auto') -> dict:
-  """Scores `input_path` with a checkpoint (or export) of `workdir`.
-
-  Returns:
-    A summary: `kind`, `step`, `num_images`, `num_anomalies`, `threshold`.
-
-  Raises:
-    ScoreError: any problem with the inputs (the message says what to fix).
-  """
-  for flag, value in (('workdir', workdir), ('input', input_path),
-                      ('output', output)):
-    if not value:
-      raise ScoreError(f'--{flag} is required.')
-  output = check_output(output)
-  # Cheap checks first: metadata, then the images, then the model.
-  model = open_model(workdir, kind=kind, step=step, batch_size=batch_size)
-  inputs = open_inputs(input_path, model.image_shape, model.conversion,
-                       chunk=batch_size)
-  raw_scores = model.build()
-  bar = Progress(len(inputs), progress == 'on' or (
-      progress == 'auto' and len(inputs) >= PROGRESS_MIN_IMAGES))
-  r = []
-  for images in inputs.chunks(batch_size):
-    r.append(np.asarray(raw_scores(images), np.float32))
-    bar.update(len(images))
-  r = np.concatenate(r)
-  scores = scoring.calibrated_scores(r, model.mu, model.sigma, model.score)
-  is_anomaly = scores > model.threshold
-  write_csv(output, inputs.ids, r, scores, is_anomaly)
-  summary = {'kind': model.kind, 'step': model.step, 'num_images': len(r),
-             'num_anomalies': int(is_anomaly.sum()),
-             'threshold': model.threshold}
-  logging.info('Wrote %d scores to %s: %d above the threshold %.4g (%s step '
-               '%d).', len(r), output, summary['num_anomalies'],
-               model.threshold, model.kind, model.step)
-  return summary
-
-
-def main(argv: Sequence[str],
-         flag_values: flags.FlagValues = flags.FLAGS) -> int:
-  """Runs the command on parsed `flag_values`; returns the exit status."""
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  fv = flag_values
-  from ama_jax import malloc_tuning  # pylint: disable=g-import-not-at-top
-  from ama_jax import runtime  # pylint: disable=g-import-not-at-top
-  # Scoring streams small batches: glibc's own malloc keeps resident memory
-  # bounded (a 200,000-image .npy peaked at 1.18 GB, against 1.74 GB with
-  # the training step's 'fast' setting, which never returns freed memory).
-  # AMA_JAX_MALLOC still overrides.
-  os.environ.setdefault(malloc_tuning.ENV, 'off')
-  runtime.setup()  # Before JAX computes: malloc, TF off the GPU.
-  try:
-    run(fv.workdir, fv.input, fv.output, kind=fv.kind, step=fv.step,
-        batch_size=fv.batch_size, progress=fv.progress)
-  except errors.UserError as e:  # ScoreError, CheckpointError, ...
-    return cli.report(e, flag_values=fv)  # One line, whatever the cause.
-  return 0
-
-
-def _cli_main(argv: Sequence[str]) -> int:
-  # Orbax logs dozens of INFO lines per restore: quiet unless asked
-  # (--verbosity=0 shows them and this program's own progress).
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  return main(argv)
-
-
-if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['workdir', 'input', 'output'])
-  cli.run_main(_cli_main)

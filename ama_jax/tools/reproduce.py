@@ -1,10 +1,12 @@
 r"""Runs one of the paper's tables end to end and writes markdown + JSON.
 
-  python -m ama_jax.reproduce --table=fmnist_mnist --seeds=3 --epochs=2
-  python -m ama_jax.reproduce --table=mnist_oneclass --seeds=1 --epochs=4
-  python -m ama_jax.reproduce --table=ablation --base=fmnist_mnist --epochs=2
-  python -m ama_jax.reproduce --table=atypical_vs_sipple --base=fmnist_mnist
-  python -m ama_jax.reproduce --table=mnist_oneclass --epochs=10 \
+  python -m ama_jax.tools.reproduce --table=fmnist_mnist --seeds=3 --epochs=2
+  python -m ama_jax.tools.reproduce --table=mnist_oneclass --seeds=1 --epochs=4
+  python -m ama_jax.tools.reproduce --table=ablation --base=fmnist_mnist \
+      --epochs=2
+  python -m ama_jax.tools.reproduce --table=atypical_vs_sipple \
+      --base=fmnist_mnist
+  python -m ama_jax.tools.reproduce --table=mnist_oneclass --epochs=10 \
       --grid=loss.lambda_gp=10,0   # lambda_gp chosen per run on validation
 
 Tables (the paper's numbers are in `PAPER`):
@@ -52,8 +54,8 @@ import ml_collections
 import numpy as np
 
 from ama_jax import checkpointing
-from ama_jax import cli
 from ama_jax import errors
+from ama_jax.tools import cli
 
 PAPER_EPOCHS = 100
 METRICS = ('auroc', 'auprc_anomaly', 'auprc_normal', 'fpr80')

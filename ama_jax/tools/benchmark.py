@@ -1,9 +1,9 @@
 r"""Throughput benchmark of one AMA training iteration and of scoring.
 
-  python -m ama_jax.benchmark --arch mnist --batch 256 --n_critic 1
-  python -m ama_jax.benchmark --arch cifar --batch 256 \
+  python -m ama_jax.tools.benchmark --arch mnist --batch 256 --n_critic 1
+  python -m ama_jax.tools.benchmark --arch cifar --batch 256 \
       --compute_dtype bfloat16                     # on an accelerator
-  python -m ama_jax.benchmark --arch mnist --batch 256 --n_critic 1 \
+  python -m ama_jax.tools.benchmark --arch mnist --batch 256 --n_critic 1 \
       --torch_python=/tmp/torchref/bin/python --rounds 3
 
 Prints one JSON line (and appends it to `--json_out`): training images/s
@@ -68,8 +68,6 @@ from absl import logging
 import jax
 import numpy as np
 
-from configs import default
-from ama_jax import cli
 from ama_jax import config_checks
 from ama_jax import conv_layers
 from ama_jax import errors
@@ -80,6 +78,8 @@ from ama_jax import runtime
 from ama_jax import schedules
 from ama_jax import scoring
 from ama_jax import train
+from ama_jax.tools import cli
+from configs import default
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('arch', 'mnist', ['mnist', 'cifar'], 'Architecture.')
@@ -336,7 +336,7 @@ def run_ours(measure_warm: bool) -> dict:
 def run_torch() -> dict:
   """Runs the PyTorch reference once with the same settings."""
   ref = FLAGS.torch_ref or str(
-      pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' /
+      pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'bench' /
       'torch_ref.py')
   cmd = [FLAGS.torch_python, ref, '--arch', FLAGS.arch, '--batch',
          str(FLAGS.batch), '--n-critic', str(FLAGS.n_critic), '--steps',
