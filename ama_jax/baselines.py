@@ -361,3 +361,9 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
         f'test: {t["num_normal"]} normal, {t["num_anomaly"]} anomaly images.'
     )
   return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  raise SystemExit('error: ama_jax.baselines is a library module; the command is '
+                   'python -m ama_jax.tools.baselines (programs moved to '
+                   'ama_jax/tools/ on 2026-12-01).')

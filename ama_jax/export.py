@@ -266,3 +266,9 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
   logging.info('Exported %s step %d of %s to %s (%s).', kind, meta['step'],
                workdir, output, ', '.join(platforms))
   return out_meta
+
+
+if __name__ == '__main__':
+  raise SystemExit('error: ama_jax.export is a library module; the command is '
+                   'python -m ama_jax.tools.export (programs moved to '
+                   'ama_jax/tools/ on 2026-12-01).')
