@@ -55,6 +55,7 @@ import numpy as np
 
 from ama_jax import checkpointing
 from ama_jax import errors
+from ama_jax.datasets import archives
 from ama_jax.tools import cli
 
 PAPER_EPOCHS = 100
@@ -63,8 +64,6 @@ METRIC_NAMES = {'auroc': 'AUROC', 'auprc_anomaly': 'AUPRC (anomaly+)',
                 'auprc_normal': 'AUPRC (normal+)', 'fpr80': 'FPR80'}
 BASELINES = ('knn', 'pca', 'ocsvm')
 BASELINE_NAMES = {'knn': 'kNN', 'pca': 'PCA', 'ocsvm': 'OC-SVM'}
-CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
-                 'frog', 'horse', 'ship', 'truck')
 
 # Config overrides of each variant (flattened config paths).
 VARIANTS = {
@@ -393,7 +392,7 @@ def _row_label(base: str, row: str) -> str:
   if row == 'mean':
     return '**mean**'
   if base == 'cifar_oneclass':
-    return f'{row} ({CIFAR_CLASSES[int(row)]})'
+    return f'{row} ({archives.CIFAR10_CLASSES[int(row)]})'
   return row or base
 
 
