@@ -428,6 +428,104 @@ def critic_on_pairs(critic_fn, x, x_rec, x_inter=None, x_anchors=None, *,
   return CriticPairs(fake=fake, real=real, inter=inter), features[:b]
 
 
+class StepBatch(NamedTuple):
+  """This device's rows of one step and the global counts losses divide by."""
+  x: jax.Array  # [b, H, W, C] images, synthetic negatives in place.
+  # [b] row weights, as the official code's labels: +1 normal, -lambda_neg
+  # for (real or synthetic) anomalies.
+  weights: jax.Array
+  normal: jax.Array  # [b] float32 1 for normal rows.
+  negative: jax.Array  # [b] float32 1 for anomalous rows.
+  num_rows: jax.Array  # Rows of the global batch.
+  num_normal: jax.Array  # Normal rows of the global batch.
+  num_negative: jax.Array  # Anomalous rows of the global batch (at least 1).
+
+
+def _critic_loss(critic_model, params, batch_stats, i: int, *,
+                 batch: StepBatch, x_rec, x_inter, x_anchors, pair_anchors,
+                 gp_keys, gp_inter_keys, s: StepSettings):
+  """Critic loss of critic update i (eqs. 1, 4, 5 and the penalty); the
+  reconstructions are constants. Returns (loss, (aux, new batch_stats))."""
+  x, weights, normal, negative = (batch.x, batch.weights, batch.normal,
+                                  batch.negative)
+  critic_vars = {'params': params, 'batch_stats': batch_stats}
+  (pairs, _), updates = critic_model.apply(
+      critic_vars, x, x_rec, x_inter, x_anchors, with_real=True,
+      train=True, mutable=['batch_stats'], method=critic_on_pairs_method)
+  loss = losses.critic_loss(real_logits=pairs.real,
+                            fake_logits=pairs.fake, weights=weights,
+                            denominator=batch.num_rows)
+  # Critic gaps D(x, x) - D(x, xhat): normals (the Wasserstein estimate of
+  # eq. 1) and synthetic negatives (eq. 5; the critic pushes it below 0).
+  aux = {'wasserstein': jnp.sum(normal * (pairs.real - pairs.fake))
+                        / batch.num_normal,
+         'diag/critic_gap_negative':
+             jnp.sum(negative * (pairs.real - pairs.fake))
+             / batch.num_negative}
+  if s.lambda_inter != 0:
+    real_all = lax.all_gather(pairs.real, AXIS, tiled=True)
+    anchor_real = real_all[pair_anchors]  # [b, m] or [b, 1]
+    inter = losses.interpolation_critic_loss(
+        anchor_real_logits=anchor_real, inter_logits=pairs.inter,
+        mask=normal, denominator=batch.num_normal)
+    loss += s.lambda_inter * inter
+    aux['critic_inter'] = inter
+    # Critic values on the interpolation pairs (x_k, x_inter) beside those
+    # on the anchors' mirrored pairs (x_k, x_k).
+    per_pair = batch.num_normal * pair_anchors.shape[1]
+    aux['diag/critic_inter_pair'] = jnp.sum(
+        normal[:, None] * pairs.inter) / per_pair
+    aux['diag/critic_inter_anchor_real'] = jnp.sum(
+        normal[:, None] * anchor_real) / per_pair
+  if s.lambda_gp:
+    stacked = lambda xy: critic_model.apply(
+        critic_vars, xy, train=False, method='stacked')[0]
+    fold = lambda keys: jax.vmap(jax.random.fold_in, (0, None))(keys, i)
+    gp = losses.gradient_penalty(
+        stacked, x, x_rec, jax.vmap(jax.random.uniform)(fold(gp_keys)),
+        style=s.gp_style)
+    if s.gp_inter and s.lambda_inter != 0:
+      # The same penalty on (x, x_inter) pairs, so the critic stays
+      # Lipschitz where eq. (4) evaluates it too.
+      gp = gp + losses.gradient_penalty(
+          stacked, x, x_inter,
+          jax.vmap(jax.random.uniform)(fold(gp_inter_keys)),
+          style=s.gp_style)
+    gp *= s.local_batch / batch.num_rows  # Local mean -> this device's share.
+    loss += s.lambda_gp * gp
+    aux['gradient_penalty'] = gp
+  new_stats = updates.get('batch_stats', batch_stats)
+  return loss, (aux, new_stats)
+
+
+def _ae_loss(critic_model, critic_vars, outputs, *, batch: StepBatch,
+             x_anchors, s: StepSettings):
+  """Encoder/generator loss (eqs. 1, 3, 4, 5) as a function of the AE
+  outputs (x_rec, z, x_inter). Detached (official code), the interpolation
+  term is a constant for E and G: it is left out rather than computed for
+  its value only."""
+  ae_inter = s.lambda_inter != 0 and not s.detach_inter
+  x_rec, z, x_inter = outputs
+  pairs, _ = critic_model.apply(
+      critic_vars, batch.x, x_rec, x_inter if ae_inter else None,
+      x_anchors, with_real=False, train=False,
+      method=critic_on_pairs_method)
+  adv = losses.ae_adversarial_loss(fake_logits=pairs.fake,
+                                   weights=batch.weights,
+                                   denominator=batch.num_rows)
+  reg = losses.latent_norm(z, mask=batch.normal, squared=s.reg_squared,
+                           denominator=batch.num_normal)
+  loss = adv + s.lambda_reg * reg
+  aux = {'ae_adversarial': adv, 'latent_norm': reg}
+  if ae_inter:
+    inter = losses.interpolation_ae_loss(inter_logits=pairs.inter,
+                                         mask=batch.normal,
+                                         denominator=batch.num_normal)
+    loss += s.lambda_inter * inter
+    aux['ae_inter'] = inter
+  return loss, aux
+
+
 def train_step(state: AMAState, data: placement.TrainData,
                train_rng: PRNGKey, *,
                ae_model, critic_model, settings: StepSettings
@@ -469,6 +567,8 @@ def train_step(state: AMAState, data: placement.TrainData,
   num_normal = lax.psum(normal.sum(), AXIS)
   # Diagnostics average over at least one row (0 when there is none).
   num_negative = jnp.maximum(lax.psum(negative.sum(), AXIS), 1.0)
+  batch = StepBatch(x, weights, normal, negative, num_rows, num_normal,
+                    num_negative)
 
   # 2. Simplex interpolation plan (eq. 4): weights and anchor rows.
   use_inter = s.lambda_inter != 0
@@ -497,57 +597,11 @@ def train_step(state: AMAState, data: placement.TrainData,
   # (PyTorch's .detach()).
   x_rec_c = lax.stop_gradient(x_rec)
   x_inter_c = None if x_inter is None else lax.stop_gradient(x_inter)
-  gp_keys = _row_keys(step_rng, global_rows, _GP)
-  gp_inter_keys = _row_keys(step_rng, global_rows, _GP_INTER)
-
-  def critic_loss_fn(params, batch_stats, i):
-    critic_vars = {'params': params, 'batch_stats': batch_stats}
-    (pairs, _), updates = critic_model.apply(
-        critic_vars, x, x_rec_c, x_inter_c, x_anchors, with_real=True,
-        train=True, mutable=['batch_stats'], method=critic_on_pairs_method)
-    loss = losses.critic_loss(real_logits=pairs.real,
-                              fake_logits=pairs.fake, weights=weights,
-                              denominator=num_rows)
-    # Critic gaps D(x, x) - D(x, xhat): normals (the Wasserstein estimate of
-    # eq. 1) and synthetic negatives (eq. 5; the critic pushes it below 0).
-    aux = {'wasserstein': jnp.sum(normal * (pairs.real - pairs.fake))
-                          / num_normal,
-           'diag/critic_gap_negative':
-               jnp.sum(negative * (pairs.real - pairs.fake)) / num_negative}
-    if use_inter:
-      real_all = lax.all_gather(pairs.real, AXIS, tiled=True)
-      anchor_real = real_all[pair_anchors]  # [b, m] or [b, 1]
-      inter = losses.interpolation_critic_loss(
-          anchor_real_logits=anchor_real, inter_logits=pairs.inter,
-          mask=normal, denominator=num_normal)
-      loss += s.lambda_inter * inter
-      aux['critic_inter'] = inter
-      # Critic values on the interpolation pairs (x_k, x_inter) beside those
-      # on the anchors' mirrored pairs (x_k, x_k).
-      per_pair = num_normal * pair_anchors.shape[1]
-      aux['diag/critic_inter_pair'] = jnp.sum(
-          normal[:, None] * pairs.inter) / per_pair
-      aux['diag/critic_inter_anchor_real'] = jnp.sum(
-          normal[:, None] * anchor_real) / per_pair
-    if s.lambda_gp:
-      stacked = lambda xy: critic_model.apply(
-          critic_vars, xy, train=False, method='stacked')[0]
-      fold = lambda keys: jax.vmap(jax.random.fold_in, (0, None))(keys, i)
-      gp = losses.gradient_penalty(
-          stacked, x, x_rec_c, jax.vmap(jax.random.uniform)(fold(gp_keys)),
-          style=s.gp_style)
-      if s.gp_inter and use_inter:
-        # The same penalty on (x, x_inter) pairs, so the critic stays
-        # Lipschitz where eq. (4) evaluates it too.
-        gp = gp + losses.gradient_penalty(
-            stacked, x, x_inter_c,
-            jax.vmap(jax.random.uniform)(fold(gp_inter_keys)),
-            style=s.gp_style)
-      gp *= b / num_rows  # Local mean -> this device's share of the mean.
-      loss += s.lambda_gp * gp
-      aux['gradient_penalty'] = gp
-    new_stats = updates.get('batch_stats', batch_stats)
-    return loss, (aux, new_stats)
+  critic_loss_fn = functools.partial(
+      _critic_loss, critic_model, batch=batch, x_rec=x_rec_c,
+      x_inter=x_inter_c, x_anchors=x_anchors, pair_anchors=pair_anchors,
+      gp_keys=_row_keys(step_rng, global_rows, _GP),
+      gp_inter_keys=_row_keys(step_rng, global_rows, _GP_INTER), s=s)
 
   def critic_update(critic: PlayerState, i: int):
     (loss, (aux, stats)), grads = jax.value_and_grad(
@@ -566,30 +620,9 @@ def train_step(state: AMAState, data: placement.TrainData,
     critic, critic_aux = critic_update(critic, i)
 
   # 5. Encoder/generator update, as a function of the AE outputs.
-  # Detached (official code), the interpolation term is a constant for E and
-  # G: it is left out rather than computed for its value only.
-  ae_inter = use_inter and not s.detach_inter
-
-  def ae_loss_fn(outputs):
-    x_rec, z, x_inter = outputs
-    pairs, _ = critic_model.apply(
-        variables(critic), x, x_rec, x_inter if ae_inter else None,
-        x_anchors, with_real=False, train=False,
-        method=critic_on_pairs_method)
-    adv = losses.ae_adversarial_loss(fake_logits=pairs.fake, weights=weights,
-                                     denominator=num_rows)
-    reg = losses.latent_norm(z, mask=normal, squared=s.reg_squared,
-                             denominator=num_normal)
-    loss = adv + s.lambda_reg * reg
-    aux = {'ae_adversarial': adv, 'latent_norm': reg}
-    if ae_inter:
-      inter = losses.interpolation_ae_loss(inter_logits=pairs.inter,
-                                           mask=normal,
-                                           denominator=num_normal)
-      loss += s.lambda_inter * inter
-      aux['ae_inter'] = inter
-    return loss, aux
-
+  ae_loss_fn = functools.partial(
+      _ae_loss, critic_model, variables(critic), batch=batch,
+      x_anchors=x_anchors, s=s)
   (ae_loss, ae_aux), out_grads = jax.value_and_grad(
       ae_loss_fn, has_aux=True)((x_rec, z, x_inter))
   (ae_grads,) = ae_vjp(out_grads)
