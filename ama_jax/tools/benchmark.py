@@ -122,8 +122,8 @@ flags.DEFINE_integer('rounds', 1, 'Alternating rounds (ours, reference).')
 # matmuls as TF32 on these GPUs; `utilisation_tf32` compares with that).
 # H100 PCIe: 1,513 / 51 / 756 (sparse bf16 / fp32 / sparse tf32). A100 SXM:
 # BF16 312, FP32 19.5, TF32 156. Google Cloud TPU pages: v4 275, v5e 197,
-# v6e 918 bf16 TFLOP/s. /work/.library/device/H200.md quotes the same H200
-# figures; a measured bf16 matmul there ran at ~790 TFLOP/s (random data).
+# v6e 918 bf16 TFLOP/s. A bf16 matmul measured on the lent H200 ran at
+# ~790 TFLOP/s (random data).
 PEAK_FLOPS = {
     'NVIDIA H200': {'bfloat16': 989e12, 'float32': 67e12, 'tf32': 494.5e12},
     'NVIDIA H100 80GB HBM3': {'bfloat16': 989e12, 'float32': 67e12,
