@@ -5,9 +5,10 @@ Two architectures, chosen by `config.model.arch`:
 * `mnist` (Table 4): 28x28xC images, latent 64, a DCGAN-like encoder and
   generator (two stride-2 convolutions / transposed convolutions around two
   dense layers) and a critic of the same shape on the channel-stacked pair.
-* `cifar` (Table 3; somepago/AMA's `cifar_models_bNorm.py`): 32x32xC images, latent
-  128, a DCGAN encoder with BatchNorm, the SNGAN ResNet generator and the
-  SNGAN ResNet critic (optionally spectral-normalized) on the stacked pair.
+* `cifar` (Table 3; somepago/AMA's `cifar_models_bNorm.py`): 32x32xC
+  images, latent 128, a DCGAN encoder with BatchNorm, the SNGAN ResNet
+  generator and the SNGAN ResNet critic (optionally spectral-normalized) on
+  the stacked pair.
 
 Images are NHWC. Layers match `shared/bench/torch_ref.py` (the PyTorch
 reference) layer for layer: kernel sizes, paddings, biases and, where
