@@ -88,49 +88,26 @@ def scoring_variables(state: AMAState) -> tuple[dict, dict]:
 
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
-  """Static (compile-time) settings of `train_step`, hashable.
-
-  Taken from the config in one place (`from_config`): the loss weights and
-  switches that shape the computation. The schedule is data.
+  """Static (compile-time) settings of `train_step`, taken from the config in
+  one place: the step reads the `loss` and `sampling` fields of
+  `configs/default.py` by their config names, so a new setting is added to
+  the config only. The schedule is data (`schedules.Schedule`).
   """
   local_batch: int
-  num_devices: int = 1
-  n_critic: int = 1
-  lambda_inter: float = 0.5
-  num_inter: int = 3
-  detach_inter: bool = False
-  inter_anchors: str = 'all'
-  lambda_neg: float = 5.0  # Weight of labelled anomalies (semi-supervised).
-  lambda_reg: float = 1.0
-  reg_squared: bool = False
-  lambda_gp: float = 0.0
-  gp_style: str = 'per_sample'
-  gp_inter: bool = False
-  negative_style: str = 'outward'
-  radial_direction: str = 'inward'
-  delta: float = 0.5
-  shell_radius: str = 'sqrt_d'
-  radius_quantile: float = 0.5
-  negative_fraction: float = 0.1
-  ema_decay: float = 0.0
+  num_devices: int
+  n_critic: int
+  ema_decay: float  # 0 = no moving average of the weights.
+  loss: ml_collections.FrozenConfigDict  # config.loss
+  sampling: ml_collections.FrozenConfigDict  # config.sampling
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, *, local_batch: int,
                   num_devices: int = 1) -> 'StepSettings':
-    loss, smp = config.loss, config.sampling
-    return cls(
-        local_batch=local_batch, num_devices=num_devices,
-        n_critic=config.train.n_critic, lambda_inter=loss.lambda_inter,
-        num_inter=loss.num_inter, detach_inter=loss.detach_inter,
-        inter_anchors=loss.get('inter_anchors', 'all'),
-        lambda_neg=loss.lambda_neg, lambda_reg=loss.lambda_reg,
-        reg_squared=loss.reg_squared, lambda_gp=loss.lambda_gp,
-        gp_style=loss.gp_style, gp_inter=bool(loss.get('gp_inter', False)),
-        negative_style=smp.style, radial_direction=smp.radial_direction,
-        delta=smp.delta, shell_radius=smp.get('shell_radius', 'sqrt_d'),
-        radius_quantile=smp.get('radius_quantile', 0.5),
-        negative_fraction=smp.fraction,
-        ema_decay=float(config.optim.get('ema_decay') or 0.0))
+    return cls(local_batch=local_batch, num_devices=num_devices,
+               n_critic=config.train.n_critic,
+               ema_decay=float(config.optim.get('ema_decay') or 0.0),
+               loss=ml_collections.FrozenConfigDict(config.loss),
+               sampling=ml_collections.FrozenConfigDict(config.sampling))
 
   @property
   def global_batch(self) -> int:
@@ -148,10 +125,10 @@ class StepSettings:
     and weight stay as they are).
     """
     b, d = self.local_batch, self.num_devices
-    if self.negative_style == 'none' or self.negative_fraction <= 0:
+    if self.sampling.style == 'none' or self.sampling.fraction <= 0:
       return np.zeros((d, 0), np.int32), np.zeros((d, 0), bool)
     mask = sampling.negative_mask(np.arange(b * d), b * d,
-                                  self.negative_fraction).reshape(d, b)
+                                  self.sampling.fraction).reshape(d, b)
     k = int(mask.sum(axis=1).max())
     rows = np.zeros((d, k), np.int32)
     valid = np.zeros((d, k), bool)
@@ -303,7 +280,8 @@ def _measured_radius(ae_model, ae_vars, x_slots, valid, s: StepSettings
   z = ae_model.apply(ae_vars, x_slots, train=False, method='encode')
   norms = lax.all_gather(jnp.linalg.norm(z, axis=-1), AXIS, tiled=True)
   valid = lax.all_gather(valid, AXIS, tiled=True)
-  return jnp.nanquantile(jnp.where(valid, norms, jnp.nan), s.radius_quantile)
+  return jnp.nanquantile(jnp.where(valid, norms, jnp.nan),
+                         s.sampling.radius_quantile)
 
 
 def _add_negatives(ae_model, ae: PlayerState, x: jax.Array,
@@ -323,15 +301,15 @@ def _add_negatives(ae_model, ae: PlayerState, x: jax.Array,
   valid = jnp.asarray(table_valid)[q] & (labels[rows] == 0)
   ae_vars = variables(ae)
   x_slots = x[rows]
+  smp = s.sampling
   radius = None
-  if s.shell_radius == 'measured' and s.negative_style in ('inward',
-                                                           'outward'):
+  if smp.shell_radius == 'measured' and smp.style in ('inward', 'outward'):
     radius = _measured_radius(ae_model, ae_vars, x_slots, valid, s)
   keys = _row_keys(step_rng, global_rows, _NEGATIVES)[rows]
   x_neg, z_neg = synthetic_negatives(
-      ae_model, ae_vars, x_slots, keys, style=s.negative_style,
-      delta=s.delta, radial_direction=s.radial_direction, radius=radius,
-      axis_name=AXIS, return_latents=True)
+      ae_model, ae_vars, x_slots, keys, style=smp.style, delta=smp.delta,
+      radial_direction=smp.radial_direction, radius=radius, axis_name=AXIS,
+      return_latents=True)
   on = valid & (weight > 0)
   x = x.at[rows].set(jnp.where(on[:, None, None, None],
                                lax.stop_gradient(x_neg), x_slots))
@@ -352,11 +330,12 @@ def _interpolation_plan(weights: jax.Array, global_rows: jax.Array,
   """
   is_normal = lax.all_gather(weights > 0, AXIS, tiled=True)  # [B]
   alpha = sampling.simplex_weights(
-      _row_keys(step_rng, global_rows, _ALPHA), s.num_inter)
+      _row_keys(step_rng, global_rows, _ALPHA), s.loss.num_inter)
   logits = jnp.where(is_normal, 0.0, -jnp.inf)
   partners = jax.vmap(
-      lambda k: jax.random.categorical(k, logits, shape=(s.num_inter - 1,)))(
-          _row_keys(step_rng, global_rows, _PARTNERS))
+      lambda k: jax.random.categorical(
+          k, logits, shape=(s.loss.num_inter - 1,)))(
+              _row_keys(step_rng, global_rows, _PARTNERS))
   anchors = jnp.concatenate([global_rows[:, None], partners], axis=1)
   return alpha, anchors
 
@@ -368,12 +347,12 @@ def _ae_forward(ae_model, params, batch_stats, x, alpha, anchors,
   def forward(module, x):
     z = module.encode(x, train=True)
     x_rec = module.decode(z, train=True)
-    if s.lambda_inter == 0:
+    if s.loss.lambda_inter == 0:
       return x_rec, z, None
     z_all = lax.all_gather(z, AXIS, tiled=True)  # [B, d]
     z_inter = jnp.einsum('bm,bmd->bd', alpha, z_all[anchors])
     x_inter = module.decode(z_inter, train=True)
-    if s.detach_inter:  # Official code: no gradient to E, G (and no work).
+    if s.loss.detach_inter:  # Official code: no gradient to E, G (no work).
       x_inter = lax.stop_gradient(x_inter)
     return x_rec, z, x_inter
 
@@ -462,13 +441,13 @@ def _critic_loss(critic_model, params, batch_stats, i: int, *,
          'diag/critic_gap_negative':
              jnp.sum(negative * (pairs.real - pairs.fake))
              / batch.num_negative}
-  if s.lambda_inter != 0:
+  if s.loss.lambda_inter != 0:
     real_all = lax.all_gather(pairs.real, AXIS, tiled=True)
     anchor_real = real_all[pair_anchors]  # [b, m] or [b, 1]
     inter = losses.interpolation_critic_loss(
         anchor_real_logits=anchor_real, inter_logits=pairs.inter,
         mask=normal, denominator=batch.num_normal)
-    loss += s.lambda_inter * inter
+    loss += s.loss.lambda_inter * inter
     aux['critic_inter'] = inter
     # Critic values on the interpolation pairs (x_k, x_inter) beside those
     # on the anchors' mirrored pairs (x_k, x_k).
@@ -477,22 +456,22 @@ def _critic_loss(critic_model, params, batch_stats, i: int, *,
         normal[:, None] * pairs.inter) / per_pair
     aux['diag/critic_inter_anchor_real'] = jnp.sum(
         normal[:, None] * anchor_real) / per_pair
-  if s.lambda_gp:
+  if s.loss.lambda_gp:
     stacked = lambda xy: critic_model.apply(
         critic_vars, xy, train=False, method='stacked')[0]
     fold = lambda keys: jax.vmap(jax.random.fold_in, (0, None))(keys, i)
     gp = losses.gradient_penalty(
         stacked, x, x_rec, jax.vmap(jax.random.uniform)(fold(gp_keys)),
-        style=s.gp_style)
-    if s.gp_inter and s.lambda_inter != 0:
+        style=s.loss.gp_style)
+    if s.loss.gp_inter and s.loss.lambda_inter != 0:
       # The same penalty on (x, x_inter) pairs, so the critic stays
       # Lipschitz where eq. (4) evaluates it too.
       gp = gp + losses.gradient_penalty(
           stacked, x, x_inter,
           jax.vmap(jax.random.uniform)(fold(gp_inter_keys)),
-          style=s.gp_style)
+          style=s.loss.gp_style)
     gp *= s.local_batch / batch.num_rows  # Local mean -> this device's share.
-    loss += s.lambda_gp * gp
+    loss += s.loss.lambda_gp * gp
     aux['gradient_penalty'] = gp
   new_stats = updates.get('batch_stats', batch_stats)
   return loss, (aux, new_stats)
@@ -504,7 +483,7 @@ def _ae_loss(critic_model, critic_vars, outputs, *, batch: StepBatch,
   outputs (x_rec, z, x_inter). Detached (official code), the interpolation
   term is a constant for E and G: it is left out rather than computed for
   its value only."""
-  ae_inter = s.lambda_inter != 0 and not s.detach_inter
+  ae_inter = s.loss.lambda_inter != 0 and not s.loss.detach_inter
   x_rec, z, x_inter = outputs
   pairs, _ = critic_model.apply(
       critic_vars, batch.x, x_rec, x_inter if ae_inter else None,
@@ -513,15 +492,15 @@ def _ae_loss(critic_model, critic_vars, outputs, *, batch: StepBatch,
   adv = losses.ae_adversarial_loss(fake_logits=pairs.fake,
                                    weights=batch.weights,
                                    denominator=batch.num_rows)
-  reg = losses.latent_norm(z, mask=batch.normal, squared=s.reg_squared,
+  reg = losses.latent_norm(z, mask=batch.normal, squared=s.loss.reg_squared,
                            denominator=batch.num_normal)
-  loss = adv + s.lambda_reg * reg
+  loss = adv + s.loss.lambda_reg * reg
   aux = {'ae_adversarial': adv, 'latent_norm': reg}
   if ae_inter:
     inter = losses.interpolation_ae_loss(inter_logits=pairs.inter,
                                          mask=batch.normal,
                                          denominator=batch.num_normal)
-    loss += s.lambda_inter * inter
+    loss += s.loss.lambda_inter * inter
     aux['ae_inter'] = inter
   return loss, aux
 
@@ -554,7 +533,7 @@ def train_step(state: AMAState, data: placement.TrainData,
   # Row weights, as the official code's labels: +1 normal, -lambda_neg for
   # (real or synthetic) anomalies; the sign flip turns "reconstruct" into
   # "don't reconstruct".
-  weights = jnp.where(labels == 1, -s.lambda_neg, 1.0)
+  weights = jnp.where(labels == 1, -s.loss.lambda_neg, 1.0)
   negatives = None
   if s.negative_slots[0].shape[1]:
     x, weights, negatives = _add_negatives(
@@ -571,14 +550,14 @@ def train_step(state: AMAState, data: placement.TrainData,
                     num_negative)
 
   # 2. Simplex interpolation plan (eq. 4): weights and anchor rows.
-  use_inter = s.lambda_inter != 0
+  use_inter = s.loss.lambda_inter != 0
   alpha = anchors = x_anchors = pair_anchors = None
   if use_inter:
     alpha, anchors = _interpolation_plan(weights, global_rows, step_rng, s)
     # The critic sees (x_k, x_inter) for every anchor k ('all', the official
     # code), or for the interpolant's own row only ('first': x_1, whose
     # encoding is e_1 of eq. 4), a third of the critic's interpolation work.
-    if s.inter_anchors == 'all':
+    if s.loss.inter_anchors == 'all':
       pair_anchors = anchors
       x_all = lax.all_gather(x, AXIS, tiled=True)
       x_anchors = jnp.moveaxis(x_all[anchors], 1, 0)  # [m, b, H, W, C]
