@@ -9,7 +9,7 @@ wrong (the field, value, file or step) and what to do about it.
   UserError
   |- ConfigError          a config value or combination (also a ValueError)
   |- DataError            a dataset cannot be read or split (also ValueError)
-  |  `- (input_pipeline.DataError)  `- (its DataUnavailableError: no copy)
+  |  `- (data_common.DataError)  `- (its DataUnavailableError: no copy)
   |- CheckpointError      no usable checkpoint
   |  |- CheckpointDamagedError   files missing, truncated or corrupt
   |  `- CheckpointMismatchError  written for another model (also ValueError)

@@ -237,8 +237,8 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
                             calibration)
   exported = export_scorer(scorer, image_shape, platforms)
   data_config = meta['config'].get('data', {})
-  from ama_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  conv = input_pipeline.conversion(data_config)
+  from ama_jax import data_common  # pylint: disable=g-import-not-at-top
+  conv = data_common.conversion(data_config)
   out_meta = {
       'format': FORMAT,
       'function': FUNCTION_FILE,

@@ -23,6 +23,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 from ama_jax import input_pipeline
+from ama_jax import tfds_source
 from ama_jax.datasets import archives
 from configs import cifar_svhn
 from configs import default
@@ -203,8 +204,8 @@ class OfflineTest(parameterized.TestCase):
       time.sleep(5)
     with mock.patch.object(socket, 'create_connection', side_effect=slow):
       start = time.time()
-      reason = input_pipeline.unreachable(['https://example.org/x'],
-                                          timeout=0.2)
+      reason = tfds_source.unreachable(['https://example.org/x'],
+                                       timeout=0.2)
     self.assertLess(time.time() - start, 2)
     self.assertEqual(reason, 'example.org:443 did not answer within 0.2 s')
 
@@ -214,7 +215,7 @@ class OfflineTest(parameterized.TestCase):
         mock.patch.object(socket, 'create_connection',
                           side_effect=lambda addr, timeout: calls.append(addr)
                           or mock.MagicMock()):
-      self.assertIsNone(input_pipeline.unreachable(['https://a.org/x']))
+      self.assertIsNone(tfds_source.unreachable(['https://a.org/x']))
     self.assertEqual(calls, [('proxy', 3128)])
 
   def test_headline_command_fails_in_one_line(self):

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ama_jax import checkpointing
-from ama_jax import input_pipeline
 from ama_jax import loop
+from ama_jax import tfds_source
 from ama_jax import train
 from configs import cifar_oneclass
 from configs import cifar_svhn
@@ -86,7 +86,7 @@ class MainTest(parameterized.TestCase):
     if mock:  # CIFAR-10 / SVHN cannot be downloaded here.
       # Mocked TFDS "downloads": the hosts need not answer.
       with tfds.testing.mock_data(num_examples=1024), mock_lib.patch.object(
-          input_pipeline, 'unreachable', return_value=None):
+          tfds_source, 'unreachable', return_value=None):
         loop.train_and_evaluate(config, str(workdir))
     else:
       loop.train_and_evaluate(config, str(workdir))
