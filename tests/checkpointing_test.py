@@ -49,7 +49,8 @@ def _at_step(state: train.AMAState, step: int) -> train.AMAState:
   return state.replace(ae=ae)
 
 
-class CheckpointingTest(absltest.TestCase):
+class _StateTest(parameterized.TestCase):
+  """The runlocal config, a tiny state (shared) and an empty workdir."""
 
   @classmethod
   def setUpClass(cls):
@@ -60,6 +61,9 @@ class CheckpointingTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     self.workdir = pathlib.Path(self.create_tempdir().full_path)
+
+
+class CheckpointingTest(_StateTest):
 
   def _meta(self, step, val_auroc=0.5):
     return {'config': checkpointing.config_to_dict(self.config),
@@ -258,18 +262,11 @@ _DAMAGE = {  # how -> what step_problem says.
 }
 
 
-class DamageTest(parameterized.TestCase):
+class DamageTest(_StateTest):
   """Damaged checkpoints are named, skipped and kept aside, never read."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.config = default.get_config('runlocal')
-    cls.state = _tiny_state(cls.config)
 
   def setUp(self):
     super().setUp()
-    self.workdir = pathlib.Path(self.create_tempdir().full_path)
     ckpts = checkpointing.CheckpointManagers(self.workdir)
     for step in (1, 2):
       ckpts.save_latest(step, _at_step(self.state, step), {'step': step})
