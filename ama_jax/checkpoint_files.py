@@ -41,6 +41,9 @@ DAMAGED, SUPERSEDED = 'damaged', 'superseded'  # `<step>.<label>` names.
 _ORBAX_STEP_FILES = ('_CHECKPOINT_METADATA', 'commit_success.txt')
 
 
+# ----------------------------------------------------------------------------
+# Layout.
+# ----------------------------------------------------------------------------
 def kind_dir(workdir: PathLike, kind: str) -> pathlib.Path:
   """The (absolute) subdirectory of `workdir` that holds `kind`'s steps."""
   if kind not in SUBDIRS:
@@ -49,6 +52,27 @@ def kind_dir(workdir: PathLike, kind: str) -> pathlib.Path:
   return pathlib.Path(workdir).absolute() / SUBDIRS[kind]
 
 
+def step_dirs(directory: pathlib.Path) -> dict[int, pathlib.Path]:
+  """Committed step directories (orbax's names: the step's digits)."""
+  if not directory.is_dir():
+    return {}
+  return {int(p.name): p for p in directory.iterdir()
+          if p.is_dir() and p.name.isdigit()}
+
+
+def aside_path(step_dir: pathlib.Path, label: str) -> pathlib.Path:
+  """`<step>.<label>` (orbax ignores it), numbered if it exists already."""
+  path = step_dir.with_name(f'{step_dir.name}.{label}')
+  n = 1
+  while path.exists():
+    n += 1
+    path = step_dir.with_name(f'{step_dir.name}.{label}-{n}')
+  return path
+
+
+# ----------------------------------------------------------------------------
+# Checksums.
+# ----------------------------------------------------------------------------
 def _digest(path: pathlib.Path) -> str:
   sha = hashlib.sha256()
   with open(path, 'rb') as f:
@@ -88,6 +112,9 @@ def seal(step_dir: PathLike) -> None:
       {'format': 1, 'algorithm': 'sha256', 'files': files}, indent=0))
 
 
+# ----------------------------------------------------------------------------
+# Damage.
+# ----------------------------------------------------------------------------
 def _json_problem(path: pathlib.Path, root: pathlib.Path) -> Optional[str]:
   name = str(path.relative_to(root))
   if not path.is_file():
@@ -174,45 +201,12 @@ def step_problem(step_dir: PathLike) -> Optional[str]:
                                  if len(found) > 3 else '')
 
 
-def step_dirs(directory: pathlib.Path) -> dict[int, pathlib.Path]:
-  """Committed step directories (orbax's names: the step's digits)."""
-  if not directory.is_dir():
-    return {}
-  return {int(p.name): p for p in directory.iterdir()
-          if p.is_dir() and p.name.isdigit()}
-
-
-def aside_path(step_dir: pathlib.Path, label: str) -> pathlib.Path:
-  """`<step>.<label>` (orbax ignores it), numbered if it exists already."""
-  path = step_dir.with_name(f'{step_dir.name}.{label}')
-  n = 1
-  while path.exists():
-    n += 1
-    path = step_dir.with_name(f'{step_dir.name}.{label}-{n}')
-  return path
-
-
 def damaged_error(step: int, step_dir: pathlib.Path,
                   problem: str) -> errors.CheckpointDamagedError:
   """The error naming a damaged step, its directory and what is wrong."""
   return errors.CheckpointDamagedError(
       f'Checkpoint step {step} in {step_dir} is damaged: {problem}',
       step=step, path=step_dir)
-
-
-def check_resumable(workdir: PathLike) -> None:
-  """Raises CheckpointDamagedError if `workdir` has latest steps, none intact.
-
-  A cheap check (checksums, no restore) before a run loads data: a workdir
-  without checkpoints, or with at least one intact latest step, passes.
-  """
-  directory = kind_dir(workdir, LATEST)
-  steps = step_dirs(directory)
-  problems = {step: step_problem(path) for step, path in steps.items()}
-  if steps and all(problems.values()):
-    raise none_readable_error(directory, [
-        damaged_error(step, steps[step], problems[step])
-        for step in sorted(steps, reverse=True)], training=True)
 
 
 def none_readable_error(directory: pathlib.Path,
@@ -228,3 +222,18 @@ def none_readable_error(directory: pathlib.Path,
             else '')
   return errors.CheckpointDamagedError(
       f'No readable checkpoint in {directory}: {listed}.{advice}')
+
+
+def check_resumable(workdir: PathLike) -> None:
+  """Raises CheckpointDamagedError if `workdir` has latest steps, none intact.
+
+  A cheap check (checksums, no restore) before a run loads data: a workdir
+  without checkpoints, or with at least one intact latest step, passes.
+  """
+  directory = kind_dir(workdir, LATEST)
+  steps = step_dirs(directory)
+  problems = {step: step_problem(path) for step, path in steps.items()}
+  if steps and all(problems.values()):
+    raise none_readable_error(directory, [
+        damaged_error(step, steps[step], problems[step])
+        for step in sorted(steps, reverse=True)], training=True)
