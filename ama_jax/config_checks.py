@@ -72,9 +72,16 @@ def _choices(choices) -> tuple:
   return tuple(choices() if callable(choices) else choices)
 
 
+@dataclasses.dataclass(frozen=True)
 class Rule:
-  """Checks one field; `problem` returns None or what is allowed."""
-  optional: bool = False
+  """Checks one field; `problem` returns None or what is allowed.
+
+  A rule states its test (`accepts`) and what it allows (`allowed`, with
+  `_or_none()` where it names None); `problem` handles None and the rest.
+  A rule whose message depends on the value overrides `_problem` instead.
+  `optional` is keyword-only, so a rule's own fields stay positional.
+  """
+  optional: bool = dataclasses.field(default=False, kw_only=True)
 
   def problem(self, value: Any) -> Optional[str]:
     if value is None:
@@ -82,6 +89,12 @@ class Rule:
     return self._problem(value)
 
   def _problem(self, value: Any) -> Optional[str]:
+    return None if self.accepts(value) else self.allowed()
+
+  def accepts(self, value: Any) -> bool:
+    raise NotImplementedError
+
+  def allowed(self) -> str:
     raise NotImplementedError
 
   def _or_none(self) -> str:
@@ -93,18 +106,18 @@ class Int(Rule):
   """An integer in [min, max]."""
   min: Optional[int] = None
   max: Optional[int] = None
-  optional: bool = False
 
-  def _problem(self, value):
-    if (not _is_int(value) or (self.min is not None and value < self.min)
-        or (self.max is not None and value > self.max)):
-      if self.min is not None and self.max is not None:
-        return (f'must be an integer in [{self.min}, {self.max}]'
-                f'{self._or_none()}')
-      if self.min is not None:
-        return f'must be an integer >= {self.min}{self._or_none()}'
-      return f'must be an integer{self._or_none()}'
-    return None
+  def accepts(self, value):
+    return (_is_int(value) and (self.min is None or value >= self.min)
+            and (self.max is None or value <= self.max))
+
+  def allowed(self):
+    if self.min is not None and self.max is not None:
+      return (f'must be an integer in [{self.min}, {self.max}]'
+              f'{self._or_none()}')
+    if self.min is not None:
+      return f'must be an integer >= {self.min}{self._or_none()}'
+    return f'must be an integer{self._or_none()}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +127,6 @@ class Float(Rule):
   max: Optional[float] = None
   min_open: bool = False
   max_open: bool = False
-  optional: bool = False
 
   def interval(self) -> str:
     if self.min is not None and self.max is not None:
@@ -126,7 +138,7 @@ class Float(Rule):
       return f'{"<" if self.max_open else "<="} {self.max:g}'
     return ''
 
-  def contains(self, value: Any) -> bool:
+  def accepts(self, value):
     if not _is_real(value) or not math.isfinite(value):
       return False
     if self.min is not None and (value < self.min or (
@@ -137,9 +149,7 @@ class Float(Rule):
       return False
     return True
 
-  def _problem(self, value):
-    if self.contains(value):
-      return None
+  def allowed(self):
     where = self.interval()
     if ',' in where:
       where = f' in {where}'
@@ -150,48 +160,56 @@ class Float(Rule):
 
 @dataclasses.dataclass(frozen=True)
 class Bool(Rule):
-  optional: bool = False
+  """True or False."""
 
-  def _problem(self, value):
-    return None if isinstance(value, (bool, np.bool_)) else (
-        'must be True or False')
+  def accepts(self, value):
+    return isinstance(value, (bool, np.bool_))
+
+  def allowed(self):
+    return 'must be True or False'
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice(Rule):
   """One of `choices` (a sequence, or a function returning one)."""
   choices: Any = ()
-  optional: bool = False
 
-  def _problem(self, value):
-    choices = _choices(self.choices)
-    if (isinstance(value, str) or _is_int(value)) and value in choices:
-      return None
-    return ('must be one of ' + ', '.join(repr(c) for c in choices)
+  def accepts(self, value):
+    return ((isinstance(value, str) or _is_int(value))
+            and value in _choices(self.choices))
+
+  def allowed(self):
+    return ('must be one of '
+            + ', '.join(repr(c) for c in _choices(self.choices))
             + self._or_none())
 
 
 @dataclasses.dataclass(frozen=True)
 class Text(Rule):
   """A non-empty string (a path, a name)."""
-  optional: bool = False
 
-  def _problem(self, value):
-    if isinstance(value, str) and value.strip():
-      return None
+  def accepts(self, value):
+    return isinstance(value, str) and bool(value.strip())
+
+  def allowed(self):
     return f'must be a non-empty string{self._or_none()}'
+
+
+def _increasing(value: Any, each: Float) -> bool:
+  """A list or tuple of numbers that `each` accepts, strictly increasing."""
+  return (isinstance(value, (list, tuple))
+          and all(each.accepts(v) for v in value)
+          and all(a < b for a, b in zip(value, value[1:])))
 
 
 @dataclasses.dataclass(frozen=True)
 class Fractions(Rule):
   """A strictly increasing sequence of numbers in (0, 1) (may be empty)."""
-  optional: bool = False
 
-  def _problem(self, value):
-    if (isinstance(value, (list, tuple))
-        and all(Float(0, 1, True, True).contains(v) for v in value)
-        and all(a < b for a, b in zip(value, value[1:]))):
-      return None
+  def accepts(self, value):
+    return _increasing(value, Float(0, 1, True, True))
+
+  def allowed(self):
     return ('must be a tuple of increasing fractions in (0, 1), e.g. '
             '(0.3, 0.6, 0.9), or ()')
 
@@ -199,41 +217,41 @@ class Fractions(Rule):
 @dataclasses.dataclass(frozen=True)
 class EpochPoints(Rule):
   """A strictly increasing sequence of epochs > 0 (may be fractional)."""
-  optional: bool = False
 
-  def _problem(self, value):
-    if (isinstance(value, (list, tuple))
-        and all(Float(0, min_open=True).contains(v) for v in value)
-        and all(a < b for a, b in zip(value, value[1:]))):
-      return None
+  def accepts(self, value):
+    return _increasing(value, Float(0, min_open=True))
+
+  def allowed(self):
     return ('must be a tuple of increasing epochs > 0, e.g. (30, 60, 90)'
             f'{self._or_none()}')
 
 
 # A bare TFDS name as `tfds.load` takes it: [namespace:]name[/config]
 # [:version]. Anything else that is not a built-in name or a prefixed spec
-# must be an existing folder or .npy/.npz file (`input_pipeline.open_source`).
+# must be an existing folder or .npy/.npz file (`data_sources.open_source`).
 _TFDS_NAME = re.compile(r'([A-Za-z0-9_]+:)?[A-Za-z0-9_]+(/[A-Za-z0-9_.+-]+)?'
                         r'(:[0-9*]+(\.[0-9*]+)*)?')
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset(Rule):
-  """A dataset as `input_pipeline.open_source` reads it.
+  """A dataset as `data_sources.open_source` reads it.
 
   A built-in name, `folder:PATH`, `array:PATH[,labels=PATH]`, `tfds:NAME`,
   a bare TFDS name, or an existing folder / .npy / .npz path. Only the form
   is checked here: whether the folder, array or TFDS dataset can be read
   (and its classes and image shapes) is the input pipeline's to say.
   """
-  optional: bool = False
+
+  def allowed(self):
+    return ('must be a built-in dataset ('
+            + ', '.join(repr(d) for d in _datasets())
+            + "), 'folder:PATH', 'array:X.npy[,labels=Y.npy]' or "
+            "'array:D.npz', 'tfds:NAME', a TFDS name or an existing "
+            f'folder / .npy / .npz path{self._or_none()}')
 
   def _problem(self, value):
-    allowed = ('must be a built-in dataset ('
-               + ', '.join(repr(d) for d in _datasets())
-               + "), 'folder:PATH', 'array:X.npy[,labels=Y.npy]' or "
-               "'array:D.npz', 'tfds:NAME', a TFDS name or an existing "
-               f'folder / .npy / .npz path{self._or_none()}')
+    allowed = self.allowed()
     if not isinstance(value, str) or not value.strip():
       return allowed
     spec = value.strip()
@@ -255,16 +273,16 @@ class Dataset(Rule):
 @dataclasses.dataclass(frozen=True)
 class Classes(Rule):
   """A non-empty tuple of class indices (>= 0) or names."""
-  optional: bool = False
 
-  def _problem(self, value):
+  def accepts(self, value):
     if isinstance(value, (str, numbers.Integral)) and not isinstance(
         value, bool):
       value = (value,)
-    if (isinstance(value, (list, tuple)) and value and all(
+    return (isinstance(value, (list, tuple)) and bool(value) and all(
         (_is_int(c) and c >= 0) or (isinstance(c, str) and c.strip())
-        for c in value)):
-      return None
+        for c in value))
+
+  def allowed(self):
     return ('must be a non-empty tuple of class indices or names, e.g. (3,) '
             "or ('trouser',)")
 

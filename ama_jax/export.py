@@ -53,8 +53,8 @@ from jax import export as jax_export
 import jax.numpy as jnp
 import numpy as np
 
-from ama_jax import checkpointing
 from ama_jax import errors
+from ama_jax import json_safe
 from ama_jax import scoring
 
 FUNCTION_FILE, META_FILE = 'scorer.jaxexport', 'scorer.json'
@@ -186,7 +186,7 @@ def write(output: os.PathLike | str, exported: jax_export.Exported,
   output.mkdir(parents=True, exist_ok=True)
   (output / FUNCTION_FILE).write_bytes(bytes(exported.serialize()))
   (output / META_FILE).write_text(json.dumps(
-      checkpointing.to_json(meta, 'meta'), indent=2))
+      json_safe.to_json(meta, 'meta'), indent=2))
   (output / 'score_exported.py').write_text(LOADER)
   h, w, c = meta['image_shape']
   (output / 'README.md').write_text(

@@ -25,8 +25,10 @@ from absl import logging
 import jax
 import numpy as np
 
-from ama_jax import checkpointing
+from ama_jax import checkpoint_files
+from ama_jax import checkpoint_reading
 from ama_jax import errors
+from ama_jax import json_safe
 from ama_jax import models
 from ama_jax import scoring
 from ama_jax import train
@@ -404,24 +406,25 @@ def locate(workdir: pathlib.Path, kind: Optional[str],
   if not workdir.is_dir():
     raise ScoreError(f'Workdir {workdir} does not exist; pass the --workdir '
                      'of a training run.')
-  steps = {k: checkpointing.available_steps(workdir, k)
-           for k in (checkpointing.BEST, checkpointing.LATEST)}
+  steps = {k: checkpoint_reading.available_steps(workdir, k)
+           for k in (checkpoint_files.BEST, checkpoint_files.LATEST)}
   if not any(steps.values()):
     raise ScoreError(f'No checkpoint in {workdir} (expected {workdir}/best or '
                      f'{workdir}/checkpoints with a saved step); train first '
                      'with `python -m ama_jax.main`.')
   if step is None:
-    if kind is None and not steps[checkpointing.BEST]:
+    if kind is None and not steps[checkpoint_files.BEST]:
       logging.info('%s has no best checkpoint (no model selection); using '
                    'the latest one.', workdir)
-      return checkpointing.LATEST, None
-    kind = kind or checkpointing.BEST
+      return checkpoint_files.LATEST, None
+    kind = kind or checkpoint_files.BEST
     if not steps[kind]:
       other = next(k for k in steps if k != kind)
       raise ScoreError(f'No {kind} checkpoint in {workdir}; saved {other} '
                        f'steps: {steps[other]} (use --kind={other}).')
     return kind, None
-  for k in ([kind] if kind else [checkpointing.BEST, checkpointing.LATEST]):
+  for k in ([kind] if kind else [checkpoint_files.BEST,
+                                  checkpoint_files.LATEST]):
     if step in steps[k]:
       return k, step
   raise ScoreError(f'No checkpoint at step {step} in {workdir}' + (
@@ -431,7 +434,7 @@ def locate(workdir: pathlib.Path, kind: Optional[str],
 
 def restore_state(workdir: pathlib.Path, kind: str, meta: dict):
   """(state, autoencoder, critic) of a checkpoint, from meta['config']."""
-  config = checkpointing.config_from_dict(meta['config'])
+  config = json_safe.config_from_dict(meta['config'])
   image_shape = tuple(meta['image_shape'])
   try:
     # Shapes and dtypes only: nothing is initialized or compiled.
@@ -444,8 +447,8 @@ def restore_state(workdir: pathlib.Path, kind: str, meta: dict):
                      'does not build a model with this version of ama_jax '
                      f'({type(e).__name__}: {e}).') from e
   try:
-    state, _ = checkpointing.restore(workdir, abstract, kind=kind,
-                                     step=meta['step'])
+    state, _ = checkpoint_reading.restore(workdir, abstract, kind=kind,
+                                          step=meta['step'])
   except (FileNotFoundError, ValueError, errors.CheckpointError) as e:
     raise ScoreError(str(e).splitlines()[0]) from e
   logging.info('Restored %s checkpoint step %d of %s (val AUROC %s).', kind,
@@ -486,10 +489,10 @@ def read_checked_meta(workdir: pathlib.Path, kind: str,
                       step: Optional[int]) -> dict:
   """The checkpoint's meta, checked for what scoring needs."""
   try:
-    meta = checkpointing.read_meta(workdir, kind=kind, step=step)
+    meta = checkpoint_reading.read_meta(workdir, kind=kind, step=step)
   except errors.CheckpointDamagedError as e:
-    other = (checkpointing.LATEST if kind == checkpointing.BEST
-             else checkpointing.BEST)
+    other = (checkpoint_files.LATEST if kind == checkpoint_files.BEST
+             else checkpoint_files.BEST)
     raise ScoreError(f'{errors.one_line(e).rstrip(".")}. Score another '
                      'checkpoint '
                      f'(--kind={other}, or --step=N).') from e

@@ -32,11 +32,13 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from ama_jax import checkpoint_files
 from ama_jax import checkpointing
 from ama_jax import config_checks
 from ama_jax import errors
 from ama_jax import figures
 from ama_jax import input_pipeline
+from ama_jax import json_safe
 from ama_jax import metric_writers
 from ama_jax import models
 from ama_jax import placement
@@ -189,7 +191,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   is_chief = jax.process_index() == 0
   writer, report_progress = metric_writers.create_writer(workdir, is_chief,
                                                          total_steps)
-  writer.write_hparams(checkpointing.flat_hparams(config))
+  writer.write_hparams(json_safe.flat_hparams(config))
   logging.info('Global batch %d = %d per device x %d devices (%d local '
                'device(s) x %d process(es)); %d training images, %d '
                'steps/epoch, %d epochs.', config.train.batch_size,
@@ -335,7 +337,7 @@ class Trainer:
 
   # -- checkpoints --------------------------------------------------------
   def _meta(self, epoch: int) -> dict[str, Any]:
-    return {'config': checkpointing.config_to_dict(self.run.config),
+    return {'config': json_safe.config_to_dict(self.run.config),
             'step': self.step, 'epoch': epoch,
             'image_shape': list(self.run.data.image_shape),
             'val_auroc': _finite(self.val_auroc),
@@ -399,7 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   config_checks.validate(config, num_devices=jax.device_count(),
                          num_processes=jax.process_count())
   with workdir_lock.hold_for_job(workdir), contextlib.ExitStack() as cleanup:
-    checkpointing.check_resumable(workdir)
+    checkpoint_files.check_resumable(workdir)
     return _train_and_evaluate(config, workdir, cleanup)
 
 

@@ -17,7 +17,7 @@ from typing import Optional
 from absl import logging
 import numpy as np
 
-from ama_jax import checkpointing
+from ama_jax import json_safe
 
 
 class JsonlWriter:
@@ -35,7 +35,7 @@ class JsonlWriter:
     logging.info('%s', record)
     if self._path is not None:
       with self._path.open('a') as f:
-        f.write(json.dumps(record, default=checkpointing.to_json) + '\n')
+        f.write(json.dumps(record, default=json_safe.to_json) + '\n')
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     self._write({'step': int(step), **scalars})
@@ -88,7 +88,7 @@ class History:
     if self._enabled:
       self._buffer.append(json.dumps(
           {'kind': kind, 'step': int(step), **values},
-          default=checkpointing.to_json))
+          default=json_safe.to_json))
 
   def flush(self) -> None:
     if self._buffer:

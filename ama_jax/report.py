@@ -17,8 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from ama_jax import checkpointing
 from ama_jax import figures
+from ama_jax import json_safe
 from ama_jax import metric_writers
 from ama_jax import scoring
 from ama_jax import train
@@ -65,7 +65,7 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
   Returns:
     The results dict (without the run's timing).
   """
-  results = {'config': checkpointing.config_to_dict(config),
+  results = {'config': json_safe.config_to_dict(config),
              'seed': config.seed, 'counts': data.counts, 'test': {},
              'model_selection': scoring.model_selection(data.val.labels)}
   candidates = [('last', state)]
@@ -192,5 +192,5 @@ def summary(workdir: str) -> str:
 def write_json(path: pathlib.Path, obj: Any) -> None:
   """Atomic JSON write (a crash never leaves a partial file)."""
   tmp = path.with_suffix('.json.tmp')
-  tmp.write_text(json.dumps(checkpointing.to_json(obj, 'results'), indent=2))
+  tmp.write_text(json.dumps(json_safe.to_json(obj, 'results'), indent=2))
   os.replace(tmp, path)

@@ -15,8 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ama_jax import checkpoint_files
+from ama_jax import checkpoint_reading
 from ama_jax import checkpointing
 from ama_jax import errors
+from ama_jax import json_safe
 from ama_jax import train
 from configs import default
 
@@ -49,7 +52,8 @@ def _at_step(state: train.AMAState, step: int) -> train.AMAState:
   return state.replace(ae=ae)
 
 
-class CheckpointingTest(absltest.TestCase):
+class _StateTest(parameterized.TestCase):
+  """The runlocal config, a tiny state (shared) and an empty workdir."""
 
   @classmethod
   def setUpClass(cls):
@@ -61,8 +65,11 @@ class CheckpointingTest(absltest.TestCase):
     super().setUp()
     self.workdir = pathlib.Path(self.create_tempdir().full_path)
 
+
+class CheckpointingTest(_StateTest):
+
   def _meta(self, step, val_auroc=0.5):
-    return {'config': checkpointing.config_to_dict(self.config),
+    return {'config': json_safe.config_to_dict(self.config),
             'step': step, 'epoch': 1, 'mu': 1.5, 'sigma': 0.25,
             'threshold': 3.0, 'threshold_fpr': 0.05,
             'image_shape': (28, 28, 1), 'val_auroc': val_auroc}
@@ -93,13 +100,14 @@ class CheckpointingTest(absltest.TestCase):
     del expected['config']
     self.assertEqual({k: v for k, v in meta.items() if k != 'config'},
                      expected)
-    config = checkpointing.config_from_dict(meta['config'])
+    config = json_safe.config_from_dict(meta['config'])
     self.assertEqual(config.to_dict(), self.config.to_dict())
 
   def test_restore_into_eval_shape_tree_gives_host_arrays(self):
     self._save('latest', [(3, 0.5)])
     abstract = jax.eval_shape(lambda: self.state)
-    restored, _ = checkpointing.restore(self.workdir, abstract, kind='latest')
+    restored, _ = checkpoint_reading.restore(self.workdir, abstract,
+                                             kind='latest')
     self.assertIsInstance(restored.ae.params['encoder']['w'], np.ndarray)
     chex.assert_trees_all_close(restored,
                                 jax.device_get(_at_step(self.state, 3)))
@@ -107,53 +115,56 @@ class CheckpointingTest(absltest.TestCase):
   def test_latest_keeps_two_newest_steps(self):
     self.assertEqual(self._save('latest', [(1, 0.), (2, 0.), (3, 0.)]),
                      [True] * 3)
-    self.assertEqual(checkpointing.available_steps(self.workdir, 'latest'),
+    self.assertEqual(checkpoint_reading.available_steps(self.workdir, 'latest'),
                      [2, 3])
 
   def test_best_keeps_higher_val_auroc(self):
     saved = self._save('best', [(1, 0.6), (2, 0.8), (3, 0.7),
                                 (4, float('nan')), (5, 0.8)])
     self.assertEqual(saved, [True, True, False, False, False])
-    self.assertEqual(checkpointing.available_steps(self.workdir, 'best'), [2])
-    restored, meta = checkpointing.restore(self.workdir, self.state,
-                                           kind='best')
+    self.assertEqual(checkpoint_reading.available_steps(self.workdir, 'best'),
+                     [2])
+    restored, meta = checkpoint_reading.restore(self.workdir, self.state,
+                                                kind='best')
     self.assertEqual(meta['val_auroc'], 0.8)
     chex.assert_trees_all_close(restored,
                                 jax.device_get(_at_step(self.state, 2)))
     # Reopened (as when training resumes), the kept value still counts.
     self.assertEqual(self._save('best', [(6, 0.75), (7, 0.9)]), [False, True])
-    self.assertEqual(checkpointing.available_steps(self.workdir, 'best'), [7])
+    self.assertEqual(checkpoint_reading.available_steps(self.workdir, 'best'),
+                     [7])
 
   def test_best_from_an_abandoned_run_is_replaced_by_a_better_earlier_step(
       self):
     self._save('best', [(10, 0.6)])
     # Training resumed from an earlier latest step reaches step 8 again.
     self.assertEqual(self._save('best', [(8, 0.7)]), [True])
-    self.assertEqual(checkpointing.available_steps(self.workdir, 'best'), [8])
+    self.assertEqual(checkpoint_reading.available_steps(self.workdir, 'best'),
+                     [8])
 
   def test_restore_and_read_meta_by_kind_and_step(self):
     self._save('latest', [(1, 0.), (2, 0.), (3, 0.)])
     self._save('best', [(2, 0.9)])
-    self.assertEqual(checkpointing.read_meta(self.workdir)['step'], 2)
+    self.assertEqual(checkpoint_reading.read_meta(self.workdir)['step'], 2)
     self.assertEqual(
-        checkpointing.read_meta(self.workdir, kind='latest')['step'], 3)
-    restored, meta = checkpointing.restore(self.workdir, self.state,
-                                           kind='latest', step=2)
+        checkpoint_reading.read_meta(self.workdir, kind='latest')['step'], 3)
+    restored, meta = checkpoint_reading.restore(self.workdir, self.state,
+                                                kind='latest', step=2)
     self.assertEqual(meta['step'], 2)
     self.assertEqual(int(restored.step), 2)
     with self.assertRaisesRegex(FileNotFoundError, r'step 1 .*steps \[2, 3\]'):
-      checkpointing.read_meta(self.workdir, kind='latest', step=1)
+      checkpoint_reading.read_meta(self.workdir, kind='latest', step=1)
     with self.assertRaisesRegex(ValueError, 'Unknown checkpoint kind'):
-      checkpointing.read_meta(self.workdir, kind='final')
+      checkpoint_reading.read_meta(self.workdir, kind='final')
     with self.assertRaisesRegex(FileNotFoundError, 'does not exist'):
-      checkpointing.read_meta(self.workdir / 'nowhere')
+      checkpoint_reading.read_meta(self.workdir / 'nowhere')
 
   def test_restore_into_a_different_state_is_a_clear_error(self):
     self._save('latest', [(1, 0.)])
     other = self.state.replace(critic=self.state.critic.replace(
         params={'dense': {'w': jnp.zeros((5, 1))}}))
     with self.assertRaisesRegex(ValueError, 'does not match'):
-      checkpointing.restore(self.workdir, other, kind='latest')
+      checkpoint_reading.restore(self.workdir, other, kind='latest')
 
   def test_meta_step_must_match_saved_step(self):
     ckpts = checkpointing.CheckpointManagers(self.workdir)
@@ -168,7 +179,7 @@ class CheckpointingTest(absltest.TestCase):
     (tmp / 'state.orbax-checkpoint-tmp').mkdir(parents=True)
     (tmp / 'meta.orbax-checkpoint-tmp' / 'metadata').parent.mkdir()
     (tmp / 'meta.orbax-checkpoint-tmp' / 'metadata').write_text('{"st')
-    self.assertEqual(checkpointing.available_steps(self.workdir, 'latest'),
+    self.assertEqual(checkpoint_reading.available_steps(self.workdir, 'latest'),
                      [1])
     ckpts = checkpointing.CheckpointManagers(self.workdir)
     self.assertEqual(ckpts.latest_step(), 1)
@@ -199,26 +210,27 @@ class CheckpointingTest(absltest.TestCase):
     self.assertEqual(proc.returncode, -signal.SIGKILL, proc.stderr[-2000:])
     directory = self.workdir / 'checkpoints'
     leftovers = [p for p in directory.iterdir() if 'tmp' in p.name]
-    steps = checkpointing.available_steps(self.workdir, 'latest')
+    steps = checkpoint_reading.available_steps(self.workdir, 'latest')
     # Either the kill came first (tmp left, step 1 is the latest) or the
     # commit did (step 2 complete); never a half-written step 2.
     self.assertEqual(steps, [1] if leftovers else [1, 2])
     target = {'w': jax.ShapeDtypeStruct((512, 1024), jnp.float32)}
-    tree, meta = checkpointing.restore(self.workdir, target, kind='latest')
+    tree, meta = checkpoint_reading.restore(self.workdir, target,
+                                            kind='latest')
     self.assertEqual(meta['step'], steps[-1])
     np.testing.assert_array_equal(tree['w'], float(steps[-1]))
     checkpointing.CheckpointManagers(self.workdir).close()
     self.assertEqual([p for p in directory.iterdir() if 'tmp' in p.name], [])
 
   def test_to_json_converts_tuples_numpy_and_keeps_non_finite(self):
-    out = checkpointing.to_json({'a': (1, np.float32(0.5), None),
-                                 'b': np.arange(2), 'c': -np.inf})
+    out = json_safe.to_json({'a': (1, np.float32(0.5), None),
+                             'b': np.arange(2), 'c': -np.inf})
     self.assertEqual(out, {'a': [1, 0.5, None], 'b': [0, 1], 'c': -np.inf})
     with self.assertRaisesRegex(TypeError, r'meta\.x'):
-      checkpointing.to_json({'x': object()})
+      json_safe.to_json({'x': object()})
 
   def test_flat_hparams_are_scalars(self):
-    hparams = checkpointing.flat_hparams(self.config)
+    hparams = json_safe.flat_hparams(self.config)
     self.assertEqual(hparams['model.width'], 8)
     self.assertEqual(hparams['data.image_size'], 'None')
     self.assertEqual(hparams['optim.decay_at'], '[0.3, 0.6, 0.9]')
@@ -258,18 +270,11 @@ _DAMAGE = {  # how -> what step_problem says.
 }
 
 
-class DamageTest(parameterized.TestCase):
+class DamageTest(_StateTest):
   """Damaged checkpoints are named, skipped and kept aside, never read."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.config = default.get_config('runlocal')
-    cls.state = _tiny_state(cls.config)
 
   def setUp(self):
     super().setUp()
-    self.workdir = pathlib.Path(self.create_tempdir().full_path)
     ckpts = checkpointing.CheckpointManagers(self.workdir)
     for step in (1, 2):
       ckpts.save_latest(step, _at_step(self.state, step), {'step': step})
@@ -281,17 +286,18 @@ class DamageTest(parameterized.TestCase):
 
   def test_every_step_is_sealed_with_checksums_of_its_files(self):
     for step_dir in (self._dir(1), self._dir(2), self._dir(2, 'best')):
-      record = json.loads((step_dir / checkpointing.CHECKSUMS).read_text())
+      record = json.loads((step_dir / checkpoint_files.CHECKSUMS).read_text())
       self.assertIn('meta/metadata', record['files'])
       self.assertTrue(any(name.startswith('state/ocdbt.process_0/d/')
                           for name in record['files']))
-      self.assertIsNone(checkpointing.step_problem(step_dir))
+      self.assertIsNone(checkpoint_files.step_problem(step_dir))
 
   @parameterized.parameters(*_DAMAGE)
   def test_damage_is_named(self, how):
     _damage(self._dir(2), how)
-    self.assertRegex(checkpointing.step_problem(self._dir(2)), _DAMAGE[how])
-    self.assertIsNone(checkpointing.step_problem(self._dir(1)))
+    self.assertRegex(checkpoint_files.step_problem(self._dir(2)),
+                     _DAMAGE[how])
+    self.assertIsNone(checkpoint_files.step_problem(self._dir(1)))
 
   @parameterized.parameters('truncated_data', 'missing_meta',
                             'bad_step_metadata')
@@ -311,9 +317,9 @@ class DamageTest(parameterized.TestCase):
     self.assertRegex(text, r'step 2 in .*checkpoints/2 is damaged')
     self.assertRegex(text, r'Resuming from step 1, .*2\.damaged')
     self.assertTrue((self.workdir / 'checkpoints' / '2.damaged').is_dir())
-    self.assertEqual(checkpointing.available_steps(self.workdir, 'latest'),
+    self.assertEqual(checkpoint_reading.available_steps(self.workdir, 'latest'),
                      [1, 2])
-    self.assertIsNone(checkpointing.step_problem(self._dir(2)))
+    self.assertIsNone(checkpoint_files.step_problem(self._dir(2)))
 
   def test_no_readable_step_raises_naming_each_and_moves_nothing(self):
     _damage(self._dir(1), 'missing_state_metadata')
@@ -322,7 +328,7 @@ class DamageTest(parameterized.TestCase):
                r'.* step 1 \(.*/1\): state/_METADATA is missing\. Nothing was '
                r'moved')
     with self.assertRaisesRegex(errors.CheckpointDamagedError, pattern):
-      checkpointing.check_resumable(self.workdir)
+      checkpoint_files.check_resumable(self.workdir)
     with checkpointing.CheckpointManagers(self.workdir) as ckpts:
       with self.assertRaisesRegex(errors.CheckpointDamagedError, pattern):
         ckpts.restore_latest(self.state)
@@ -332,11 +338,11 @@ class DamageTest(parameterized.TestCase):
 
   def test_unsealed_step_is_checked_by_reading_its_data(self):
     # As saved by an older ama_jax: no checksums; its data is read back.
-    (self._dir(2) / checkpointing.CHECKSUMS).unlink()
-    self.assertIsNone(checkpointing.step_problem(self._dir(2)))
+    (self._dir(2) / checkpoint_files.CHECKSUMS).unlink()
+    self.assertIsNone(checkpoint_files.step_problem(self._dir(2)))
     for data in (self._dir(2) / 'state').rglob('d/*'):
       data.write_bytes(data.read_bytes()[:10])
-    self.assertRegex(checkpointing.step_problem(self._dir(2)),
+    self.assertRegex(checkpoint_files.step_problem(self._dir(2)),
                      r'state/ data is unreadable \(OUT_OF_RANGE')
     with checkpointing.CheckpointManagers(self.workdir) as ckpts:
       _, meta = ckpts.restore_latest(self.state)
@@ -346,14 +352,15 @@ class DamageTest(parameterized.TestCase):
   def test_readers_skip_a_damaged_latest_and_refuse_a_damaged_step(self):
     _damage(self._dir(2), 'flipped_byte')
     with self.assertLogs(level='WARNING') as logs:
-      meta = checkpointing.read_meta(self.workdir, kind='latest')
+      meta = checkpoint_reading.read_meta(self.workdir, kind='latest')
     self.assertEqual(meta['step'], 1)
     self.assertRegex(logs.output[0], r'step 2 .* is corrupt.*using step 1')
     with self.assertRaisesRegex(errors.CheckpointDamagedError,
                                 r'step 2 in .*checkpoints/2 is damaged'):
-      checkpointing.restore(self.workdir, self.state, kind='latest', step=2)
-    restored, _ = checkpointing.restore(self.workdir, self.state,
-                                        kind='latest')
+      checkpoint_reading.restore(self.workdir, self.state, kind='latest',
+                                 step=2)
+    restored, _ = checkpoint_reading.restore(self.workdir, self.state,
+                                             kind='latest')
     self.assertEqual(int(restored.step), 1)
     self.assertTrue(self._dir(2).is_dir())  # Readers change nothing.
 
@@ -361,7 +368,7 @@ class DamageTest(parameterized.TestCase):
     _damage(self._dir(2, 'best'), 'truncated_meta')
     with self.assertRaisesRegex(errors.CheckpointDamagedError,
                                 r'No readable checkpoint in .*best: step 2'):
-      checkpointing.read_meta(self.workdir, kind='best')
+      checkpoint_reading.read_meta(self.workdir, kind='best')
     with self.assertLogs(level='WARNING') as logs:
       with checkpointing.CheckpointManagers(self.workdir) as ckpts:
         self.assertIsNone(ckpts.best_step())
@@ -370,7 +377,8 @@ class DamageTest(parameterized.TestCase):
                                         {'step': 3, 'val_auroc': 0.6}))
     self.assertRegex(logs.output[0], r'Best checkpoint step 2 .* damaged .* '
                      r'moved to 2\.damaged')
-    self.assertEqual(checkpointing.available_steps(self.workdir, 'best'), [3])
+    self.assertEqual(checkpoint_reading.available_steps(self.workdir, 'best'),
+                     [3])
 
   def test_best_replaced_by_an_earlier_step_survives_a_kill_in_between(self):
     # save_best(1) after a kept best at step 2 sets step 2 aside first. A
@@ -382,7 +390,7 @@ class DamageTest(parameterized.TestCase):
       self.assertTrue(ckpts.save_best(1, _at_step(self.state, 1),
                                       {'step': 1, 'val_auroc': 0.9}))
     self.assertEqual(sorted(p.name for p in best.iterdir()), ['1'])
-    _, meta = checkpointing.restore(self.workdir, self.state, kind='best')
+    _, meta = checkpoint_reading.restore(self.workdir, self.state, kind='best')
     self.assertEqual((meta['step'], meta['val_auroc']), (1, 0.9))
 
   def test_kill_while_a_step_is_being_committed_keeps_the_previous_one(self):
@@ -391,9 +399,10 @@ class DamageTest(parameterized.TestCase):
     script = textwrap.dedent("""
         import os, signal, sys
         import numpy as np
+        from ama_jax import checkpoint_files
         from ama_jax import checkpointing
-        checkpointing.seal = lambda step_dir: os.kill(os.getpid(),
-                                                      signal.SIGKILL)
+        checkpoint_files.seal = lambda step_dir: os.kill(os.getpid(),
+                                                         signal.SIGKILL)
         ckpts = checkpointing.CheckpointManagers(sys.argv[1])
         ckpts.save_latest(3, {'w': np.ones(4)}, {'step': 3})
         ckpts.wait_until_finished()
@@ -407,7 +416,7 @@ class DamageTest(parameterized.TestCase):
                           timeout=300, check=False)
     self.assertEqual(proc.returncode, -signal.SIGKILL, proc.stderr[-2000:])
     self.assertTrue(list((workdir / 'checkpoints').glob('3.orbax-*')))
-    self.assertEqual(checkpointing.available_steps(workdir, 'latest'), [2])
+    self.assertEqual(checkpoint_reading.available_steps(workdir, 'latest'), [2])
     with checkpointing.CheckpointManagers(workdir) as ckpts:
       tree, meta = ckpts.restore_latest({'w': np.ones(4)})
     self.assertEqual(meta['step'], 2)

@@ -5,7 +5,7 @@ import pathlib
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from ama_jax import checkpointing
+from ama_jax import json_safe
 from configs import default
 
 _CONFIGS = {
@@ -55,8 +55,8 @@ class ConfigsTest(parameterized.TestCase):
   def test_tuned_recipe_differs_from_the_paper_only_in_its_levers(self):
     for name in ('fmnist_mnist', 'mnist_oneclass', 'cifar_svhn'):
       module = importlib.import_module(f'configs.{name}')
-      tuned = checkpointing.config_to_dict(module.get_config())
-      paper = checkpointing.config_to_dict(module.get_config('paper'))
+      tuned = json_safe.config_to_dict(module.get_config())
+      paper = json_safe.config_to_dict(module.get_config('paper'))
       changed = {f'{section}.{k}' for section in tuned
                  if isinstance(tuned[section], dict)
                  for k in tuned[section]

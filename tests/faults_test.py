@@ -23,7 +23,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from ama_jax import checkpointing
+from ama_jax import checkpoint_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = '--config=configs/fmnist_mnist.py:runlocal'
@@ -34,16 +34,16 @@ _ENV = dict(os.environ, PYTHONPATH=str(REPO))
 # SIGKILL: its files are written, the rename that commits it is not done.
 _KILL_MID_WRITE = textwrap.dedent("""
     import os, signal, sys
-    from ama_jax import checkpointing
+    from ama_jax import checkpoint_files
     from ama_jax.tools import cli
     from ama_jax import main as program
-    seal = checkpointing.seal
+    seal = checkpoint_files.seal
     def seal_or_die(step_dir):
       if os.path.basename(str(step_dir)).startswith(os.environ['KILL_AT']
                                                     + '.'):
         os.kill(os.getpid(), signal.SIGKILL)
       seal(step_dir)
-    checkpointing.seal = seal_or_die
+    checkpoint_files.seal = seal_or_die
     sys.argv[0] = 'ama_jax.main'
     cli.run_main(program.main)
     """)
@@ -145,7 +145,7 @@ class FaultsTest(parameterized.TestCase):
     self.assertIn('Resumed from step 2', proc.stderr)
     self.assertIn('halted at step 4', proc.stdout)
     self.assertEqual(_listing(checkpoints), ['2', '4'])
-    self.assertIsNone(checkpointing.step_problem(checkpoints / '4'))
+    self.assertIsNone(checkpoint_files.step_problem(checkpoints / '4'))
 
   # --- Damaged checkpoints. ---
 
@@ -161,7 +161,7 @@ class FaultsTest(parameterized.TestCase):
     self.assertIn('halted at step 8', proc.stdout)
     self.assertEqual(_listing(workdir / 'checkpoints'),
                      ['6', '8', '8.damaged'])
-    self.assertIsNone(checkpointing.step_problem(
+    self.assertIsNone(checkpoint_files.step_problem(
         workdir / 'checkpoints' / '8'))
 
   def test_no_readable_checkpoint_stops_before_loading_data(self):
@@ -212,7 +212,7 @@ class FaultsTest(parameterized.TestCase):
         rf'checkpoint, step 8 in {workdir}/checkpoints, is intact\. Lower '
         'optim.lr')
     self.assertEqual(_listing(workdir / 'checkpoints'), ['6', '8'])
-    self.assertIsNone(checkpointing.step_problem(
+    self.assertIsNone(checkpoint_files.step_problem(
         workdir / 'checkpoints' / '8'))
     self.assertFalse((workdir / 'results.json').exists())
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ama_jax import checkpointing
+from ama_jax import checkpoint_reading
 from ama_jax import loop
 from ama_jax import tfds_source
 from ama_jax import train
@@ -39,7 +39,7 @@ def _check_outputs(test, workdir: pathlib.Path) -> dict:
   test.assertTrue(list(workdir.glob('events.out.tfevents.*')))
   for fig in _FIGURES:
     test.assertGreater((workdir / fig).stat().st_size, 1000, fig)
-  meta = checkpointing.read_meta(str(workdir), kind='best')
+  meta = checkpoint_reading.read_meta(str(workdir), kind='best')
   for key in ('mu', 'sigma', 'threshold', 'config'):
     test.assertIn(key, meta)
   return results
@@ -107,7 +107,7 @@ class ResumeTest(absltest.TestCase):
     halted = loop.train_and_evaluate(config, resumed_dir)
     self.assertEqual(int(halted.step), 3)
     # Saved before any validation: strict JSON, None rather than -Infinity.
-    meta = checkpointing.read_meta(resumed_dir, kind='latest')
+    meta = checkpoint_reading.read_meta(resumed_dir, kind='latest')
     self.assertIsNone(meta['best_val_auroc'])
     meta_files = list(
         pathlib.Path(resumed_dir).glob('checkpoints/*/meta/metadata'))
@@ -134,7 +134,7 @@ class ResumeTest(absltest.TestCase):
     with self.assertRaisesRegex(loop.NonFiniteLossError,
                                 r'steps? \d+.*last good checkpoint'):
       loop.train_and_evaluate(config, workdir)
-    meta = checkpointing.read_meta(workdir, kind='latest')
+    meta = checkpoint_reading.read_meta(workdir, kind='latest')
     self.assertEqual(meta['step'], 4)
 
 

@@ -29,7 +29,7 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from ama_jax import checkpointing
+from ama_jax import checkpoint_reading
 from ama_jax import loop
 from ama_jax import placement
 from ama_jax import train
@@ -80,7 +80,7 @@ def _latest(workdir: pathlib.Path):
   config = default.get_config('runlocal')
   abstract = jax.eval_shape(lambda: train.create_train_state(
       jax.random.key(0), config, (28, 28, 1)))
-  return checkpointing.restore(str(workdir), abstract, kind='latest')
+  return checkpoint_reading.restore(str(workdir), abstract, kind='latest')
 
 
 class MultiHostTest(absltest.TestCase):

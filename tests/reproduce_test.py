@@ -95,12 +95,12 @@ class TableTest(absltest.TestCase):
     kwargs = dict(epochs=2, start_epoch=None, calibration_size=None,
                   overrides={})
     config = reproduce.build_config(run, **kwargs)
-    from ama_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from ama_jax import json_safe  # pylint: disable=g-import-not-at-top
     with tempfile.TemporaryDirectory() as d:
       workdir = pathlib.Path(d)
       self.assertIsNone(reproduce.load_results(workdir, config))
       (workdir / 'results.json').write_text(json.dumps(
-          {'config': checkpointing.config_to_dict(config), 'test': {}}))
+          {'config': json_safe.config_to_dict(config), 'test': {}}))
       self.assertIsNotNone(reproduce.load_results(workdir, config))
       other = reproduce.build_config(run, **{**kwargs, 'epochs': 3})
       with self.assertRaisesRegex(ValueError,
@@ -139,7 +139,7 @@ class ShardTest(absltest.TestCase):
 
   def test_each_shard_trains_only_its_runs(self):
     """Workers i/n together train every run of the table exactly once."""
-    from ama_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from ama_jax import json_safe  # pylint: disable=g-import-not-at-top
     from ama_jax import loop  # pylint: disable=g-import-not-at-top
     trained = []
 
@@ -148,7 +148,7 @@ class ShardTest(absltest.TestCase):
       pathlib.Path(workdir).mkdir(parents=True)
       metrics = _metrics(0.5)
       (pathlib.Path(workdir) / 'results.json').write_text(json.dumps({
-          'config': checkpointing.config_to_dict(config),
+          'config': json_safe.config_to_dict(config),
           'test': {'last': metrics}, 'wall_time_s': 1.0, 'steps': 1,
           'epochs': config.train.num_epochs}))
 
@@ -192,7 +192,7 @@ class GridTest(absltest.TestCase):
         reproduce.parse_grid([bad])
 
   def test_each_value_trains_and_the_best_on_validation_is_reported(self):
-    from ama_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from ama_jax import json_safe  # pylint: disable=g-import-not-at-top
     from ama_jax import loop  # pylint: disable=g-import-not-at-top
     trained = []
 
@@ -205,7 +205,7 @@ class GridTest(absltest.TestCase):
       good = (gp == 0) == (digit == 0)
       test = _metrics(0.6 + 0.1 * good + 0.01 * gp)
       (pathlib.Path(workdir) / 'results.json').write_text(json.dumps({
-          'config': checkpointing.config_to_dict(config),
+          'config': json_safe.config_to_dict(config),
           'val': {'last': {'auroc': 0.5 + 0.3 * good, 'raw_auroc': 0.1}},
           'test': {'last': test}, 'wall_time_s': 1.0, 'steps': 1,
           'epochs': config.train.num_epochs}))

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ama_jax import checkpointing
+from ama_jax import json_safe
 from ama_jax import models
 from ama_jax import scoring
 from ama_jax import train
@@ -77,7 +78,7 @@ class ScoreTest(parameterized.TestCase):
     # Between two scores, so no image sits on the threshold.
     threshold = float(np.mean(np.sort(cls.scores)[2:4]))
     cls.is_anomaly = cls.scores > threshold
-    meta = {'config': checkpointing.config_to_dict(config), 'epoch': 1,
+    meta = {'config': json_safe.config_to_dict(config), 'epoch': 1,
             'mu': mu, 'sigma': sigma, 'threshold': threshold,
             'threshold_fpr': 0.05, 'image_shape': list(SHAPE),
             'val_auroc': 0.7}

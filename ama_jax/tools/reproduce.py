@@ -53,8 +53,8 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from ama_jax import checkpointing
 from ama_jax import errors
+from ama_jax import json_safe
 from ama_jax.datasets import archives
 from ama_jax.tools import cli
 
@@ -234,7 +234,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 def _plain(obj: Any) -> Any:
   """JSON round trip: tuples become lists, numpy values Python numbers and
   number keys strings, so a fresh result equals its cached copy."""
-  return json.loads(json.dumps(obj, default=checkpointing.to_json))
+  return json.loads(json.dumps(obj, default=json_safe.to_json))
 
 
 def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix='') -> list[str]:
@@ -309,7 +309,7 @@ def load_results(workdir: pathlib.Path,
   if not path.exists():
     return None
   results = json.loads(path.read_text())
-  diff = _diff(checkpointing.config_to_dict(config), results['config'])
+  diff = _diff(json_safe.config_to_dict(config), results['config'])
   if diff:
     raise ValueError(
         f'{path} was trained with a different config:\n  '
@@ -324,8 +324,8 @@ def run_baselines_cached(out: pathlib.Path, config: ml_collections.ConfigDict,
   from ama_jax import baselines  # pylint: disable=g-import-not-at-top
   from ama_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   path = out / row_dir / f'baselines_s{config.seed}.json'
-  key = checkpointing.to_json({'data': config.data, 'seed': config.seed,
-                              'methods': BASELINES})
+  key = json_safe.to_json({'data': config.data, 'seed': config.seed,
+                           'methods': BASELINES})
   if path.exists():
     cached = json.loads(path.read_text())
     if cached['key'] == key:
@@ -339,7 +339,7 @@ def run_baselines_cached(out: pathlib.Path, config: ml_collections.ConfigDict,
   tmp = path.with_suffix('.tmp')
   tmp.write_text(json.dumps({'key': key, 'seconds': time.time() - start,
                              'results': results}, indent=2,
-                            default=checkpointing.to_json))
+                            default=json_safe.to_json))
   tmp.replace(path)
   return _plain(results)
 
@@ -640,7 +640,7 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
   out.mkdir(parents=True, exist_ok=True)
   (out / f'{name}.md').write_text(md)
   (out / f'{name}.json').write_text(
-      json.dumps(report, indent=2, default=checkpointing.to_json))
+      json.dumps(report, indent=2, default=json_safe.to_json))
   logging.info('Wrote %s.{md,json}', out / name)
   print(md, flush=True)
   return report
