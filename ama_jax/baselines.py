@@ -364,6 +364,6 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 if __name__ == '__main__':
-  raise SystemExit('error: ama_jax.baselines is a library module; the command is '
-                   'python -m ama_jax.tools.baselines (programs moved to '
-                   'ama_jax/tools/ on 2026-12-01).')
+  raise SystemExit('error: ama_jax.baselines is a library module; the '
+                   'command is python -m ama_jax.tools.baselines (programs '
+                   'moved to ama_jax/tools/ on 2026-12-01).')

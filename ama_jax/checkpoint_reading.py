@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 
 from ama_jax import checkpoint_files
 from ama_jax import errors
+from ama_jax import train_state
 
 PathLike = checkpoint_files.PathLike
 PyTree = Any
@@ -204,8 +205,8 @@ def restore(workdir: PathLike, abstract_state: PyTree, *,
   Args:
     workdir: the run's workdir.
     abstract_state: restore target (a state or its ShapeDtypeStruct tree,
-      e.g. `jax.eval_shape` of `train.create_train_state`); leaves without a
-      sharding come back as numpy arrays.
+      e.g. `jax.eval_shape` of `train_state.create_train_state`); leaves
+      without a sharding come back as numpy arrays.
     kind: 'best' or 'latest'.
     step: the step; None: best or newest readable.
 

@@ -9,8 +9,8 @@ unnamed item cannot later save a Composite):
 Every step holds two items:
 
 - `state`: `ocp.args.StandardSave` of a host copy (`jax.device_get`) of the
-  training state (`train.AMAState`: params, batch stats, optimizer states and
-  step of both players).
+  training state (`train_state.AMAState`: params, batch stats, optimizer
+  states and step of both players).
 - `meta`: `ocp.args.JsonSave` of a dict: `config`
   (`json_safe.config_to_dict`), `step`, `epoch`, `mu`, `sigma`,
   `threshold`, `threshold_fpr` (the calibration, when one exists),
@@ -67,6 +67,7 @@ from ama_jax import checkpoint_files
 from ama_jax import checkpoint_reading
 from ama_jax import errors
 from ama_jax import json_safe
+from ama_jax import train_state
 
 PathLike = checkpoint_files.PathLike
 PyTree = Any

@@ -14,7 +14,7 @@ then holds
             is_anomaly: bool [batch])
 
   with the encoder, generator and critic weights (the moving averages if
-  the run kept them, `train.scoring_variables`), mu, sigma, the calibrated
+  the run kept them, `train_state.scoring_variables`), mu, sigma, the calibrated
   score's kind ('two_sided' (R - mu)^2 / (2 sigma^2) or 'one_sided'
   (R - mu) / sigma) and the decision threshold (is_anomaly = score >
   threshold) baked in as constants. `batch` is symbolic: any number of
@@ -56,6 +56,7 @@ import numpy as np
 from ama_jax import errors
 from ama_jax import json_safe
 from ama_jax import scoring
+from ama_jax import train_state
 
 FUNCTION_FILE, META_FILE = 'scorer.jaxexport', 'scorer.json'
 FORMAT = 'ama_jax.export/1'
@@ -227,7 +228,7 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
   meta = inference.read_checked_meta(workdir, kind, step)
   state, ae_model, critic_model = inference.restore_state(workdir, kind, meta)
   from ama_jax import train  # pylint: disable=g-import-not-at-top
-  ae_vars, critic_vars = train.scoring_variables(state)
+  ae_vars, critic_vars = train_state.scoring_variables(state)
   calibration = scoring.Calibration(
       mu=meta['mu'], sigma=meta['sigma'], threshold=meta['threshold'],
       threshold_fpr=meta.get('threshold_fpr', float('nan')),

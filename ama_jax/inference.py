@@ -31,7 +31,7 @@ from ama_jax import errors
 from ama_jax import json_safe
 from ama_jax import models
 from ama_jax import scoring
-from ama_jax import train
+from ama_jax import train_state
 from ama_jax.datasets import image_files
 
 IMAGE_SUFFIXES = image_files.IMAGE_SUFFIXES
@@ -439,7 +439,7 @@ def restore_state(workdir: pathlib.Path, kind: str, meta: dict):
   try:
     # Shapes and dtypes only: nothing is initialized or compiled.
     abstract = jax.eval_shape(functools.partial(
-        train.create_train_state, config=config, image_shape=image_shape),
+        train_state.create_train_state, config=config, image_shape=image_shape),
         jax.random.key(0))
     ae_model, critic_model = models.create_models(config.model, image_shape)
   except (AttributeError, KeyError, TypeError, ValueError) as e:

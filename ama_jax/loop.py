@@ -46,6 +46,7 @@ from ama_jax import report
 from ama_jax import schedules
 from ama_jax import scoring
 from ama_jax import train
+from ama_jax import train_state
 from ama_jax import workdir_lock
 
 PRNGKey = jax.Array
@@ -170,7 +171,7 @@ class Run:
 
 def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
            cleanup: Optional[contextlib.ExitStack] = None
-           ) -> tuple[Run, train.AMAState, Optional[dict]]:
+           ) -> tuple[Run, train_state.AMAState, Optional[dict]]:
   """Data, plan, state (resumed if the workdir holds one), compiled step.
 
   `cleanup`, if given, closes the checkpoint managers when the run ends,
@@ -201,7 +202,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 
   init_rng, train_rng, data_rng = jax.random.split(
       jax.random.key(config.seed), 3)
-  state = train.create_train_state(init_rng, config, image_shape)
+  state = train_state.create_train_state(init_rng, config, image_shape)
   ckpts = checkpointing.CheckpointManagers(workdir)
   if cleanup is not None:
     cleanup.enter_context(ckpts)
@@ -240,8 +241,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 class Trainer:
   """The training phases of a run and the state they advance."""
 
-  def __init__(self, run: Run, state: train.AMAState, meta: Optional[dict],
-               timer: PhaseTimer):
+  def __init__(self, run: Run, state: train_state.AMAState,
+               meta: Optional[dict], timer: PhaseTimer):
     self.run, self.state, self.timer = run, state, timer
     self.step = int(jax.device_get(state.step))
     self.calibration: Optional[scoring.Calibration] = None
@@ -382,7 +383,7 @@ class Trainer:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> train.AMAState:
+                       workdir: str) -> train_state.AMAState:
   """Trains AMA per `config`, selects on validation, tests the best and last.
 
   A workdir that already holds a checkpoint is resumed from its newest
@@ -406,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        cleanup: contextlib.ExitStack) -> train.AMAState:
+                        cleanup: contextlib.ExitStack) -> train_state.AMAState:
   """`train_and_evaluate` once the config and workdir are checked."""
   t_start = time.time()
   timer = PhaseTimer()

@@ -22,6 +22,7 @@ from ama_jax import json_safe
 from ama_jax import metric_writers
 from ama_jax import scoring
 from ama_jax import train
+from ama_jax import train_state
 
 
 def calibrate(scorer, data, config: ml_collections.ConfigDict, *,
@@ -130,7 +131,7 @@ def draw(workdir, data, state, eval_ae, calibration, r_train, r_test,
         str(workdir / 'roc.png'), test.labels,
         {f'calibrated ({calibration.score})': calibration.scores(r_test),
          'raw R': r_test}, title='Test ROC')
-  ae_vars, _ = train.scoring_variables(state)
+  ae_vars, _ = train_state.scoring_variables(state)
   rows = np.concatenate([np.flatnonzero(test.labels == 0)[:8],
                          np.flatnonzero(test.labels == 1)[:8]])
   x = test.images[rows]

@@ -29,7 +29,7 @@ import numpy as np
 
 from ama_jax import metrics
 from ama_jax import placement
-from ama_jax import train
+from ama_jax import train_state
 
 
 def raw_scores(ae_model, critic_model, ae_vars, critic_vars,
@@ -156,7 +156,7 @@ def scorer_from_state(state, ae_model, critic_model, batch_size: int = 500,
   It scores with the moving averages of the weights when the state keeps
   them (`optim.ema_decay` > 0), else with the trained weights.
   """
-  ae_vars, critic_vars = train.scoring_variables(state)
+  ae_vars, critic_vars = train_state.scoring_variables(state)
   return Scorer(ae_model, critic_model, ae_vars, critic_vars,
                 batch_size=batch_size, devices=devices)
 

@@ -25,10 +25,8 @@ routes their gradients back.
 """
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
-import flax
-from flax.training import train_state
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -37,53 +35,14 @@ import numpy as np
 import optax
 
 from ama_jax import losses
-from ama_jax import models
 from ama_jax import placement
 from ama_jax import sampling
 from ama_jax import schedules
+from ama_jax import train_state
 
 AXIS = placement.AXIS  # The pmapped axis (one name for step and scoring).
 PRNGKey = jax.Array
 Metrics = dict[str, jax.Array]
-
-
-class PlayerState(train_state.TrainState):
-  """Params, optimizer state and normalization statistics of one player.
-
-  `tx` gives the update direction (Adam without its learning rate); the
-  step multiplies it by the scheduled rate (`schedules.learning_rate`).
-  """
-  batch_stats: Any  # BatchNorm stats (AE) or spectral-norm u/sigma (critic).
-
-
-@flax.struct.dataclass
-class AMAState:
-  """Everything training updates; a pytree, so pmap and orbax see all of it."""
-  ae: PlayerState  # params == {'encoder': ..., 'generator': ...}
-  critic: PlayerState
-  # Exponential moving average of both players' variables (`optim.ema_decay`
-  # > 0): {'ae': {'params', 'batch_stats'}, 'critic': {...}}; None when off.
-  ema: Optional[dict[str, Any]] = None
-
-  @property
-  def step(self) -> jax.Array:
-    return self.ae.step
-
-
-def variables(player: PlayerState) -> dict[str, Any]:
-  """The flax variables of a player: {'params', 'batch_stats'}."""
-  return {'params': player.params, 'batch_stats': player.batch_stats}
-
-
-def scoring_variables(state: AMAState) -> tuple[dict, dict]:
-  """(AE variables, critic variables) that validation and scoring use.
-
-  The moving averages when the run keeps them (`optim.ema_decay` > 0), else
-  the trained variables.
-  """
-  if state.ema is not None:
-    return state.ema['ae'], state.ema['critic']
-  return variables(state.ae), variables(state.critic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,76 +98,6 @@ class StepSettings:
           [own, np.full(k - len(own), spare[0] if len(spare) else 0)])
       valid[q, :len(own)] = True
     return rows, valid
-
-
-# ----------------------------------------------------------------------------
-# State and optimizers.
-# ----------------------------------------------------------------------------
-def make_optimizers(config: ml_collections.ConfigDict
-                    ) -> tuple[optax.GradientTransformation,
-                               optax.GradientTransformation]:
-  """Adam directions (no learning rate) for E, G (two betas) and the critic.
-
-  The step scales them by the scheduled rate: params -= lr(t) * direction,
-  which is Adam with that rate.
-  """
-  optim = config.optim
-  ae_tx = optax.multi_transform(
-      {'encoder': optax.scale_by_adam(b1=optim.b1_encoder, b2=optim.b2),
-       'generator': optax.scale_by_adam(b1=optim.b1_generator, b2=optim.b2)},
-      lambda params: {k: k for k in params})
-  critic_tx = optax.scale_by_adam(b1=optim.b1_critic, b2=optim.b2)
-  return ae_tx, critic_tx
-
-
-def create_train_state(rng: PRNGKey, config: ml_collections.ConfigDict,
-                       image_shape: tuple[int, int, int]) -> AMAState:
-  """Initializes both players (under jit) with their optimizers."""
-  ae_model, critic_model = models.create_models(config.model, image_shape)
-  ae_tx, critic_tx = make_optimizers(config)
-  x = jnp.zeros((2, *image_shape), jnp.float32)
-  keep_ema = bool(config.optim.get('ema_decay'))
-
-  @jax.jit
-  def init(rng):
-    ae_rng, critic_rng = jax.random.split(rng)
-    ae_vars = ae_model.init(ae_rng, x, train=False)
-    critic_vars = critic_model.init(critic_rng, x, x, train=False)
-    ae = PlayerState.create(apply_fn=ae_model.apply, params=ae_vars['params'],
-                            tx=ae_tx,
-                            batch_stats=ae_vars.get('batch_stats', {}))
-    critic = PlayerState.create(
-        apply_fn=critic_model.apply, params=critic_vars['params'],
-        tx=critic_tx, batch_stats=critic_vars.get('batch_stats', {}))
-    ema = ({'ae': variables(ae), 'critic': variables(critic)} if keep_ema
-           else None)
-    return AMAState(ae=ae, critic=critic, ema=ema)
-
-  return init(rng)
-
-
-def _update(player: PlayerState, grads, lr: jax.Array,
-            batch_stats) -> PlayerState:
-  """One optimizer step at learning rate `lr` (Adam's direction x lr)."""
-  direction, opt_state = player.tx.update(grads, player.opt_state,
-                                          player.params)
-  params = jax.tree.map(lambda p, u: p - lr * u, player.params, direction)
-  return player.replace(step=player.step + 1, params=params,
-                        opt_state=opt_state, batch_stats=batch_stats)
-
-
-def _ema_update(state: AMAState, decay: float) -> Optional[dict[str, Any]]:
-  """EMA of both players' variables; the decay warms up as (1 + t)/(10 + t).
-
-  The warm-up keeps the early average from being dominated by the random
-  initialisation in short runs.
-  """
-  if state.ema is None:
-    return None
-  t = state.step.astype(jnp.float32)
-  d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
-  new = {'ae': variables(state.ae), 'critic': variables(state.critic)}
-  return jax.tree.map(lambda e, v: d * e + (1 - d) * v, state.ema, new)
 
 
 # ----------------------------------------------------------------------------
@@ -284,7 +173,7 @@ def _measured_radius(ae_model, ae_vars, x_slots, valid, s: StepSettings
                          s.sampling.radius_quantile)
 
 
-def _add_negatives(ae_model, ae: PlayerState, x: jax.Array,
+def _add_negatives(ae_model, ae: train_state.PlayerState, x: jax.Array,
                    weights: jax.Array, labels: jax.Array, weight: jax.Array,
                    step_rng: PRNGKey, global_rows: jax.Array,
                    s: StepSettings) -> tuple[jax.Array, jax.Array, Negatives]:
@@ -299,7 +188,7 @@ def _add_negatives(ae_model, ae: PlayerState, x: jax.Array,
   q = lax.axis_index(AXIS)
   rows = jnp.asarray(table_rows)[q]
   valid = jnp.asarray(table_valid)[q] & (labels[rows] == 0)
-  ae_vars = variables(ae)
+  ae_vars = train_state.variables(ae)
   x_slots = x[rows]
   smp = s.sampling
   radius = None
@@ -505,10 +394,10 @@ def _ae_loss(critic_model, critic_vars, outputs, *, batch: StepBatch,
   return loss, aux
 
 
-def train_step(state: AMAState, data: placement.TrainData,
+def train_step(state: train_state.AMAState, data: placement.TrainData,
                train_rng: PRNGKey, *,
                ae_model, critic_model, settings: StepSettings
-               ) -> tuple[AMAState, Metrics]:
+               ) -> tuple[train_state.AMAState, Metrics]:
   """One AMA iteration on this device's share of the global batch.
 
   Args:
@@ -582,11 +471,12 @@ def train_step(state: AMAState, data: placement.TrainData,
       gp_keys=_row_keys(step_rng, global_rows, _GP),
       gp_inter_keys=_row_keys(step_rng, global_rows, _GP_INTER), s=s)
 
-  def critic_update(critic: PlayerState, i: int):
+  def critic_update(critic: train_state.PlayerState, i: int):
     (loss, (aux, stats)), grads = jax.value_and_grad(
         critic_loss_fn, has_aux=True)(critic.params, critic.batch_stats, i)
     grads = lax.psum(grads, AXIS)
-    critic = _update(critic, grads, lr, lax.pmean(stats, AXIS))
+    critic = train_state.apply_update(critic, grads, lr,
+                                      lax.pmean(stats, AXIS))
     # Loss pieces are local sums over global counts: psum gives the value.
     aux = lax.psum(dict(aux, critic_loss=loss), AXIS)
     return critic, dict(aux, critic_grad_norm=optax.tree.norm(grads))
@@ -600,15 +490,17 @@ def train_step(state: AMAState, data: placement.TrainData,
 
   # 5. Encoder/generator update, as a function of the AE outputs.
   ae_loss_fn = functools.partial(
-      _ae_loss, critic_model, variables(critic), batch=batch,
+      _ae_loss, critic_model, train_state.variables(critic), batch=batch,
       x_anchors=x_anchors, s=s)
   (ae_loss, ae_aux), out_grads = jax.value_and_grad(
       ae_loss_fn, has_aux=True)((x_rec, z, x_inter))
   (ae_grads,) = ae_vjp(out_grads)
   ae_grads = lax.psum(ae_grads, AXIS)
-  ae = _update(state.ae, ae_grads, lr, lax.pmean(new_ae_stats, AXIS))
-  new_state = AMAState(ae=ae, critic=critic, ema=state.ema)
-  new_state = new_state.replace(ema=_ema_update(new_state, s.ema_decay))
+  ae = train_state.apply_update(state.ae, ae_grads, lr,
+                                lax.pmean(new_ae_stats, AXIS))
+  new_state = train_state.AMAState(ae=ae, critic=critic, ema=state.ema)
+  new_state = new_state.replace(
+      ema=train_state.ema_update(new_state, s.ema_decay))
 
   # 6. Metrics, and the finiteness check.
   l1 = jnp.mean(jnp.abs(x - x_rec), axis=(1, 2, 3))
@@ -662,10 +554,10 @@ def _latent_diagnostics(z, normal, negative, negatives: Optional[Negatives]
   return out
 
 
-def train_steps(state: AMAState, data: placement.TrainData,
+def train_steps(state: train_state.AMAState, data: placement.TrainData,
                 train_rng: PRNGKey,
                 count: Optional[jax.Array] = None, *, num_steps: int,
-                **kwargs) -> tuple[AMAState, Metrics]:
+                **kwargs) -> tuple[train_state.AMAState, Metrics]:
   """Up to `num_steps` train steps (of one epoch) in one call.
 
   With num_steps > 1 the steps are a `lax.scan` of fixed length; only the

@@ -20,31 +20,31 @@ from ama_jax import checkpoint_reading
 from ama_jax import checkpointing
 from ama_jax import errors
 from ama_jax import json_safe
-from ama_jax import train
+from ama_jax import train_state
 from configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _tiny_state(config, seed: int = 0) -> train.AMAState:
+def _tiny_state(config, seed: int = 0) -> train_state.AMAState:
   """An AMAState with the real optimizers, tiny params and non-zero moments."""
   rng = np.random.default_rng(seed)
   normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
-  ae_tx, critic_tx = train.make_optimizers(config)
-  ae = train.PlayerState.create(
+  ae_tx, critic_tx = train_state.make_optimizers(config)
+  ae = train_state.PlayerState.create(
       apply_fn=None, tx=ae_tx,
       params={'encoder': {'w': normal(3, 2)}, 'generator': {'b': normal(2)}},
       batch_stats={'bn': {'mean': normal(2), 'var': normal(2) ** 2}})
-  critic = train.PlayerState.create(
+  critic = train_state.PlayerState.create(
       apply_fn=None, tx=critic_tx, params={'dense': {'w': normal(4, 1)}},
       batch_stats={})
   ae = ae.apply_gradients(grads=jax.tree.map(jnp.ones_like, ae.params))
   critic = critic.apply_gradients(
       grads=jax.tree.map(jnp.ones_like, critic.params))
-  return train.AMAState(ae=ae, critic=critic)
+  return train_state.AMAState(ae=ae, critic=critic)
 
 
-def _at_step(state: train.AMAState, step: int) -> train.AMAState:
+def _at_step(state: train_state.AMAState, step: int) -> train_state.AMAState:
   """The state with its step set and the AE params shifted by `step`."""
   ae = state.ae.replace(
       step=jnp.asarray(step, jnp.int32),

@@ -11,6 +11,7 @@ from ama_jax import models
 from ama_jax import placement
 from ama_jax import schedules
 from ama_jax import train
+from ama_jax import train_state
 
 _SHAPE = (28, 28, 1)
 
@@ -37,7 +38,7 @@ class BFloat16StepTest(absltest.TestCase):
                                       axis_name=placement.AXIS)
     # On the host: the step donates the state it is given.
     initial = jax.device_get(
-        train.create_train_state(jax.random.key(0), config, _SHAPE))
+        train_state.create_train_state(jax.random.key(0), config, _SHAPE))
     p_step = train.make_p_train_step(ae, critic, settings, devices=devices)
     state, rng = placement.replicate((initial, jax.random.key(1)), devices)
     for _ in range(2):

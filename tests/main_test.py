@@ -17,7 +17,6 @@ import tensorflow_datasets as tfds
 from ama_jax import checkpoint_reading
 from ama_jax import loop
 from ama_jax import tfds_source
-from ama_jax import train
 from configs import cifar_oneclass
 from configs import cifar_svhn
 from configs import fmnist_oneclass

@@ -18,6 +18,7 @@ from ama_jax import models
 from ama_jax import placement
 from ama_jax import schedules
 from ama_jax import train
+from ama_jax import train_state
 
 SHAPE = (28, 28, 1)
 
@@ -41,7 +42,7 @@ def run(devices, per_device_state, steps=3):
   images = rng.uniform(-1, 1, (num_train, *SHAPE)).astype(np.float32)
   labels = np.zeros(num_train, np.int32)
   labels[::7] = 1  # Some labelled anomalies (semi-supervised rows) too.
-  state = train.create_train_state(jax.random.key(0), config, SHAPE)
+  state = train_state.create_train_state(jax.random.key(0), config, SHAPE)
   ae, critic = models.create_models(config.model, SHAPE,
                                     axis_name=placement.AXIS)
   settings = train.StepSettings.from_config(
@@ -71,7 +72,7 @@ def sgd_optimizers(config):
 
 
 def main():
-  train.make_optimizers = sgd_optimizers
+  train_state.make_optimizers = sgd_optimizers
   devices = jax.devices()
   assert len(devices) == 8, devices
   many, many_metrics = run(devices, per_device_state=True)

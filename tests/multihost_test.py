@@ -32,7 +32,7 @@ import numpy as np
 from ama_jax import checkpoint_reading
 from ama_jax import loop
 from ama_jax import placement
-from ama_jax import train
+from ama_jax import train_state
 from configs import default
 
 _REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def _main(workdir: pathlib.Path, *flags: str, num_devices: int,
 
 def _latest(workdir: pathlib.Path):
   config = default.get_config('runlocal')
-  abstract = jax.eval_shape(lambda: train.create_train_state(
+  abstract = jax.eval_shape(lambda: train_state.create_train_state(
       jax.random.key(0), config, (28, 28, 1)))
   return checkpoint_reading.restore(str(workdir), abstract, kind='latest')
 

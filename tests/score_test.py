@@ -21,7 +21,7 @@ from ama_jax import checkpointing
 from ama_jax import json_safe
 from ama_jax import models
 from ama_jax import scoring
-from ama_jax import train
+from ama_jax import train_state
 from ama_jax.tools import score
 from configs import default
 
@@ -30,14 +30,14 @@ SHAPE = (28, 28, 1)
 NUM_IMAGES = 5
 
 
-def _random_state(config) -> train.AMAState:
+def _random_state(config) -> train_state.AMAState:
   """A state with the real structure and random values, without compiling.
 
   Scoring mechanics do not need training; the abstract tree comes from
   `create_train_state` under `jax.eval_shape`, as in the CLI.
   """
   abstract = jax.eval_shape(functools.partial(
-      train.create_train_state, config=config, image_shape=SHAPE),
+      train_state.create_train_state, config=config, image_shape=SHAPE),
       jax.random.key(0))
   rng = np.random.default_rng(0)
 

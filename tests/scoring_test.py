@@ -5,7 +5,7 @@ import numpy as np
 
 from ama_jax import models
 from ama_jax import scoring
-from ama_jax import train
+from ama_jax import train_state
 from configs import default
 
 _SHAPE = (28, 28, 1)
@@ -17,7 +17,7 @@ class ScoringTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     config = default.get_config('runlocal')
-    state = jax.device_get(train.create_train_state(
+    state = jax.device_get(train_state.create_train_state(
         jax.random.key(0), config, _SHAPE))
     cls.ae, cls.critic = models.create_models(config.model, _SHAPE)
     cls.state = state

@@ -14,6 +14,7 @@ from ama_jax import models
 from ama_jax import placement
 from ama_jax import schedules
 from ama_jax import train
+from ama_jax import train_state
 
 _SHAPE = (28, 28, 1)
 
@@ -23,7 +24,7 @@ def _setup(config, num_train=64, devices=None):
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (num_train, *_SHAPE)).astype(np.float32)
   labels = np.zeros(num_train, np.int32)
-  state = train.create_train_state(jax.random.key(config.seed), config,
+  state = train_state.create_train_state(jax.random.key(config.seed), config,
                                    _SHAPE)
   settings = train.StepSettings.from_config(
       config, local_batch=config.train.batch_size // len(devices),

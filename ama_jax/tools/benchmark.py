@@ -78,6 +78,7 @@ from ama_jax import runtime
 from ama_jax import schedules
 from ama_jax import scoring
 from ama_jax import train
+from ama_jax import train_state
 from ama_jax.tools import cli
 from configs import default
 
@@ -250,7 +251,7 @@ def run_ours(measure_warm: bool) -> dict:
   num_train = FLAGS.batch * 8
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (num_train, *image_shape)).astype(np.float32)
-  state = train.create_train_state(jax.random.key(0), config, image_shape)
+  state = train_state.create_train_state(jax.random.key(0), config, image_shape)
   ae_model, critic_model = models.create_models(config.model, image_shape,
                                                 axis_name=placement.AXIS)
   config.sampling.start_step = 0  # Negatives on from the first step.

@@ -14,7 +14,7 @@ DIR then holds
             is_anomaly: bool [batch])
 
   with the encoder, generator and critic weights (the moving averages if
-  the run kept them, `train.scoring_variables`), mu, sigma, the calibrated
+  the run kept them, `train_state.scoring_variables`), mu, sigma, the calibrated
   score's kind ('two_sided' (R - mu)^2 / (2 sigma^2) or 'one_sided'
   (R - mu) / sigma) and the decision threshold (is_anomaly = score >
   threshold) baked in as constants. `batch` is symbolic: any number of
@@ -52,6 +52,7 @@ from absl import logging
 
 from ama_jax import errors
 from ama_jax import export
+from ama_jax import train_state
 from ama_jax.tools import cli
 
 
