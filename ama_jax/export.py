@@ -14,10 +14,10 @@ then holds
             is_anomaly: bool [batch])
 
   with the encoder, generator and critic weights (the moving averages if
-  the run kept them, `train_state.scoring_variables`), mu, sigma, the calibrated
-  score's kind ('two_sided' (R - mu)^2 / (2 sigma^2) or 'one_sided'
-  (R - mu) / sigma) and the decision threshold (is_anomaly = score >
-  threshold) baked in as constants. `batch` is symbolic: any number of
+  the run kept them, `train_state.scoring_variables`), mu, sigma, the
+  calibrated score's kind ('two_sided' (R - mu)^2 / (2 sigma^2) or
+  'one_sided' (R - mu) / sigma) and the decision threshold (is_anomaly =
+  score > threshold) baked in as constants. `batch` is symbolic: any number of
   images per call. Lowered for every platform in `platforms`.
 * `scorer.json`: what it expects and computes (image shape, the conversion
   the run applied to its training images, calibration, where it came from,

@@ -148,3 +148,21 @@ def run_main(main: Callable[[Sequence[str]], Optional[int]],
   """absl's `app.run(main)`, ending a known error in one line."""
   define_verbose()
   app.run(guarded(main), argv=argv, flags_parser=parse_flags)
+
+
+def quiet_logging(main: Callable[[Sequence[str]], Optional[int]]
+                  ) -> Callable[[Sequence[str]], Optional[int]]:
+  """`main` with absl logging at WARNING unless --verbosity is given.
+
+  Orbax logs dozens of INFO lines per restore; a program that restores a
+  checkpoint shows them (and its own progress) only with --verbosity=0.
+  """
+
+  @functools.wraps(main)
+  def quiet_main(argv: Sequence[str]) -> Optional[int]:
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
+    return main(argv)
+
+  return quiet_main
+

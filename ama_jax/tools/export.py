@@ -4,40 +4,12 @@ r"""Writes a trained model as a self-contained scorer: StableHLO via jax.export.
       [--kind=best|latest] [--step=N] [--platforms=cpu,cuda,tpu] \
       [--savedmodel]
 
-DIR then holds
-
-* `scorer.jaxexport`: a serialized `jax.export.Exported` (StableHLO plus its
-  calling convention) of
-
-      scorer(images: float32 [batch, H, W, C] in [-1, 1])
-        -> (r: float32 [batch], score: float32 [batch],
-            is_anomaly: bool [batch])
-
-  with the encoder, generator and critic weights (the moving averages if
-  the run kept them, `train_state.scoring_variables`), mu, sigma, the calibrated
-  score's kind ('two_sided' (R - mu)^2 / (2 sigma^2) or 'one_sided'
-  (R - mu) / sigma) and the decision threshold (is_anomaly = score >
-  threshold) baked in as constants. `batch` is symbolic: any number of
-  images per call. Lowered for every platform in `--platforms`.
-* `scorer.json`: what it expects and computes (image shape, the conversion
-  the run applied to its training images, calibration, where it came from,
-  jax version, platforms).
-* `README.md` and `score_exported.py`: a loader that needs only jax and
-  numpy (the README of the repository shows the same code).
-* with `--savedmodel`, `savedmodel/`: a TensorFlow SavedModel of the same
-  function (jax2tf, native serialization: the StableHLO inside an
-  XlaCallModule op) for TF Serving or `tf.saved_model.load`; signature
-  `serving_default(images: float32 [None, H, W, C]) -> {'r', 'score',
-  'is_anomaly'}`. Needs TensorFlow (in requirements.txt) to write, and
-  TensorFlow only to load.
-
-Scores agree with `python -m ama_jax.tools.score` on the same images up to
-float32 rounding of the calibration constants (~1e-6 relative): the exported
-function computes in float32 where `ama_jax.tools.score` calibrates in
-float64, so an image that sits exactly on the threshold may be classified
-differently. `python -m ama_jax.tools.score --workdir=DIR` scores with the
-exported directory too. A serialized export is readable by later jax versions
-within `jax.export`'s compatibility window (see its documentation).
+writes checkpoint W's scorer into the folder DIR: `scorer.jaxexport`
+(StableHLO of images -> (r, score, is_anomaly), symbolic batch, lowered for
+every platform in `--platforms`), `scorer.json`, a loader that needs only
+jax and numpy, and with `--savedmodel` a TensorFlow SavedModel; what each
+holds and how its scores compare with `ama_jax.tools.score` is in the
+docstring of `ama_jax.export`, which does the work.
 
 Known problems (no workdir or checkpoint, a damaged checkpoint, unknown
 platforms, an output that is not a folder) end in one line `error: ...` on
@@ -48,7 +20,6 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from ama_jax import errors
 from ama_jax import export
@@ -95,13 +66,7 @@ def main(argv: Sequence[str],
   return 0
 
 
-def _cli_main(argv: Sequence[str]) -> int:
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  return main(argv)
-
-
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'output'])
-  cli.run_main(_cli_main)
+  cli.run_main(cli.quiet_logging(main))

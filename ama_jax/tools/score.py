@@ -205,15 +205,7 @@ def main(argv: Sequence[str],
   return 0
 
 
-def _cli_main(argv: Sequence[str]) -> int:
-  # Orbax logs dozens of INFO lines per restore: quiet unless asked
-  # (--verbosity=0 shows them and this program's own progress).
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  return main(argv)
-
-
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['workdir', 'input', 'output'])
-  cli.run_main(_cli_main)
+  cli.run_main(cli.quiet_logging(main))
