@@ -14,6 +14,7 @@ says, within seconds, where to put the files (`_offline_hint`).
 """
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
 import pathlib
 import socket
@@ -28,7 +29,6 @@ import tensorflow_datasets as tfds
 from ama_jax import data_common
 from ama_jax.datasets import archives
 from ama_jax.datasets import idx_images
-from ama_jax.datasets import image_folder
 from ama_jax.datasets import local_images
 
 _NATIVE_SHAPES = {'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1),
@@ -275,7 +275,7 @@ class TfdsSource(data_common.Source):
   def _read_archive(self, split: str) -> tuple[np.ndarray, np.ndarray]:
     name, files = self.tfds_name, self.archive_files
     stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    key = image_folder.hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
     logging.info('%s/%s: archive %s, prepared in %s.', name, split,
                  ', '.join(f.name for f in files),
                  data_common.data_dir(self.data_config))
