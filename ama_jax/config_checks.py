@@ -372,6 +372,7 @@ FIELDS: dict[str, Rule] = {
     'eval.threshold_fpr': FRACTION,
     'eval.score': Choice(lambda: scoring.SCORES + ('auto',)),
     'eval.calibration_size': Int(min=2, optional=True),  # A Gaussian fit.
+    'eval.knn_k': Int(min=0),
     # --- log ---
     'log.every_steps': Int(min=1),
     'log.checkpoint_every_steps': Int(min=1),
@@ -663,15 +664,17 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
                              + '.')
 
 
-def check_plan(config: ml_collections.ConfigDict, steps_per_epoch: int
-               ) -> None:
-  """Checks the schedules against the training length (after loading).
+def check_plan(config: ml_collections.ConfigDict, steps_per_epoch: int,
+               num_train_normals: Optional[int] = None) -> None:
+  """Checks the schedules against the training length and the feature kNN
+  score's k against the training normals (after loading).
 
   Raises:
     ConfigError: two lr decay points fall on the same step or one at or
       after the last step, the warm-up outlasts training, or
       `sampling.start_step` comes after the last step (the schedule would
-      not be the one configured).
+      not be the one configured), or `eval.knn_k` exceeds the training
+      normals (the final evaluation would fail).
   """
   total = steps_per_epoch * config.train.num_epochs
   length = (f'{total} training steps ({steps_per_epoch} per epoch x '
@@ -696,6 +699,11 @@ def check_plan(config: ml_collections.ConfigDict, steps_per_epoch: int
   if config.sampling.get('start_step') is not None and start >= total:
     found.append(f'sampling.start_step={start}: atypical selection would '
                  f'never run in {length}')
+  k = config.eval.get('knn_k') or 0
+  if num_train_normals is not None and k > num_train_normals:
+    found.append(f'eval.knn_k={k} exceeds the {num_train_normals} training '
+                 'normals the feature kNN score compares with; lower it '
+                 '(0 turns the score off)')
   if found:
     raise errors.ConfigError('; '.join(found) + '.')
 

@@ -187,7 +187,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   num_train = len(data.train.images)
   local_batch, steps_per_epoch = plan(config, num_train, len(devices),
                                       jax.process_count())
-  config_checks.check_plan(config, steps_per_epoch)
+  config_checks.check_plan(config, steps_per_epoch,
+                           int(np.sum(data.train.labels == 0)))
   total_steps = steps_per_epoch * config.train.num_epochs
   is_chief = jax.process_index() == 0
   writer, report_progress = metric_writers.create_writer(workdir, is_chief,
@@ -359,7 +360,7 @@ class Trainer:
       scorer = scoring.scorer_from_state(
           self.state, *run.eval_models, config.eval.batch_size,
           run.local_devices)
-      self.calibration, _, r_val = report.calibrate(
+      self.calibration, _, r_val, _ = report.calibrate(
           scorer, run.data, config, max_train=config.eval.calibration_size)
       val_metrics = scoring.evaluate(r_val, run.data.val.labels,
                                      self.calibration)

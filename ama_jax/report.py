@@ -26,8 +26,9 @@ from ama_jax import train_state
 
 
 def calibrate(scorer, data, config: ml_collections.ConfigDict, *,
-              max_train: Optional[int] = None
-              ) -> tuple[scoring.Calibration, np.ndarray, np.ndarray]:
+              max_train: Optional[int] = None, features: bool = False
+              ) -> tuple[scoring.Calibration, np.ndarray, np.ndarray,
+                         Optional[tuple[np.ndarray, np.ndarray]]]:
   """mu, sigma over training normals; threshold on validation normals.
 
   The score is `eval.score`; 'auto' takes the one with the higher
@@ -36,22 +37,30 @@ def calibrate(scorer, data, config: ml_collections.ConfigDict, *,
   calibration uses all of them).
 
   Returns:
-    (calibration, R of the training normals used, R of the validation split).
+    (calibration, R of the training normals used, R of the validation split,
+    None or, with `features`, the features f(x, G(E(x))) of both, from the
+    same pass).
   """
   normal_train = data.train.images[data.train.labels == 0]
   if max_train is not None and len(normal_train) > max_train:
     rows = np.random.default_rng(config.seed).choice(
         len(normal_train), max_train, replace=False)
     normal_train = normal_train[np.sort(rows)]
-  r_train = scorer(normal_train)
-  r_val = scorer(data.val.images)
+  feats = None
+  if features:
+    (r_train, f_train), (r_val, f_val) = (
+        scorer.with_features(normal_train),
+        scorer.with_features(data.val.images))
+    feats = (f_train, f_val)
+  else:
+    r_train, r_val = scorer(normal_train), scorer(data.val.images)
   score = config.eval.score
   if score == 'auto':
     mu, sigma = scoring.fit_gaussian(r_train)
     score = scoring.choose_score(r_val, data.val.labels, mu, sigma)
   calibration = scoring.calibrate(r_train, r_val[data.val.labels == 0],
                                   config.eval.threshold_fpr, score)
-  return calibration, r_train, r_val
+  return calibration, r_train, r_val, feats
 
 
 def final_evaluation(config, workdir: pathlib.Path, data, state, best,
@@ -81,11 +90,23 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
     if at not in done:
       scorer = scoring.scorer_from_state(st, eval_ae, eval_critic,
                                          config.eval.batch_size, devices)
-      calibration, r_train, r_val = calibrate(scorer, data, config)
-      r_test = scorer(data.test.images)
+      k = config.eval.knn_k
+      calibration, r_train, r_val, feats = calibrate(scorer, data, config,
+                                                     features=k > 0)
+      knn_val = knn_test = None
+      if feats is not None:  # The feature kNN score (scoring.knn_distances).
+        f_train, f_val = feats
+        r_test, f_test = scorer.with_features(data.test.images)
+        knn_val = scoring.knn_distances(f_val, f_train, k)
+        knn_test = scoring.knn_distances(f_test, f_train, k)
+        del f_train, f_test  # [training normals, features]: let it go now.
+      else:
+        r_test = scorer(data.test.images)
       done[at] = (calibration,
-                  scoring.evaluate(r_val, data.val.labels, calibration),
-                  scoring.evaluate(r_test, data.test.labels, calibration))
+                  scoring.evaluate(r_val, data.val.labels, calibration,
+                                   knn_val),
+                  scoring.evaluate(r_test, data.test.labels, calibration,
+                                   knn_test))
       if name == candidates[0][0] and config.log.figures and (
           jax.process_index() == 0):
         draw(workdir, data, st, eval_ae, calibration, r_train[:10000],
@@ -96,9 +117,14 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
     results.setdefault('calibration', {})[name] = calibration.to_dict()
     metric_writers.write_scalars(writer, step, f'test_{name}', test_metrics)
     logging.info('test (%s state, step %d, %s score): AUROC %.4f AUPRC %.4f '
-                 'FPR80 %.4f (raw R AUROC %.4f)', name, at, calibration.score,
-                 test_metrics['auroc'], test_metrics['auprc_anomaly'],
-                 test_metrics['fpr80'], test_metrics['raw_auroc'])
+                 'FPR80 %.4f (raw R AUROC %.4f)%s', name, at,
+                 calibration.score, test_metrics['auroc'],
+                 test_metrics['auprc_anomaly'], test_metrics['fpr80'],
+                 test_metrics['raw_auroc'],
+                 '' if 'knn_auroc' not in test_metrics else
+                 f' (feature kNN AUROC {test_metrics["knn_auroc"]:.4f} FPR80 '
+                 f'{test_metrics["knn_fpr80"]:.4f}; validation '
+                 f'{val_metrics["knn_auroc"]:.4f})')
   return results
 
 
@@ -185,7 +211,9 @@ def summary(workdir: str) -> str:
         f"test ({name} state): AUROC {m['auroc']:.4f}  "
         f"AUPRC(anomaly+) {m['auprc_anomaly']:.4f}  "
         f"AUPRC(normal+) {m['auprc_normal']:.4f}  FPR80 {m['fpr80']:.4f}  "
-        f"| raw R: AUROC {m['raw_auroc']:.4f}  [{score} score]")
+        f"| raw R: AUROC {m['raw_auroc']:.4f}  [{score} score]"
+        + (f"  | feature kNN: AUROC {m['knn_auroc']:.4f}  FPR80 "
+           f"{m['knn_fpr80']:.4f}" if 'knn_auroc' in m else ''))
   lines.append(f'results: {pathlib.Path(workdir) / "results.json"}')
   return '\n'.join(lines)
 

@@ -16,11 +16,19 @@ deviation of R over the training set's normal images:
 
 `eval.score='auto'` picks one of the two per evaluation by validation
 AUROC (a choice on validation only).
+
+Not in the paper: the feature kNN score (`eval.knn_k` > 0; reported beside
+the calibrated one, prefix `knn_`) is the Euclidean distance from
+f(x, G(E(x))) -- the critic's penultimate features of the reconstruction
+pair, the second term of R -- to its k-th nearest neighbour among the
+training normals' features. The same networks and the same forward pass as
+R; only the comparison differs (a distance to the training set's features
+instead of a distance between the two pairs' features).
 """
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -32,9 +40,9 @@ from ama_jax import placement
 from ama_jax import train_state
 
 
-def raw_scores(ae_model, critic_model, ae_vars, critic_vars,
-               images: jax.Array) -> jax.Array:
-  """R(x) for a batch.
+def scores_and_features(ae_model, critic_model, ae_vars, critic_vars,
+                        images: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(R(x), f(x, G(E(x)))) for a batch.
 
   Args:
     ae_model, critic_model: the flax modules.
@@ -42,7 +50,10 @@ def raw_scores(ae_model, critic_model, ae_vars, critic_vars,
     images: [batch, H, W, C] in [-1, 1].
 
   Returns:
-    [batch] float32, higher = less like the training data's reconstructions.
+    R: [batch] float32, higher = less like the training data's
+      reconstructions; and the critic's penultimate features of the
+      reconstruction pair, [batch, features] float32 (the feature kNN
+      score's input).
   """
   x_rec, _ = ae_model.apply(ae_vars, images, train=False)
   # One critic call on both pairs (larger matmuls); rows stay independent.
@@ -50,7 +61,14 @@ def raw_scores(ae_model, critic_model, ae_vars, critic_vars,
       critic_vars, jnp.concatenate([images, images]),
       jnp.concatenate([images, x_rec]), train=False)
   f_real, f_fake = jnp.split(features, 2)
-  return jnp.sum(jnp.abs(f_real - f_fake), axis=-1)
+  return jnp.sum(jnp.abs(f_real - f_fake), axis=-1), f_fake
+
+
+def raw_scores(ae_model, critic_model, ae_vars, critic_vars,
+               images: jax.Array) -> jax.Array:
+  """R(x) for a batch ([batch] float32; see `scores_and_features`)."""
+  return scores_and_features(ae_model, critic_model, ae_vars, critic_vars,
+                             images)[0]
 
 
 SCORES = ('two_sided', 'one_sided')
@@ -82,9 +100,10 @@ def fit_gaussian(r: np.ndarray) -> tuple[float, float]:
 
 @functools.lru_cache(maxsize=8)
 def _pmapped_scores(ae_model, critic_model, devices: tuple) -> Any:
-  """`raw_scores` pmapped over `devices`; built once per (models, devices),
-  so the scorers of every validation of a run share one compiled program."""
-  fn = functools.partial(raw_scores, ae_model, critic_model)
+  """`scores_and_features` pmapped over `devices`; built once per (models,
+  devices), so the scorers of every validation of a run share one compiled
+  program. Callers that want R only never read the features back."""
+  fn = functools.partial(scores_and_features, ae_model, critic_model)
   return jax.pmap(fn, axis_name=placement.AXIS, in_axes=(None, None, 0),
                   devices=devices)
 
@@ -118,35 +137,50 @@ class Scorer:
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """R(x) for images [N, H, W, C] in [-1, 1] -> [N] float32 (numpy)."""
+    return self._gathered(images, features=False)
+
+  def with_features(self, images: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(R(x) [N], f(x, G(E(x))) [N, features]) in one pass."""
+    return self._gathered(images, features=True)
+
+  def _gathered(self, images: np.ndarray, features: bool):
     num_processes = jax.process_count()
     if not self.split_processes or num_processes == 1 or not len(images):
-      return self._score(images)
+      return self._score(images, features)
     # Equal slices (the last ones padded), so that the gather is one array.
     size = -(-len(images) // num_processes)
     start = min(jax.process_index() * size, len(images))
-    r = self._score(images[start:start + size])
-    r = np.pad(r, (0, size - len(r)))
-    gathered = multihost_utils.process_allgather(r)  # [processes, size]
-    return np.asarray(gathered).reshape(-1)[:len(images)]
+    out = self._score(images[start:start + size], features)
+    out = jax.tree.map(
+        lambda a: np.pad(a, [(0, size - len(a))] + [(0, 0)] * (a.ndim - 1)),
+        out)
+    gathered = multihost_utils.process_allgather(out)  # [processes, size...]
+    return jax.tree.map(
+        lambda a: np.asarray(a).reshape(-1, *a.shape[2:])[:len(images)],
+        gathered)
 
-  def _score(self, images: np.ndarray) -> np.ndarray:
-    """R(x) of images on this process's devices."""
+  def _score(self, images: np.ndarray, features: bool):
+    """R(x) (and the features) of images on this process's devices."""
     images = np.asarray(images, np.float32)
     n_dev, per_dev = len(self.devices), self.per_device
     chunk = n_dev * per_dev
-    out = []
+    rs, fs = [], []
     for start in range(0, len(images), chunk):
       batch = images[start:start + chunk]
       valid = len(batch)
       if valid < chunk:  # Pad the ragged last batch; padded rows dropped.
         pad = np.zeros((chunk - valid, *images.shape[1:]), np.float32)
         batch = np.concatenate([batch, pad])
-      r = self._p_scores(self.ae_vars, self.critic_vars,
-                         batch.reshape(n_dev, per_dev, *images.shape[1:]))
-      out.append(np.asarray(r).reshape(-1)[:valid])
-    if not out:
-      return np.zeros((0,), np.float32)
-    return np.concatenate(out)
+      r, f = self._p_scores(self.ae_vars, self.critic_vars,
+                            batch.reshape(n_dev, per_dev, *images.shape[1:]))
+      rs.append(np.asarray(r).reshape(-1)[:valid])
+      if features:
+        fs.append(np.asarray(f).reshape(chunk, -1)[:valid])
+    r = np.concatenate(rs) if rs else np.zeros((0,), np.float32)
+    if not features:
+      return r
+    return r, (np.concatenate(fs) if fs else np.zeros((0, 0), np.float32))
 
 
 def scorer_from_state(state, ae_model, critic_model, batch_size: int = 500,
@@ -200,6 +234,45 @@ def choose_score(r_val: np.ndarray, labels: np.ndarray, mu: float,
   return max(SCORES, key=lambda s: (aurocs[s], s == 'two_sided'))
 
 
+@functools.partial(jax.jit, static_argnames='k')
+def _kth_sq_distance(queries: jax.Array, bank: jax.Array,
+                     bank_sq: jax.Array, k: int) -> jax.Array:
+  d = (jnp.sum(queries * queries, axis=1, keepdims=True)
+       - 2.0 * queries @ bank.T + bank_sq[None])
+  return -jax.lax.top_k(-d, k)[0][:, k - 1]
+
+
+def knn_distances(queries: np.ndarray, bank: np.ndarray, k: int,
+                  chunk: int = 256) -> np.ndarray:
+  """Euclidean distance from each query row to its k-th nearest bank row.
+
+  Args:
+    queries: [N, D] features to score.
+    bank: [M, D] features of the training normals (M >= k).
+    k: which neighbour (1 = the nearest).
+    chunk: queries per call (the last call is padded: one compilation).
+
+  Returns:
+    [N] float32; higher = farther from the training normals.
+  """
+  queries = np.asarray(queries, np.float32)
+  if not 1 <= k <= len(bank):
+    raise ValueError(f'eval.knn_k={k}: must be between 1 and the number of '
+                     f'training normals ({len(bank)}).')
+  bank = jnp.asarray(bank, jnp.float32)
+  bank_sq = jnp.sum(bank * bank, axis=1)
+  out = []
+  for start in range(0, len(queries), chunk):
+    q = queries[start:start + chunk]
+    valid = len(q)
+    if valid < chunk:
+      q = np.concatenate([q, np.zeros((chunk - valid, q.shape[1]),
+                                      np.float32)])
+    out.append(np.asarray(_kth_sq_distance(q, bank, bank_sq, k))[:valid])
+  d = np.concatenate(out) if out else np.zeros((0,), np.float32)
+  return np.sqrt(np.maximum(d, 0.0))  # Rounding can make it slightly < 0.
+
+
 def _metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
   """`metrics.compute_metrics`, or NaN for every ROC/PR metric when the
   labels hold one class (a split of normal images only)."""
@@ -212,17 +285,20 @@ def _metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
           'num_anomaly': int(np.sum(labels == 1))}
 
 
-def evaluate(r: np.ndarray, labels: np.ndarray,
-             calibration: Calibration) -> dict[str, float]:
-  """Metrics of the calibrated score and of raw R (prefix `raw_`).
+def evaluate(r: np.ndarray, labels: np.ndarray, calibration: Calibration,
+             knn: Optional[np.ndarray] = None) -> dict[str, float]:
+  """Metrics of the calibrated score, of raw R (prefix `raw_`) and, given
+  the feature kNN distances `knn`, of those (prefix `knn_`).
 
   A split without anomalies (or without normals) gets NaN for AUROC, AUPRC
   and FPR at TPR: they are undefined there.
   """
   result = _metrics(labels, calibration.scores(r))
-  raw = _metrics(labels, r)
-  result.update({f'raw_{k}': v for k, v in raw.items()
-                 if not k.startswith('num_')})
+  for prefix, scores in (('raw', r), ('knn', knn)):
+    if scores is not None:
+      result.update({f'{prefix}_{k}': v
+                     for k, v in _metrics(labels, scores).items()
+                     if not k.startswith('num_')})
   return result
 
 

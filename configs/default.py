@@ -244,6 +244,13 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # them, as eq. 7). A cap speeds up long runs; the final test metrics are
   # always computed with all of them.
   evaluation.calibration_size = 10000
+  # Not in the paper: also report the feature kNN score (metrics prefixed
+  # `knn_`): the distance from f(x, G(E(x))), the critic's penultimate
+  # features of the reconstruction pair, to the k-th nearest training
+  # normal's (ama_jax/scoring.py). Computed at the final evaluation, for the
+  # selected and the last state, on all training normals; it does not take
+  # part in model selection, calibration or `ama_jax.tools.score`. 0: off.
+  evaluation.knn_k = 1
 
   # --- Logging and checkpoints. ---
   config.log = log = ml_collections.ConfigDict()

@@ -91,5 +91,21 @@ class RunMainTest(parameterized.TestCase):
     self.assertEqual(len(proc.stderr.strip().splitlines()), 1, proc.stderr)
 
 
+class CheckpointFlagsTest(parameterized.TestCase):
+
+  @parameterized.parameters('score', 'export')
+  def test_program_help_lists_the_checkpoint_flags(self, program):
+    # The shared flags live in cli.py; each program adopts them, so its
+    # own --help (not only --helpfull) lists them. (absl's --help exits 1.)
+    proc = subprocess.run(
+        [sys.executable, '-m', f'ama_jax.tools.{program}', '--help'],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    own = proc.stdout.split(f'ama_jax/tools/{program}.py:', 1)
+    self.assertLen(own, 2, proc.stdout)
+    for flag in ('--workdir', '--step', '--kind: <best|latest>'):
+      self.assertIn(flag, own[1])
+
+
 if __name__ == '__main__':
   absltest.main()

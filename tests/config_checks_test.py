@@ -294,6 +294,17 @@ class CombinationsTest(parameterized.TestCase):
       config_checks.check_plan(_runlocal(**{'sampling.start_step': 2,
                                             'optim.decay_at': ()}), 1)
 
+  def test_knn_k_must_not_exceed_the_training_normals(self):
+    config = _runlocal(**{'eval.knn_k': 5})
+    config_checks.check_plan(config, 4, num_train_normals=5)
+    with self.assertRaisesRegex(errors.ConfigError,
+                                r'eval\.knn_k=5 exceeds the 4 training '
+                                r'normals .* \(0 turns the score off\)'):
+      config_checks.check_plan(config, 4, num_train_normals=4)
+    self.assertNotEqual(_problems(_runlocal(**{'eval.knn_k': -1})), [])
+    config_checks.check_plan(_runlocal(**{'eval.knn_k': 0}), 4,
+                             num_train_normals=0)
+
   def test_style_none_needs_no_negatives_schedule(self):
     self.assertEqual(_problems(_runlocal(**{
         'sampling.style': 'none', 'train.num_epochs': 1,

@@ -127,6 +127,24 @@ class ScoreTest(absltest.TestCase):
     self.assertEqual((test['auroc'], kind), (0.7, 'calibrated'))
     with self.assertRaisesRegex(ValueError, 'Unknown score'):
       reproduce.pick_score(results, 'test')
+    with self.assertRaisesRegex(ValueError, 'has no knn score'):
+      reproduce.pick_score(results, 'knn')
+
+  def test_pick_score_knn(self):
+    knn = {f'knn_{k}': v for k, v in _metrics(0.95).items()}
+    raw = {f'raw_{k}': v for k, v in _metrics(0.9).items()}
+    results = {'test': {'best': {**_metrics(0.7), **raw, **knn},
+                        'last': _metrics(0.1)},
+               'val': {'best': {'auroc': 0.8, 'raw_auroc': 0.85,
+                                'knn_auroc': 0.9}}}
+    test, kind = reproduce.pick_score(results, 'knn')
+    self.assertEqual((test['auroc'], test['fpr80'], kind),
+                     (0.95, _metrics(0.95)['fpr80'], 'knn'))
+    self.assertEqual(reproduce.pick_score(results, 'val')[1], 'knn')
+    self.assertEqual(reproduce.val_auroc(results, 'val'), 0.9)
+    self.assertEqual(reproduce.val_auroc(results, 'knn'), 0.9)
+    results['val']['best']['knn_auroc'] = 0.85  # Ties: raw before knn.
+    self.assertEqual(reproduce.pick_score(results, 'val')[1], 'raw')
 
 
 class ShardTest(absltest.TestCase):

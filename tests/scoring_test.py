@@ -80,6 +80,46 @@ class ScoringTest(absltest.TestCase):
     self.assertEqual(m['auroc'], 1.0)  # Low R is far from mu: anomalous.
     self.assertEqual(m['raw_auroc'], 0.0)  # Raw R inverts here (Fig. 4).
 
+  def test_features_come_from_the_same_pass_as_r(self):
+    scorer = self._scorer(batch_size=8)
+    r, f = scorer.with_features(self.images)  # 23 rows: ragged last batch.
+    np.testing.assert_array_equal(r, scorer(self.images))
+    ae_vars, critic_vars = train_state.scoring_variables(self.state)
+    r_ref, f_ref = scoring.scores_and_features(
+        self.ae, self.critic, ae_vars, critic_vars, self.images)
+    self.assertEqual(f.shape, f_ref.shape)
+    self.assertEqual(f.shape[0], 23)
+    np.testing.assert_allclose(f, f_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r, r_ref, rtol=1e-5)
+
+  def test_knn_distances_match_brute_force(self):
+    rng = np.random.default_rng(2)
+    bank = rng.normal(size=(40, 6)).astype(np.float32)
+    queries = rng.normal(size=(11, 6)).astype(np.float32)
+    dist = np.linalg.norm(queries[:, None] - bank[None], axis=-1)
+    for k in (1, 3, 40):
+      got = scoring.knn_distances(queries, bank, k, chunk=4)  # Padded.
+      np.testing.assert_allclose(got, np.sort(dist, axis=1)[:, k - 1],
+                                 rtol=1e-4, atol=1e-4)
+    # A query equal to a bank row is at distance 0 from it.
+    self.assertAlmostEqual(
+        float(scoring.knn_distances(bank[:1], bank, 1)[0]), 0.0, places=3)
+    with self.assertRaisesRegex(ValueError, r'eval\.knn_k=41: must be '
+                                r'between 1 and .* \(40\)'):
+      scoring.knn_distances(queries, bank, 41)
+
+  def test_evaluate_adds_knn_metrics_when_given(self):
+    labels = np.array([0] * 50 + [1] * 50)
+    r = np.linspace(0, 1, 100)
+    cal = scoring.Calibration(mu=0.5, sigma=1.0, threshold=2.0,
+                              threshold_fpr=0.05)
+    self.assertNotIn('knn_auroc', scoring.evaluate(r, labels, cal))
+    m = scoring.evaluate(r, labels, cal, knn=-r)
+    self.assertEqual(m['raw_auroc'], 1.0)
+    self.assertEqual(m['knn_auroc'], 0.0)
+    self.assertIn('knn_fpr80', m)
+    self.assertNotIn('knn_num_normal', m)
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -41,6 +41,22 @@ def define_verbose(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       f'(also {VERBOSE_ENV}=1).', flag_values=flag_values)
 
 
+def define_checkpoint_flags(workdir_help: str,
+                            flag_values: flags.FlagValues = flags.FLAGS
+                            ) -> None:
+  """Defines `--workdir`, `--step` and `--kind`: which checkpoint to read.
+
+  The program adopts them (`flags.adopt_module_key_flags(cli, ...)`) so that
+  its `--help` lists them.
+  """
+  flags.DEFINE_string('workdir', None, workdir_help, flag_values=flag_values)
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best or '
+                       'latest one).', flag_values=flag_values)
+  flags.DEFINE_enum('kind', None, ['best', 'latest'], 'Checkpoint kind '
+                    '(default: best, else latest; with --step, best else '
+                    'latest).', flag_values=flag_values)
+
+
 def verbose(flag_values: flags.FlagValues = flags.FLAGS) -> bool:
   """Whether tracebacks of known errors are wanted."""
   if os.environ.get(VERBOSE_ENV, '').strip().lower() in ('1', 'true', 'yes'):

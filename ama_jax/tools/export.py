@@ -29,14 +29,10 @@ from ama_jax.tools import cli
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the command's flags on `flag_values`."""
-  flags.DEFINE_string('workdir', None, 'Workdir of a training run.',
-                      flag_values=flag_values)
+  cli.define_checkpoint_flags('Workdir of a training run.', flag_values)
+  flags.adopt_module_key_flags(cli, flag_values)
   flags.DEFINE_string('output', None, 'Folder to write the scorer into.',
                       flag_values=flag_values)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best or '
-                       'latest one).', flag_values=flag_values)
-  flags.DEFINE_enum('kind', None, ['best', 'latest'], 'Checkpoint kind '
-                    '(default: best, else latest).', flag_values=flag_values)
   flags.DEFINE_list('platforms', list(export.PLATFORMS), 'Platforms to '
                     'lower for.', flag_values=flag_values)
   flags.DEFINE_bool('savedmodel', False, 'Also write a TensorFlow '

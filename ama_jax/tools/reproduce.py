@@ -109,7 +109,8 @@ PAPER_TABLE5 = {  # AUROC, Table 5 (a) fmnist_mnist, (b) cifar_svhn.
 # (R - mu)^2 / (2 sigma^2), the raw mirrored critic output R(x), or, per
 # run, whichever of the two has the higher validation AUROC at the selected
 # checkpoint (a choice on validation only).
-SCORES = ('calibrated', 'raw', 'val')
+SCORES = ('calibrated', 'raw', 'knn', 'val')
+_PREFIX = {'calibrated': '', 'raw': 'raw_', 'knn': 'knn_'}  # In results.
 BASE_TABLES = ('mnist_oneclass', 'cifar_oneclass', 'fmnist_mnist',
                'cifar_svhn')
 TABLE_VARIANTS = {'ablation': ('full', 'no_inter', 'no_neg', 'neither'),
@@ -297,9 +298,9 @@ def val_auroc(results: Mapping[str, Any], score: str) -> float:
   `pick_score(results, score)` reports (-1 where not recorded)."""
   which = 'best' if 'best' in results['test'] else 'last'
   val = (results.get('val') or {}).get(which) or {}
-  calibrated, raw = val.get('auroc', -1.0), val.get('raw_auroc', -1.0)
-  return {'calibrated': calibrated, 'raw': raw,
-          'val': max(calibrated, raw)}[score]
+  aurocs = {kind: val.get(f'{prefix}auroc', -1.0)
+            for kind, prefix in _PREFIX.items()}
+  return aurocs[score] if score != 'val' else max(aurocs.values())
 
 
 def load_results(workdir: pathlib.Path,
@@ -415,8 +416,13 @@ def pick_score(results: Mapping[str, Any],
                score: str) -> tuple[dict[str, Any], str]:
   """(test metrics, score kind) of a run's selected checkpoint.
 
-  `score`: 'calibrated' (the paper's), 'raw' (R(x)), or 'val' (the one with
-  the higher validation AUROC of that checkpoint; ties keep calibrated).
+  `score`: 'calibrated' (the paper's), 'raw' (R(x)), 'knn' (the feature
+  kNN score, `eval.knn_k`), or 'val' (the one of those three with the
+  highest validation AUROC of that checkpoint; ties keep calibrated, then
+  raw).
+
+  Raises:
+    ValueError: an unknown score, or 'knn' for a run that did not record it.
   """
   if score not in SCORES:
     raise ValueError(f'Unknown score {score!r}; expected one of {SCORES}.')
@@ -425,11 +431,15 @@ def pick_score(results: Mapping[str, Any],
   kind = score
   if score == 'val':
     val = (results.get('val') or {}).get(which) or {}
-    kind = ('raw' if val.get('raw_auroc', -1.0) > val.get('auroc', -1.0)
-            else 'calibrated')
+    kind = max(_PREFIX, key=lambda k: val.get(f'{_PREFIX[k]}auroc', -1.0))
   if kind == 'calibrated':
     return dict(test), kind
-  return {**test, **{m: test[f'raw_{m}'] for m in METRICS}}, kind
+  prefix = _PREFIX[kind]
+  if f'{prefix}auroc' not in test:
+    raise ValueError(f'The run has no {kind} score (trained with '
+                     'eval.knn_k=0, or before it existed); report it with '
+                     '--score=calibrated, raw or val.')
+  return {**test, **{m: test[f'{prefix}{m}'] for m in METRICS}}, kind
 
 
 def method_label(method: str, epochs: int) -> str:
@@ -449,10 +459,13 @@ def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
       'calibrated': '',
       'raw': ' AMA\'s score: the raw mirrored critic output R(x), not the '
              'paper\'s calibrated score.',
-      'val': ' AMA\'s score: per run, the calibrated or the raw R(x) score, '
-             'whichever has the higher validation AUROC (chosen: '
-             f'{kinds.count("raw")} raw, {kinds.count("calibrated")} '
-             'calibrated).'}[score]
+      'knn': ' AMA\'s score: the feature kNN score (distance of the '
+             'critic\'s features of (x, G(E(x))) to the nearest training '
+             'normal\'s, `eval.knn_k`), not the paper\'s calibrated score.',
+      'val': ' AMA\'s score: per run, the calibrated, the raw R(x) or the '
+             'feature kNN score, whichever has the highest validation AUROC '
+             f'(chosen: {kinds.count("raw")} raw, {kinds.count("knn")} '
+             f'feature kNN, {kinds.count("calibrated")} calibrated).'}[score]
   rows = list(dict.fromkeys(r for r, _ in summary))
   methods = list(dict.fromkeys(m for _, m in summary))
   # AMA's variants first (in table order), then the baselines.
@@ -678,8 +691,8 @@ _RUNLOCAL = flags.DEFINE_bool('runlocal', False,
                               'Tiny smoke-run configs (`:runlocal`).')
 _SCORE = flags.DEFINE_enum(
     'score', 'calibrated', SCORES, "AMA's reported score: the paper's "
-    "'calibrated' one, 'raw' R(x), or 'val': per run, the one with the "
-    'higher validation AUROC.')
+    "'calibrated' one, 'raw' R(x), 'knn' (the feature kNN score, not in the "
+    "paper), or 'val': per run, the one with the highest validation AUROC.")
 _GRID = flags.DEFINE_multi_string(
     'grid', [], 'field=v1,v2,...: train each value for every run and report'
     ' the one with the best validation AUROC (repeat for a product grid).')

@@ -120,19 +120,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   Called only when the command runs, not at import: `ama_jax.main` defines a
   `--workdir` too, and one test process may import both modules.
   """
-  flags.DEFINE_string('workdir', None, 'Workdir of a training run, or a '
-                      'folder written by `python -m ama_jax.tools.export`.',
-                      flag_values=flag_values)
+  cli.define_checkpoint_flags(
+      'Workdir of a training run, or a folder written by '
+      '`python -m ama_jax.tools.export`.', flag_values)
+  flags.adopt_module_key_flags(cli, flag_values)
   flags.DEFINE_string('input', None, 'A .npy/.npz array, a folder of '
                       'PNG/JPEG/BMP images, one image or an IDX image file.',
                       flag_values=flag_values)
   flags.DEFINE_string('output', None, 'CSV file to write.',
                       flag_values=flag_values)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best or '
-                       'latest one).', flag_values=flag_values)
-  flags.DEFINE_enum('kind', None, ['best', 'latest'], 'Checkpoint kind '
-                    '(default: best, else latest; with --step, best else '
-                    'latest).', flag_values=flag_values)
   flags.DEFINE_integer('batch_size', 500, 'Images per scoring call (and per '
                        'chunk read).', lower_bound=1, flag_values=flag_values)
   flags.DEFINE_enum('progress', 'auto', ['auto', 'on', 'off'], 'Progress on '
