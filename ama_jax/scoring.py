@@ -259,8 +259,11 @@ def knn_distances(queries: np.ndarray, bank: np.ndarray, k: int,
   if not 1 <= k <= len(bank):
     raise ValueError(f'eval.knn_k={k}: must be between 1 and the number of '
                      f'training normals ({len(bank)}).')
-  bank = jnp.asarray(bank, jnp.float32)
-  bank_sq = jnp.sum(bank * bank, axis=1)
+  bank = np.asarray(bank, np.float32)
+  # Norms on the host and device_put (not jnp ops or jnp.asarray, which
+  # each lower a program per shape): see tests/compile_count_test.py.
+  bank_sq = jax.device_put(np.einsum('ij,ij->i', bank, bank))
+  bank = jax.device_put(bank)
   out = []
   for start in range(0, len(queries), chunk):
     q = queries[start:start + chunk]
