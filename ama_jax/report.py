@@ -3,7 +3,7 @@
 `calibrate` fits mu, sigma of R on training normals and the decision
 threshold on validation normals (also used at every validation);
 `final_evaluation` scores the test split once, for the best-validation
-state and for the last one; `figures` draws the paper's Figs. 3, 4-5 and 10
+state and for the last one (with `eval.knn_k`, also the feature kNN score); `figures` draws the paper's Figs. 3, 4-5 and 10
 and the ROC curve; `summary` prints what `main` shows at the end.
 """
 import functools
@@ -99,7 +99,7 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
         r_test, f_test = scorer.with_features(data.test.images)
         knn_val = scoring.knn_distances(f_val, f_train, k)
         knn_test = scoring.knn_distances(f_test, f_train, k)
-        del f_train, f_test  # [training normals, features]: let it go now.
+        del feats, f_train, f_test  # [training normals, features]: freed.
       else:
         r_test = scorer(data.test.images)
       done[at] = (calibration,
