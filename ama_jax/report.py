@@ -3,8 +3,9 @@
 `calibrate` fits mu, sigma of R on training normals and the decision
 threshold on validation normals (also used at every validation);
 `final_evaluation` scores the test split once, for the best-validation
-state and for the last one (with `eval.knn_k`, also the feature kNN score); `figures` draws the paper's Figs. 3, 4-5 and 10
-and the ROC curve; `summary` prints what `main` shows at the end.
+state and for the last one (with `eval.knn_k`, also the feature kNN
+score); `figures` draws the paper's Figs. 3, 4-5 and 10 and the ROC curve;
+`summary` prints what `main` shows at the end.
 """
 import functools
 import json
@@ -97,8 +98,10 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
       if feats is not None:  # The feature kNN score (scoring.knn_distances).
         f_train, f_val = feats
         r_test, f_test = scorer.with_features(data.test.images)
-        knn_val = scoring.knn_distances(f_val, f_train, k)
-        knn_test = scoring.knn_distances(f_test, f_train, k)
+        # One call: the training features go to the device once.
+        knn = scoring.knn_distances(np.concatenate([f_val, f_test]), f_train,
+                                    k)
+        knn_val, knn_test = knn[:len(f_val)], knn[len(f_val):]
         del feats, f_train, f_test  # [training normals, features]: freed.
       else:
         r_test = scorer(data.test.images)

@@ -98,6 +98,12 @@ def fit_gaussian(r: np.ndarray) -> tuple[float, float]:
   return float(r.mean()), float(max(r.std(), 1e-12))
 
 
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+  """`a` with zero rows appended up to `rows` (one shape per compiled call;
+  callers drop the padded rows' results)."""
+  return np.pad(a, [(0, rows - len(a))] + [(0, 0)] * (a.ndim - 1))
+
+
 @functools.lru_cache(maxsize=8)
 def _pmapped_scores(ae_model, critic_model, devices: tuple) -> Any:
   """`scores_and_features` pmapped over `devices`; built once per (models,
@@ -152,9 +158,7 @@ class Scorer:
     size = -(-len(images) // num_processes)
     start = min(jax.process_index() * size, len(images))
     out = self._score(images[start:start + size], features)
-    out = jax.tree.map(
-        lambda a: np.pad(a, [(0, size - len(a))] + [(0, 0)] * (a.ndim - 1)),
-        out)
+    out = jax.tree.map(lambda a: _pad_rows(a, size), out)
     gathered = multihost_utils.process_allgather(out)  # [processes, size...]
     return jax.tree.map(
         lambda a: np.asarray(a).reshape(-1, *a.shape[2:])[:len(images)],
@@ -169,9 +173,7 @@ class Scorer:
     for start in range(0, len(images), chunk):
       batch = images[start:start + chunk]
       valid = len(batch)
-      if valid < chunk:  # Pad the ragged last batch; padded rows dropped.
-        pad = np.zeros((chunk - valid, *images.shape[1:]), np.float32)
-        batch = np.concatenate([batch, pad])
+      batch = _pad_rows(batch, chunk)  # The ragged last batch; rows dropped.
       r, f = self._p_scores(self.ae_vars, self.critic_vars,
                             batch.reshape(n_dev, per_dev, *images.shape[1:]))
       rs.append(np.asarray(r).reshape(-1)[:valid])
@@ -268,9 +270,7 @@ def knn_distances(queries: np.ndarray, bank: np.ndarray, k: int,
   for start in range(0, len(queries), chunk):
     q = queries[start:start + chunk]
     valid = len(q)
-    if valid < chunk:
-      q = np.concatenate([q, np.zeros((chunk - valid, q.shape[1]),
-                                      np.float32)])
+    q = _pad_rows(q, chunk)
     out.append(np.asarray(_kth_sq_distance(q, bank, bank_sq, k))[:valid])
   d = np.concatenate(out) if out else np.zeros((0,), np.float32)
   return np.sqrt(np.maximum(d, 0.0))  # Rounding can make it slightly < 0.

@@ -293,13 +293,19 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
   return node
 
 
+def _val_aurocs(results: Mapping[str, Any]) -> dict[str, float]:
+  """{score kind: validation AUROC} of the run's selected checkpoint, in
+  `_PREFIX` order (-1 where not recorded)."""
+  which = 'best' if 'best' in results['test'] else 'last'
+  val = (results.get('val') or {}).get(which) or {}
+  return {kind: val.get(f'{prefix}auroc', -1.0)
+          for kind, prefix in _PREFIX.items()}
+
+
 def val_auroc(results: Mapping[str, Any], score: str) -> float:
   """Validation AUROC of the run's selected checkpoint, of the score that
   `pick_score(results, score)` reports (-1 where not recorded)."""
-  which = 'best' if 'best' in results['test'] else 'last'
-  val = (results.get('val') or {}).get(which) or {}
-  aurocs = {kind: val.get(f'{prefix}auroc', -1.0)
-            for kind, prefix in _PREFIX.items()}
+  aurocs = _val_aurocs(results)
   return aurocs[score] if score != 'val' else max(aurocs.values())
 
 
@@ -429,9 +435,9 @@ def pick_score(results: Mapping[str, Any],
   which = 'best' if 'best' in results['test'] else 'last'
   test = results['test'][which]
   kind = score
-  if score == 'val':
-    val = (results.get('val') or {}).get(which) or {}
-    kind = max(_PREFIX, key=lambda k: val.get(f'{_PREFIX[k]}auroc', -1.0))
+  if score == 'val':  # max keeps the first of equals: calibrated, raw, knn.
+    aurocs = _val_aurocs(results)
+    kind = max(aurocs, key=aurocs.get)
   if kind == 'calibrated':
     return dict(test), kind
   prefix = _PREFIX[kind]
