@@ -26,6 +26,9 @@ Two tables, one entry per rule:
 
 `check_plan(config, steps_per_epoch)` checks what depends on the data size
 (known after loading, before compilation): the lr schedule's decay points.
+`check_resume(stored, config, ...)` refuses to resume a workdir whose
+checkpoint was trained with another config (`RESUME_MAY_CHANGE` lists the
+fields that may differ).
 """
 import dataclasses
 import math
@@ -41,6 +44,7 @@ import numpy as np
 from ama_jax import conv_layers
 from ama_jax import errors
 from ama_jax import input_pipeline
+from ama_jax import json_safe
 from ama_jax import losses
 from ama_jax import models
 from ama_jax import sampling
@@ -706,6 +710,48 @@ def check_plan(config: ml_collections.ConfigDict, steps_per_epoch: int,
                  '(0 turns the score off)')
   if found:
     raise errors.ConfigError('; '.join(found) + '.')
+
+
+# Fields a resumed run may set differently from the run it continues: none
+# of them changes the training (when to halt, steps fused per call, what is
+# evaluated and logged, where the data files are read from).
+RESUME_MAY_CHANGE = ('train.halt_after_steps', 'train.steps_per_call',
+                     'eval.', 'log.', 'data.data_dir', 'data.raw_dir',
+                     'data.download')
+
+
+def check_resume(stored: Mapping[str, Any], config: ml_collections.ConfigDict,
+                 workdir: Any, step: int) -> None:
+  """Checks that the run resumed in `workdir` is the one `config` describes.
+
+  Args:
+    stored: the config saved with the checkpoint resumed (`meta['config']`).
+    config: the config of the command resuming it.
+    workdir: the run's directory (for the message).
+    step: the step resumed from (for the message).
+
+  Raises:
+    ConfigError: a field outside `RESUME_MAY_CHANGE` differs (a different
+      seed, model, loss, schedule, data split or length would silently mix
+      two trainings in one run). Fields only one side has (a checkpoint
+      written before the field existed) are not compared.
+  """
+  old = dict(leaf_fields(stored))
+  new = dict(leaf_fields(json_safe.config_to_dict(config)))
+  changed = [path for path in sorted(old.keys() & new.keys())
+             if not path.startswith(RESUME_MAY_CHANGE)
+             and old[path] != new[path]]
+  if changed:
+    shown = '; '.join(f'{path}: {old[path]!r} there, {new[path]!r} now'
+                      for path in changed[:8])
+    more = f' (and {len(changed) - 8} more)' if len(changed) > 8 else ''
+    raise errors.ConfigError(
+        f'{workdir} holds a run (resumable from step {step}) trained with '
+        f'another config: {shown}{more}. Use a new --workdir for the new '
+        'config, or resume this run with the values it was trained with '
+        '(its config is in the checkpoint and in results.json). Only '
+        + ', '.join(p.rstrip('.') + ('*' if p.endswith('.') else '')
+                    for p in RESUME_MAY_CHANGE) + ' may differ.')
 
 
 def field_rule(path: str) -> Optional[Rule]:

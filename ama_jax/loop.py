@@ -211,6 +211,9 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   meta = None
   if restored is not None:
     state, meta = restored
+    if meta.get('config') is not None:
+      config_checks.check_resume(meta['config'], config, workdir,
+                                 int(state.step))
     logging.info('Resumed from step %d of %s.', int(state.step), workdir)
   state = placement.replicate(state, devices)
   history = metric_writers.History(workdir, is_chief,

@@ -8,7 +8,8 @@ r"""One-class CIFAR-10: one class normal, the other nine anomalous (Table 1).
 Paper hyper-parameters (appendix Table 3): SNGAN ResNet generator and
 spectral-normalized ResNet critic, latent 128, lr 3e-4, batch 256, 100
 epochs, lambda_inter 0.5, lambda_neg 5, lambda_reg 1, delta 0.5, atypical
-selection inward. Validation: 100 normals + 10 anomalies.
+selection inward. Validation: 100 normals + 1000 anomalies (paper and
+`:paper`: 10; `default.set_one_class`).
 """
 from typing import Optional
 

@@ -5,7 +5,8 @@ r"""One-class Fashion-MNIST: one class normal, the other nine anomalous.
   add `,runlocal` for a tiny CPU smoke run (`:0,runlocal`).
 
 Not in the paper (its one-class tables are MNIST and CIFAR-10); this uses the
-paper's MNIST settings (Table 4) and one-class protocol (100 + 10 validation).
+paper's MNIST settings (Table 4) and one-class protocol (validation 100
+normals + 1000 anomalies; the paper's 10 with `:paper`).
 """
 from typing import Optional
 

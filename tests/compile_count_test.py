@@ -35,6 +35,9 @@ class CompileCountTest(absltest.TestCase):
       elif event == dispatch.JAXPR_TRACE_EVENT:
         traces[kwargs.get('fun_name', '?')] += 1
 
+    # Programs compiled by earlier tests in this process would be reused
+    # without a lowering and go uncounted: start from empty caches.
+    jax.clear_caches()
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
       config = default.get_config('runlocal')

@@ -61,14 +61,19 @@ class ConfigsTest(parameterized.TestCase):
                  if isinstance(tuned[section], dict)
                  for k in tuned[section]
                  if tuned[section][k] != paper[section][k]}
-      self.assertEqual(changed, {
-          'train.batch_size', 'optim.schedule', 'optim.ema_decay',
-          'sampling.style', 'loss.inter_anchors', 'eval.score'}, name)
+      levers = {'train.batch_size', 'optim.schedule', 'optim.ema_decay',
+                'sampling.style', 'loss.inter_anchors', 'eval.score'}
+      if name == 'mnist_oneclass':  # Validation anomalies: 1000, paper 10.
+        levers.add('data.num_val_anomaly')
+      self.assertEqual(changed, levers, name)
 
   def test_class_arguments(self):
     oneclass = importlib.import_module('configs.mnist_oneclass')
     self.assertEqual(oneclass.get_config('3+5').data.normal_classes, (3, 5))
     self.assertEqual(oneclass.get_config('3').data.num_val_normal, 100)
+    # Validation: 100 + 1000 tuned; the paper's 100 + 10 with `:paper`.
+    self.assertEqual(oneclass.get_config('3').data.num_val_anomaly, 1000)
+    self.assertEqual(oneclass.get_config('3,paper').data.num_val_anomaly, 10)
     with self.assertRaisesRegex(ValueError, 'one class token'):
       oneclass.get_config('3,4')
 

@@ -1,4 +1,5 @@
 """End-to-end tests of the training program (`ama_jax.main` / `loop`)."""
+import copy
 import json
 import os
 import pathlib
@@ -15,6 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ama_jax import checkpoint_reading
+from ama_jax import errors
 from ama_jax import loop
 from ama_jax import tfds_source
 from configs import cifar_oneclass
@@ -120,6 +122,29 @@ class ResumeTest(absltest.TestCase):
     chex.assert_trees_all_equal(resumed.ae.params, full.ae.params)
     chex.assert_trees_all_equal(resumed.critic.params, full.critic.params)
     chex.assert_trees_all_equal(resumed.ae.opt_state, full.ae.opt_state)
+
+  def test_resume_with_another_config_is_refused(self):
+    config = mnist_oneclass.get_config('1,runlocal')
+    workdir = self.create_tempdir().full_path
+    with config.unlocked():
+      config.train.halt_after_steps = 3
+    loop.train_and_evaluate(config, workdir)
+    changed = copy.deepcopy(config)
+    with changed.unlocked():
+      changed.train.halt_after_steps = None
+      changed.loss.lambda_neg = 1.0
+      changed.seed = 5
+    with self.assertRaisesRegex(
+        errors.ConfigError,
+        r'resumable from step 3\) trained with another config: '
+        r'loss\.lambda_neg: 5\.0 there, 1\.0 now; seed: 0 there, 5 now\. '
+        r'Use a new --workdir'):
+      loop.train_and_evaluate(changed, workdir)
+    # What does not change the training may differ: halting, evaluation.
+    with config.unlocked():
+      config.train.halt_after_steps = 5
+      config.eval.knn_k = 0
+    self.assertEqual(int(loop.train_and_evaluate(config, workdir).step), 5)
 
   def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(self):
     config = mnist_oneclass.get_config('1,runlocal')
