@@ -102,6 +102,19 @@ class RealDataTest(SplitChecks):
     np.testing.assert_allclose(data.test.images[:5],
                                raw_images[:5] / 127.5 - 1.0, atol=1e-6)
 
+  def test_more_validation_anomalies_leave_train_and_val_normals_be(self):
+    # The tuned one-class recipe validates on 1000 anomalies, the paper on
+    # 10: the training set and the validation normals are the same.
+    small, large = (input_pipeline.load_protocol(data_config(
+        protocol='one_class', dataset='mnist', normal_classes=(3,),
+        num_val_normal=100, num_val_anomaly=n), seed=0) for n in (10, 1000))
+    np.testing.assert_array_equal(small.train.indices, large.train.indices)
+    np.testing.assert_array_equal(small.train.images, large.train.images)
+    normal = lambda split: split.indices[split.labels == 0]
+    np.testing.assert_array_equal(normal(small.val), normal(large.val))
+    self.assertEqual(large.counts['val']['anomaly'], 1000)
+    self.assertEqual(len(set(large.val.classes[large.val.labels == 1])), 9)
+
   def test_one_class_fashion_mnist_by_names(self):
     data = input_pipeline.load_protocol(
         data_config(protocol='one_class', dataset='fashion_mnist',
