@@ -368,6 +368,7 @@ FIELDS: dict[str, Rule] = {
     'train.n_critic': Int(min=1),
     'train.steps_per_call': Int(min=1),
     'train.halt_after_steps': Int(min=1, optional=True),
+    'train.allow_resume_changes': Bool(),
     'train.max_steps_per_epoch': Int(min=1, optional=True),
     # --- eval ---
     'eval.batch_size': Int(min=1),
@@ -716,6 +717,7 @@ def check_plan(config: ml_collections.ConfigDict, steps_per_epoch: int,
 # of them changes the training (when to halt, steps fused per call, what is
 # evaluated and logged, where the data files are read from).
 RESUME_MAY_CHANGE = ('train.halt_after_steps', 'train.steps_per_call',
+                     'train.allow_resume_changes',
                      'eval.', 'log.', 'data.data_dir', 'data.raw_dir',
                      'data.download')
 
@@ -733,7 +735,8 @@ def check_resume(stored: Mapping[str, Any], config: ml_collections.ConfigDict,
   Raises:
     ConfigError: a field outside `RESUME_MAY_CHANGE` differs (a different
       seed, model, loss, schedule, data split or length would silently mix
-      two trainings in one run). Fields only one side has (a checkpoint
+      two trainings in one run), unless `train.allow_resume_changes`, which
+      logs the differences instead. Fields only one side has (a checkpoint
       written before the field existed) are not compared.
   """
   old = dict(leaf_fields(stored))
@@ -741,17 +744,25 @@ def check_resume(stored: Mapping[str, Any], config: ml_collections.ConfigDict,
   changed = [path for path in sorted(old.keys() & new.keys())
              if not path.startswith(RESUME_MAY_CHANGE)
              and old[path] != new[path]]
-  if changed:
-    shown = '; '.join(f'{path}: {old[path]!r} there, {new[path]!r} now'
-                      for path in changed[:8])
-    more = f' (and {len(changed) - 8} more)' if len(changed) > 8 else ''
-    raise errors.ConfigError(
-        f'{workdir} holds a run (resumable from step {step}) trained with '
-        f'another config: {shown}{more}. Use a new --workdir for the new '
-        'config, or resume this run with the values it was trained with '
-        '(its config is in the checkpoint and in results.json). Only '
-        + ', '.join(p.rstrip('.') + ('*' if p.endswith('.') else '')
-                    for p in RESUME_MAY_CHANGE) + ' may differ.')
+  if not changed:
+    return
+  shown = '; '.join(f'{path}: {old[path]!r} there, {new[path]!r} now'
+                    for path in changed[:8])
+  more = f' (and {len(changed) - 8} more)' if len(changed) > 8 else ''
+  if config.train.get('allow_resume_changes'):
+    logging.warning('Resuming %s from step %d with a changed config '
+                    '(train.allow_resume_changes): %s%s.', workdir, step,
+                    shown, more)
+    return
+  raise errors.ConfigError(
+      f'{workdir} holds a run (resumable from step {step}) trained with '
+      f'another config: {shown}{more}. Use a new --workdir for the new '
+      'config, or resume this run with the values it was trained with '
+      '(its config is in the checkpoint and in results.json), or continue '
+      'it with the new values: --config.train.allow_resume_changes=True. '
+      'Only '
+      + ', '.join(p.rstrip('.') + ('*' if p.endswith('.') else '')
+                  for p in RESUME_MAY_CHANGE) + ' may differ.')
 
 
 def field_rule(path: str) -> Optional[Rule]:

@@ -241,6 +241,11 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # Stop (after saving a checkpoint) once this step is reached; None: never.
   # For time-boxed jobs and resume tests: the same command resumes.
   train.halt_after_steps = placeholder(int)
+  # Resuming a workdir whose checkpoint was trained with other values of
+  # fields that change the training (config_checks.RESUME_MAY_CHANGE lists
+  # those that may differ) is an error; True continues it anyway, with the
+  # differences logged (e.g. a new learning rate for the rest of a run).
+  train.allow_resume_changes = False
 
   # --- Evaluation, scoring, model selection. ---
   config.eval = evaluation = ml_collections.ConfigDict()

@@ -205,8 +205,10 @@ class FaultsTest(parameterized.TestCase):
   def test_divergence_ends_in_one_line_naming_steps_and_the_good_checkpoint(
       self):
     workdir = self._copy_base()
+    # Resumed with a diverging rate (allowed explicitly: it changes the run).
     proc = _main(workdir, '--config.train.num_epochs=3',
-                 '--config.optim.lr=1e38', '--config.loss.lambda_gp=0')
+                 '--config.optim.lr=1e38', '--config.loss.lambda_gp=0',
+                 '--config.train.allow_resume_changes=True')
     self.assertOneLineError(
         proc, r'Non-finite loss between steps 9 and 10 .*; the last good '
         rf'checkpoint, step 8 in {workdir}/checkpoints, is intact\. Lower '

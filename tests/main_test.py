@@ -145,6 +145,15 @@ class ResumeTest(absltest.TestCase):
       config.train.halt_after_steps = 5
       config.eval.knn_k = 0
     self.assertEqual(int(loop.train_and_evaluate(config, workdir).step), 5)
+    # Asked for explicitly, the changed config continues the run.
+    with changed.unlocked():
+      changed.train.allow_resume_changes = True
+      changed.train.halt_after_steps = 6
+    with self.assertLogs(level='WARNING') as logs:
+      self.assertEqual(
+          int(loop.train_and_evaluate(changed, workdir).step), 6)
+    self.assertTrue(any('loss.lambda_neg: 5.0 there, 1.0 now' in line
+                        for line in logs.output), logs.output)
 
   def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(self):
     config = mnist_oneclass.get_config('1,runlocal')

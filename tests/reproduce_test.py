@@ -90,6 +90,15 @@ class TableTest(absltest.TestCase):
           start_epoch=None, calibration_size=None,
           overrides={'loss.lambda_nope': 1.0})
 
+  def test_settings_note_names_start_epoch_and_overrides(self):
+    self.assertEqual(reproduce.settings_note({}, None), '')
+    note = reproduce.settings_note({'sampling.style': 'outward'}, 2)
+    self.assertEqual(note, ' Set for every run: --start_epoch=2, '
+                     '--override=sampling.style=outward.')
+    md = reproduce.markdown('fmnist_mnist', 'fmnist_mnist', 3, [0], {}, [],
+                            grid_note=note)
+    self.assertIn('--override=sampling.style=outward', md)
+
   def test_stored_results_with_another_config_is_an_error(self):
     run = reproduce.Run('fmnist_mnist', '', 'full', 0)
     kwargs = dict(epochs=2, start_epoch=None, calibration_size=None,
@@ -106,6 +115,12 @@ class TableTest(absltest.TestCase):
       with self.assertRaisesRegex(ValueError,
                                   r'train.num_epochs: 2 \(stored\) vs 3'):
         reproduce.load_results(workdir, other)
+      # A run stored before a field existed still loads.
+      stored = json_safe.config_to_dict(config)
+      del stored['train']['allow_resume_changes']
+      (workdir / 'results.json').write_text(json.dumps(
+          {'config': stored, 'test': {}}))
+      self.assertIsNotNone(reproduce.load_results(workdir, config))
 
 
 class ScoreTest(absltest.TestCase):

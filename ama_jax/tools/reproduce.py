@@ -239,7 +239,10 @@ def _plain(obj: Any) -> Any:
 
 
 def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix='') -> list[str]:
-  keys = sorted(set(a) | set(b))
+  """The fields whose values differ; a field only one side has (a run
+  stored before the field existed) is not compared, as when training
+  resumes (`config_checks.check_resume`)."""
+  keys = sorted(set(a) & set(b))
   out = []
   for k in keys:
     va, vb = a.get(k, '<missing>'), b.get(k, '<missing>')
@@ -539,6 +542,16 @@ def grid_note(grid: Optional[Mapping[str, Sequence[Any]]],
           f' (chosen: {chosen or "none yet"}).')
 
 
+def settings_note(overrides: Optional[Mapping[str, Any]],
+                  start_epoch: Optional[int]) -> str:
+  """' Set for every run: ...' naming `--start_epoch` and `--override`s, or
+  '' (so that a table trained with them says so)."""
+  items = ([f'--start_epoch={start_epoch}'] if start_epoch is not None
+           else []) + [f'--override={k}={v}' for k, v in
+                       (overrides or {}).items()]
+  return f' Set for every run: {", ".join(items)}.' if items else ''
+
+
 def reproduce(table: str, *, base: str, seeds: Sequence[int],
               epochs: Optional[int], out: pathlib.Path,
               classes: Optional[Sequence[str]] = None,
@@ -644,10 +657,12 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
   md = markdown(table, experiment, num_epochs, seeds, summary, missing,
                 score=score,
                 kinds=[info['score'] for info in run_info],
-                grid_note=grid_note(grid, run_info))
+                grid_note=(settings_note(overrides, start_epoch)
+                           + grid_note(grid, run_info)))
   report = {
       'table': table, 'base': base, 'epochs': num_epochs, 'score': score,
-      'seeds': list(seeds), 'overrides': overrides, 'grid': grid or {},
+      'seeds': list(seeds), 'start_epoch': start_epoch,
+      'overrides': overrides, 'grid': grid or {},
       'runs': run_info, 'missing': missing,
       'baselines': [r for r in records if r['method'].startswith('baseline:')],
       'summary': [{'row': r, 'method': m, **s}
