@@ -164,6 +164,7 @@ class ResumeTest(absltest.TestCase):
     with config.unlocked():
       config.train.halt_after_steps = None
       config.optim.lr = 1e38  # Parameters overflow on the next update.
+      config.train.allow_resume_changes = True  # A changed rate, on purpose.
     with self.assertRaisesRegex(loop.NonFiniteLossError,
                                 r'steps? \d+.*last good checkpoint'):
       loop.train_and_evaluate(config, workdir)
