@@ -28,7 +28,8 @@ Two tables, one entry per rule:
 (known after loading, before compilation): the lr schedule's decay points.
 `check_resume(stored, config, ...)` refuses to resume a workdir whose
 checkpoint was trained with another config (`RESUME_MAY_CHANGE` lists the
-fields that may differ).
+fields that may differ); `config_differences` lists the differing fields
+(also for `ama_jax.tools.reproduce`'s stored results).
 """
 import dataclasses
 import math
@@ -722,6 +723,20 @@ RESUME_MAY_CHANGE = ('train.halt_after_steps', 'train.steps_per_call',
                      'data.download')
 
 
+def config_differences(stored: Mapping[str, Any],
+                       config: ml_collections.ConfigDict
+                       ) -> list[tuple[str, Any, Any]]:
+  """(dotted path, stored value, `config`'s value) of every field whose value
+  differs between a stored (JSON) config and `config`, sorted by path. A
+  field only one side has (stored before the field existed) is not
+  compared."""
+  old = dict(leaf_fields(stored))
+  new = dict(leaf_fields(json_safe.config_to_dict(config)))
+  return [(path, old[path], new[path])
+          for path in sorted(old.keys() & new.keys())
+          if old[path] != new[path]]
+
+
 def check_resume(stored: Mapping[str, Any], config: ml_collections.ConfigDict,
                  workdir: Any, step: int) -> None:
   """Checks that the run resumed in `workdir` is the one `config` describes.
@@ -739,15 +754,12 @@ def check_resume(stored: Mapping[str, Any], config: ml_collections.ConfigDict,
       logs the differences instead. Fields only one side has (a checkpoint
       written before the field existed) are not compared.
   """
-  old = dict(leaf_fields(stored))
-  new = dict(leaf_fields(json_safe.config_to_dict(config)))
-  changed = [path for path in sorted(old.keys() & new.keys())
-             if not path.startswith(RESUME_MAY_CHANGE)
-             and old[path] != new[path]]
+  changed = [d for d in config_differences(stored, config)
+             if not d[0].startswith(RESUME_MAY_CHANGE)]
   if not changed:
     return
-  shown = '; '.join(f'{path}: {old[path]!r} there, {new[path]!r} now'
-                    for path in changed[:8])
+  shown = '; '.join(f'{path}: {was!r} there, {now!r} now'
+                    for path, was, now in changed[:8])
   more = f' (and {len(changed) - 8} more)' if len(changed) > 8 else ''
   if config.train.get('allow_resume_changes'):
     logging.warning('Resuming %s from step %d with a changed config '

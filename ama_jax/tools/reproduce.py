@@ -238,21 +238,6 @@ def _plain(obj: Any) -> Any:
   return json.loads(json.dumps(obj, default=json_safe.to_json))
 
 
-def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix='') -> list[str]:
-  """The fields whose values differ; a field only one side has (a run
-  stored before the field existed) is not compared, as when training
-  resumes (`config_checks.check_resume`)."""
-  keys = sorted(set(a) & set(b))
-  out = []
-  for k in keys:
-    va, vb = a.get(k, '<missing>'), b.get(k, '<missing>')
-    if isinstance(va, dict) and isinstance(vb, dict):
-      out += _diff(va, vb, f'{prefix}{k}.')
-    elif va != vb:
-      out.append(f'{prefix}{k}: {vb!r} (stored) vs {va!r} (requested)')
-  return out
-
-
 def workdir_of(out: pathlib.Path, run: Run, epochs: int,
                tags: Sequence[str] = ()) -> pathlib.Path:
   """`<out>/<recipe>/<row>/<variant>/e<epochs>_s<seed>[_<field>=<value>..]`."""
@@ -319,7 +304,11 @@ def load_results(workdir: pathlib.Path,
   if not path.exists():
     return None
   results = json.loads(path.read_text())
-  diff = _diff(json_safe.config_to_dict(config), results['config'])
+  from ama_jax import config_checks  # pylint: disable=g-import-not-at-top
+  # Fields only one side has (stored before they existed) are not compared.
+  diff = [f'{field}: {stored!r} (stored) vs {requested!r} (requested)'
+          for field, stored, requested in config_checks.config_differences(
+              results['config'], config)]
   if diff:
     raise ValueError(
         f'{path} was trained with a different config:\n  '
