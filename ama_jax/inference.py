@@ -29,6 +29,7 @@ from ama_jax import checkpoint_files
 from ama_jax import checkpoint_reading
 from ama_jax import errors
 from ama_jax import json_safe
+from ama_jax import metrics
 from ama_jax import models
 from ama_jax import scoring
 from ama_jax import train_state
@@ -534,6 +535,9 @@ class Model:
   threshold: float
   score: str
   build: Callable[[], Callable[[np.ndarray], np.ndarray]]
+  # (scorer, k) -> KnnReference for the feature kNN score; None for an
+  # exported scorer (it holds no training features).
+  knn_reference: Optional[Callable[..., 'KnnReference']] = None
 
 
 def _conversion(data_config: dict) -> Optional[image_files.Conversion]:
@@ -585,7 +589,138 @@ def open_model(workdir: os.PathLike | str, *, kind: Optional[str] = None,
                _conversion(meta['config'].get('data', {})), meta['mu'],
                meta['sigma'], meta['threshold'],
                meta.get('score', 'two_sided'),
-               lambda: _scorer_from_meta(workdir, kind, meta, batch_size))
+               lambda: _scorer_from_meta(workdir, kind, meta, batch_size),
+               functools.partial(knn_reference, workdir, kind, meta))
+
+
+# ----------------------------------------------------------------------------
+# The feature kNN score's reference: the training normals' features.
+# ----------------------------------------------------------------------------
+KNN_DIR = 'knn_reference'  # <workdir>/knn_reference/<kind>_<step>.npz
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnReference:
+  """What the feature kNN score of new images needs besides the networks.
+
+  Attributes:
+    index: the training normals' features f(x, G(E(x))), on the device.
+    threshold: on the kNN distance; above it = anomaly. Set, as the
+      calibrated score's, on the validation normals at `threshold_fpr`.
+    threshold_fpr: `eval.threshold_fpr` of the run.
+    path: the cached features' file.
+  """
+  index: scoring.KnnIndex
+  threshold: float
+  threshold_fpr: float
+  path: pathlib.Path
+
+
+def _read_knn_cache(path: pathlib.Path) -> Optional[dict[str, np.ndarray]]:
+  """The cached features, or None (missing, or unreadable: recomputed)."""
+  if not path.is_file():
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      cached = {k: npz[k] for k in ('train', 'val_normal')}
+  except (OSError, ValueError, KeyError, EOFError) as e:
+    logging.warning('%s is unreadable (%s); computing the features again.',
+                    path, errors.one_line(e))
+    return None
+  if not (cached['train'].ndim == cached['val_normal'].ndim == 2
+          and cached['train'].shape[1] == cached['val_normal'].shape[1]):
+    logging.warning('%s holds features of the wrong shape; computing them '
+                    'again.', path)
+    return None
+  return cached
+
+
+def _write_knn_cache(path: pathlib.Path, cached: dict[str, np.ndarray]
+                     ) -> None:
+  """Atomically (a temporary file, then a rename); a failure only warns."""
+  tmp = None
+  try:
+    path.parent.mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
+                               suffix='.tmp')
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, **cached)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    logging.info('Cached the training normals\' features in %s (%.0f MB).',
+                 path, path.stat().st_size / 2**20)
+  except OSError as e:
+    logging.warning('Could not cache the features in %s (%s); the next call '
+                    'computes them again.', path, e)
+  finally:
+    if tmp is not None and os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _reference_features(config, scorer) -> dict[str, np.ndarray]:
+  """f(x, G(E(x))) of the run's training and validation normals: the
+  splits read again from the run's data settings and seed (the same rows as
+  in training, `input_pipeline.load_protocol`)."""
+  from ama_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    data = input_pipeline.load_protocol(
+        config.data, config.seed,
+        input_size=models.input_size(config.model.arch))
+  except (errors.UserError, ValueError, OSError) as e:
+    raise ScoreError(
+        'The feature kNN score compares new images with the run\'s training '
+        'images, read again from its data settings (data.dataset='
+        f'{config.data.get("dataset")!r}), and they cannot be read: '
+        f'{errors.one_line(e)} Put the data back where the run read it, or '
+        'score with --score=calibrated.') from e
+  train = data.train.images[data.train.labels == 0]
+  val_normal = data.val.images[data.val.labels == 0]
+  if not len(train) or not len(val_normal):
+    raise ScoreError('The run has no training or no validation normal '
+                     'images: no feature kNN reference; score with '
+                     '--score=calibrated.')
+  logging.info('Computing the features of %d training and %d validation '
+               'normal images (once per checkpoint; then cached).',
+               len(train), len(val_normal))
+  return {'train': scorer.with_features(train)[1],
+          'val_normal': scorer.with_features(val_normal)[1]}
+
+
+def knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
+                  scorer: scoring.Scorer, k: Optional[int] = None
+                  ) -> KnnReference:
+  """The feature kNN score's reference set for a checkpoint.
+
+  The features of the run's training normals (all of them, as in the run's
+  final evaluation) and validation normals, computed with `scorer` (this
+  checkpoint's networks) on first use and cached in
+  `<workdir>/knn_reference/<kind>_<step>.npz` (about 4 bytes x features x
+  training normals: 240 MB for Fashion-MNIST's 59,500 with the MNIST
+  critic's 1,024 features); later calls read the cache.
+
+  Args:
+    workdir, kind, meta: the checkpoint (see `open_model`).
+    scorer: its restored scorer.
+    k: which neighbour; None: the run's `eval.knn_k`, or 1 when it had none.
+
+  Raises:
+    ScoreError: the training data cannot be read again, or a bad `k`.
+  """
+  config = json_safe.config_from_dict(meta['config'])
+  k = k if k is not None else (config.eval.get('knn_k') or 1)
+  path = pathlib.Path(workdir) / KNN_DIR / f'{kind}_{int(meta["step"])}.npz'
+  cached = _read_knn_cache(path)
+  if cached is None:
+    cached = _reference_features(config, scorer)
+    _write_knn_cache(path, cached)
+  if not 1 <= k <= len(cached['train']):
+    raise ScoreError(f'--knn_k={k}: must be between 1 and the run\'s '
+                     f'{len(cached["train"])} training normal images.')
+  index = scoring.KnnIndex(cached['train'], k)
+  fpr = float(config.eval.threshold_fpr)
+  threshold = metrics.threshold_at_fpr(index(cached['val_normal']), fpr)
+  return KnnReference(index, float(threshold), fpr, path)
 
 
 # ----------------------------------------------------------------------------
@@ -608,8 +743,13 @@ def check_output(path: os.PathLike | str) -> pathlib.Path:
 
 
 def write_csv(path: os.PathLike | str, ids: Sequence[str], r: np.ndarray,
-              scores: np.ndarray, is_anomaly: np.ndarray) -> None:
-  """Writes the CSV atomically: a temporary file beside it, then a rename."""
+              scores: np.ndarray, is_anomaly: np.ndarray,
+              score_column: str = 'score') -> None:
+  """Writes the CSV atomically: a temporary file beside it, then a rename.
+
+  Columns: id, r, `score_column` ('score', or 'knn' for the feature kNN
+  distance), is_anomaly.
+  """
   path = pathlib.Path(path)
   try:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
@@ -619,7 +759,7 @@ def write_csv(path: os.PathLike | str, ids: Sequence[str], r: np.ndarray,
   try:
     with os.fdopen(fd, 'w', newline='') as f:
       writer = csv.writer(f)
-      writer.writerow(['id', 'r', 'score', 'is_anomaly'])
+      writer.writerow(['id', 'r', score_column, 'is_anomaly'])
       for row in zip(ids, r.tolist(), scores.tolist(), is_anomaly.tolist()):
         writer.writerow([row[0], repr(row[1]), repr(row[2]), int(row[3])])
       f.flush()

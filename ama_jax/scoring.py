@@ -244,36 +244,47 @@ def _kth_sq_distance(queries: jax.Array, bank: jax.Array,
   return -jax.lax.top_k(-d, k)[0][:, k - 1]
 
 
-def knn_distances(queries: np.ndarray, bank: np.ndarray, k: int,
-                  chunk: int = 256) -> np.ndarray:
-  """Euclidean distance from each query row to its k-th nearest bank row.
+class KnnIndex:
+  """The training normals' features on the device, once; `index(queries)`
+  is each query's Euclidean distance to its k-th nearest bank row.
 
   Args:
-    queries: [N, D] features to score.
     bank: [M, D] features of the training normals (M >= k).
     k: which neighbour (1 = the nearest).
     chunk: queries per call (the last call is padded: one compilation).
-
-  Returns:
-    [N] float32; higher = farther from the training normals.
   """
-  queries = np.asarray(queries, np.float32)
-  if not 1 <= k <= len(bank):
-    raise ValueError(f'eval.knn_k={k}: must be between 1 and the number of '
-                     f'training normals ({len(bank)}).')
-  bank = np.asarray(bank, np.float32)
-  # Norms on the host and device_put (not jnp ops or jnp.asarray, which
-  # each lower a program per shape): see tests/compile_count_test.py.
-  bank_sq = jax.device_put(np.einsum('ij,ij->i', bank, bank))
-  bank = jax.device_put(bank)
-  out = []
-  for start in range(0, len(queries), chunk):
-    q = queries[start:start + chunk]
-    valid = len(q)
-    q = _pad_rows(q, chunk)
-    out.append(np.asarray(_kth_sq_distance(q, bank, bank_sq, k))[:valid])
-  d = np.concatenate(out) if out else np.zeros((0,), np.float32)
-  return np.sqrt(np.maximum(d, 0.0))  # Rounding can make it slightly < 0.
+
+  def __init__(self, bank: np.ndarray, k: int, chunk: int = 256):
+    if not 1 <= k <= len(bank):
+      raise ValueError(f'eval.knn_k={k}: must be between 1 and the number of '
+                       f'training normals ({len(bank)}).')
+    bank = np.asarray(bank, np.float32)
+    self.k, self.chunk, self.num_bank = k, chunk, len(bank)
+    self.dim = bank.shape[1] if bank.ndim == 2 else None
+    # Norms on the host and device_put (not jnp ops or jnp.asarray, which
+    # each lower a program per shape): see tests/compile_count_test.py.
+    self._bank_sq = jax.device_put(np.einsum('ij,ij->i', bank, bank))
+    self._bank = jax.device_put(bank)
+
+  def __call__(self, queries: np.ndarray) -> np.ndarray:
+    """[N, D] -> [N] float32; higher = farther from the training normals."""
+    queries = np.asarray(queries, np.float32)
+    out = []
+    for start in range(0, len(queries), self.chunk):
+      q = queries[start:start + self.chunk]
+      valid = len(q)
+      q = _pad_rows(q, self.chunk)
+      out.append(np.asarray(_kth_sq_distance(q, self._bank, self._bank_sq,
+                                             self.k))[:valid])
+    d = np.concatenate(out) if out else np.zeros((0,), np.float32)
+    return np.sqrt(np.maximum(d, 0.0))  # Rounding can make it slightly < 0.
+
+
+def knn_distances(queries: np.ndarray, bank: np.ndarray, k: int,
+                  chunk: int = 256) -> np.ndarray:
+  """Euclidean distance from each query row [N, D] to its k-th nearest row
+  of `bank` [M, D] (`KnnIndex` for one set of queries): [N] float32."""
+  return KnnIndex(bank, k, chunk)(queries)
 
 
 def _metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:

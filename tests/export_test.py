@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ama_jax import export
+from ama_jax import inference
 from ama_jax import loop
 from ama_jax import report
 from ama_jax.datasets import idx_images
@@ -136,6 +137,11 @@ class OwnFolderEndToEndTest(absltest.TestCase):
                                atol=1e-5)
     np.testing.assert_allclose(exported['score'].astype(float), scores,
                                rtol=1e-5, atol=1e-5)
+    # It holds no training features: the feature kNN score is refused.
+    with self.assertRaisesRegex(inference.ScoreError,
+                                'exported scorer.*no training features'):
+      score.run(self.exported, self.npy, self.root / 'knn.csv', score='knn')
+    self.assertFalse((self.root / 'knn.csv').exists())
 
   def test_savedmodel_scores_with_tensorflow_alone(self):
     out = self.root / 'export_tf'

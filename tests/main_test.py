@@ -1,5 +1,6 @@
 """End-to-end tests of the training program (`ama_jax.main` / `loop`)."""
 import copy
+import csv as csv_lib
 import json
 import os
 import pathlib
@@ -17,10 +18,13 @@ import tensorflow_datasets as tfds
 
 from ama_jax import checkpoint_reading
 from ama_jax import errors
+from ama_jax import input_pipeline
 from ama_jax import loop
+from ama_jax import metrics
 from ama_jax import tfds_source
 from configs import cifar_oneclass
 from configs import cifar_svhn
+from configs import default
 from configs import fmnist_oneclass
 from configs import mnist_oneclass
 
@@ -74,6 +78,30 @@ class MainTest(parameterized.TestCase):
     rows = csv.read_text().strip().splitlines()
     self.assertEqual(rows[0], 'id,r,score,is_anomaly')
     self.assertLen(rows, 6)
+
+    # --score=knn on the run's own test split gives the feature kNN AUROC
+    # that its final evaluation reported (same reference, same networks).
+    config = default.get_config('runlocal')
+    data = input_pipeline.load_protocol(config.data, config.seed,
+                                        input_size=(28, 28))
+    test_npy, knn_csv = workdir / 'test.npy', workdir / 'knn.csv'
+    np.save(test_npy, data.test.images)
+    for attempt in ('computes', 'reads the cache'):
+      out = subprocess.run(
+          [sys.executable, '-m', 'ama_jax.tools.score', f'--workdir={workdir}',
+           f'--input={test_npy}', f'--output={knn_csv}', '--score=knn'],
+          cwd=_REPO, capture_output=True, text=True, timeout=600)
+      self.assertEqual(out.returncode, 0, (attempt, out.stderr[-3000:]))
+      with open(knn_csv, newline='') as f:
+        rows = list(csv_lib.DictReader(f))
+      self.assertEqual(list(rows[0]), ['id', 'r', 'knn', 'is_anomaly'])
+      knn = np.array([float(row['knn']) for row in rows])
+      self.assertAlmostEqual(
+          metrics.compute_metrics(data.test.labels, knn)['auroc'],
+          results['test']['best']['knn_auroc'], places=4, msg=attempt)
+    cached = list((workdir / 'knn_reference').iterdir())
+    self.assertLen(cached, 1)
+    self.assertEqual(cached[0].name, f'best_{results["best_step"]}.npz')
 
   @parameterized.named_parameters(
       ('mnist_oneclass', mnist_oneclass, '3,runlocal', False),

@@ -48,6 +48,22 @@ class TableTest(absltest.TestCase):
     self.assertEqual(reproduce.default_start_epoch(30), 3)
     self.assertEqual(reproduce.default_start_epoch(2), 1)
 
+  def test_paper_recipe_of_one_epoch_starts_negatives_at_ten_percent(self):
+    # No later epoch to start in: 10% of the run's steps, and a config
+    # that passes its checks (an epoch-1 start would never run).
+    from ama_jax import config_checks  # pylint: disable=g-import-not-at-top
+    config = reproduce.build_config(
+        reproduce.Run('fmnist_mnist', '', 'full', 0, 'paper'), epochs=1,
+        start_epoch=None, calibration_size=None, overrides={})
+    self.assertEqual(config.sampling.start_fraction, 0.1)
+    self.assertEqual(config.sampling.style, 'outward')
+    config_checks.validate(config)
+    two = reproduce.build_config(
+        reproduce.Run('fmnist_mnist', '', 'full', 0, 'paper'), epochs=2,
+        start_epoch=None, calibration_size=None, overrides={})
+    self.assertEqual(two.sampling.start_epoch, 1)
+    self.assertIsNone(two.sampling.start_fraction)
+
   def test_build_config_applies_variant_and_overrides(self):
     run = reproduce.Run('fmnist_mnist', '', 'neither', 2, 'paper')
     config = reproduce.build_config(

@@ -1,5 +1,6 @@
 """End-to-end tests of `python -m ama_jax.tools.score` on a tiny saved state."""
 import contextlib
+import copy
 import csv
 import functools
 import io
@@ -18,7 +19,10 @@ import numpy as np
 from PIL import Image
 
 from ama_jax import checkpointing
+from ama_jax import inference
+from ama_jax import input_pipeline
 from ama_jax import json_safe
+from ama_jax import metrics
 from ama_jax import models
 from ama_jax import scoring
 from ama_jax import train_state
@@ -90,6 +94,15 @@ class ScoreTest(parameterized.TestCase):
     ckpts.save_latest(6, state, {**meta, 'mu': None, 'sigma': None,
                                  'threshold': None, 'val_auroc': -np.inf})
     ckpts.close()
+    # The same checkpoint, its run's data gone (for --score=knn).
+    moved = copy.deepcopy(config)
+    moved.data.raw_dir = moved.data.data_dir = str(cls.root / 'gone')
+    cls.no_data = cls.root / 'no_data'
+    ckpts = checkpointing.CheckpointManagers(cls.no_data)
+    ckpts.save_best(5, state, {**meta, 'config': json_safe.config_to_dict(
+        moved)})
+    ckpts.close()
+    cls.config, cls.state = config, state
     # The same images in every input format.
     cls.npy = cls.root / 'images.npy'
     np.save(cls.npy, cls.pixels)
@@ -170,6 +183,38 @@ class ScoreTest(parameterized.TestCase):
     self.assertRegex(proc.stderr.strip().splitlines()[-1],
                      r'^error: Workdir .*missing does not exist')
 
+  def test_knn_score_against_the_runs_training_normals(self):
+    # The features of the run's training normals, read again from its data
+    # settings, computed once and cached; a damaged cache is recomputed.
+    data = input_pipeline.load_protocol(self.config.data, self.config.seed,
+                                        input_size=(28, 28))
+    ae_model, critic_model = models.create_models(self.config.model, SHAPE)
+    scorer = scoring.scorer_from_state(self.state, ae_model, critic_model)
+    bank = scorer.with_features(data.train.images[data.train.labels == 0])[1]
+    images = self.pixels[..., None].astype(np.float32) / 127.5 - 1.0
+    want = scoring.knn_distances(scorer.with_features(images)[1], bank, 2)
+    val = scorer.with_features(data.val.images[data.val.labels == 0])[1]
+    threshold = metrics.threshold_at_fpr(
+        scoring.knn_distances(val, bank, 2), self.config.eval.threshold_fpr)
+    cache = self.workdir / inference.KNN_DIR / 'best_5.npz'
+    for attempt in ('computed', 'cached', 'damaged cache'):
+      out = self.tmp / f'{attempt}.csv'
+      status, stderr = self._main(workdir=self.workdir, input=self.npy,
+                                  output=out, score='knn', knn_k=2)
+      self.assertEqual((status, stderr), (0, ''), attempt)
+      rows = _read_csv(out)
+      self.assertEqual(list(rows[0]), ['id', 'r', 'knn', 'is_anomaly'])
+      knn = np.array([float(row['knn']) for row in rows])
+      np.testing.assert_allclose(knn, want, rtol=1e-4, err_msg=attempt)
+      np.testing.assert_allclose([float(row['r']) for row in rows], self.r,
+                                 rtol=1e-5, atol=1e-6)
+      self.assertEqual([row['is_anomaly'] for row in rows],
+                       [str(int(d > threshold)) for d in want])
+      self.assertTrue(cache.is_file())
+      if attempt == 'cached':
+        cache.write_bytes(b'not an npz')
+    shutil.rmtree(cache.parent)
+
   def _error_inputs(self, case: str):
     """(flags, expected message regex) for one error case."""
     tmp, out = self.tmp, self.tmp / 'scores.csv'
@@ -240,6 +285,15 @@ class ScoreTest(parameterized.TestCase):
       return {**base, 'output': tmp / 'no' / 's.csv'}, 'does not exist'
     if case == 'output_is_folder':
       return {**base, 'output': tmp}, 'is a folder'
+    if case == 'knn_k_without_knn':
+      return {**base, 'knn_k': 3}, '--knn_k applies to --score=knn only'
+    if case == 'knn_without_training_data':
+      return ({**base, 'workdir': self.no_data, 'score': 'knn'},
+              "compares new images with the run's training images.*cannot "
+              'be read.*--score=calibrated')
+    if case == 'knn_k_too_large':
+      return ({**base, 'score': 'knn', 'knn_k': 100000},
+              r'--knn_k=100000: must be between 1 and the run\'s \d+ training')
     raise ValueError(case)
 
   @parameterized.parameters(
@@ -248,7 +302,8 @@ class ScoreTest(parameterized.TestCase):
       'corrupt_png', 'unknown_format', 'wrong_size', 'wrong_channels',
       'colour_png', 'png_wrong_size', 'nan_pixels', 'float_out_of_range',
       'gzip_idx', 'truncated_idx', 'output_folder_missing',
-      'output_is_folder')
+      'output_is_folder', 'knn_k_without_knn', 'knn_without_training_data',
+      'knn_k_too_large')
   def test_error_is_one_line_and_nonzero_exit(self, case):
     flag_values, message = self._error_inputs(case)
     status, stderr = self._main(**flag_values)

@@ -34,8 +34,9 @@ seed) and are cached beside the runs.
 AMA's reported numbers are the test metrics of the checkpoint with the best
 validation AUROC (`results.json['test']['best']`); the test split plays no
 part in any choice. Fewer epochs than the paper's 100 are allowed and stated
-in the output; atypical selection then starts after `--start_epoch` (default:
-the paper's 10% of training, at least one epoch).
+in the output; atypical selection then starts after `--start_epoch` (default,
+for the paper's recipe: the paper's 10% of training, at least one epoch; a
+1-epoch run starts it after 10% of its steps).
 """
 import ast
 from collections.abc import Mapping, Sequence
@@ -175,6 +176,10 @@ def table_runs(table: str, base: str, seeds: Sequence[int],
           for v in variants for s in seeds]
 
 
+# The paper starts atypical selection at epoch 10 of 100: 10% of the run.
+START_FRACTION = 10 / PAPER_EPOCHS
+
+
 def default_start_epoch(epochs: int) -> int:
   """The paper's 10 of 100 epochs, scaled, and at least one epoch (for the
   paper's recipe; the tuned one places the start itself)."""
@@ -196,8 +201,11 @@ def build_config(run: Run, *, epochs: Optional[int],
   if start_epoch is not None:
     config.sampling.start_epoch = start_epoch
   elif run.recipe == 'paper':
-    config.sampling.start_epoch = default_start_epoch(
-        config.train.num_epochs)
+    epochs_run = config.train.num_epochs
+    if default_start_epoch(epochs_run) < epochs_run:
+      config.sampling.start_epoch = default_start_epoch(epochs_run)
+    else:  # One epoch: no later epoch to start in; 10% of its steps.
+      config.sampling.start_fraction = START_FRACTION
   if calibration_size is not None:
     config.eval.calibration_size = calibration_size
   for key, value in {**VARIANTS[run.variant], **overrides}.items():
@@ -676,8 +684,9 @@ _SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds 0..N-1.')
 _EPOCHS = flags.DEFINE_integer(
     'epochs', None, 'Training epochs (None: the config\'s, the paper\'s 100).')
 _START_EPOCH = flags.DEFINE_integer(
-    'start_epoch', None, 'Atypical selection from this epoch (None: 10% of '
-    'the epochs, at least 1; the paper: 10 of 100).')
+    'start_epoch', None, 'Atypical selection from this epoch (None: for the '
+    'paper\'s recipe 10% of the epochs, at least 1, or 10% of the steps of a '
+    '1-epoch run; the paper: 10 of 100).')
 _CLASSES = flags.DEFINE_list('classes', None, 'One-class tables: normal '
                              'classes to run (default: all 10).')
 _CALIBRATION = flags.DEFINE_integer(

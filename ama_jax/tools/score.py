@@ -2,7 +2,7 @@ r"""Scores new images with a trained AMA model and writes a CSV.
 
   python -m ama_jax.tools.score --workdir=/tmp/ama --input=images.npy \
       --output=scores.csv [--kind=best|latest] [--step=N] [--batch_size=500]
-      [--progress=auto|on|off]
+      [--progress=auto|on|off] [--score=calibrated|knn [--knn_k=K]]
 
 `--workdir` is a training run's workdir, or a folder written by
 `python -m ama_jax.tools.export` (then only its `scorer.jaxexport` and
@@ -46,6 +46,18 @@ input order, written atomically (a temporary file in the same folder, then
 renamed). For an exported scorer, `r` comes from the exported function and
 `score`, `is_anomaly` are computed from it here as for a checkpoint.
 
+`--score=knn` (a checkpoint only; not in the paper) writes the feature kNN
+score instead of `score`: column `knn`, the Euclidean distance from
+f(x, G(E(x))) to the `--knn_k`-th nearest training normal's features (the
+`knn_*` metrics of the run's final evaluation), and `is_anomaly` from a
+threshold set, as the calibrated one, on the validation normals at the
+run's `eval.threshold_fpr`. It needs the run's training data, read again
+from the checkpoint's config (same rows, same seed): the first call computes
+the training and validation normals' features and caches them in
+`<workdir>/knn_reference/<kind>_<step>.npz` (4 bytes x features x images:
+about 240 MB for Fashion-MNIST with the MNIST critic); later calls read the
+cache.
+
 Progress: with `--progress=auto` (default) inputs of at least 10,000 images
 show a progress line on stderr (updated in place on a terminal, every 10%
 otherwise).
@@ -75,6 +87,7 @@ from ama_jax import scoring
 from ama_jax.tools import cli
 
 PROGRESS_MIN_IMAGES = 10000  # --progress=auto shows it from this many.
+SCORES = ('calibrated', 'knn')  # --score.
 
 
 # ----------------------------------------------------------------------------
@@ -134,16 +147,33 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum('progress', 'auto', ['auto', 'on', 'off'], 'Progress on '
                     f'stderr (auto: from {PROGRESS_MIN_IMAGES} images).',
                     flag_values=flag_values)
+  flags.DEFINE_enum('score', 'calibrated', list(SCORES), 'calibrated: the '
+                    "run's calibrated score of R(x) (the paper's); knn: the "
+                    'distance of f(x, G(E(x))) to the k-th nearest training '
+                    "normal's (not in the paper; needs the run's training "
+                    'data, cached in <workdir>/knn_reference on first use).',
+                    flag_values=flag_values)
+  flags.DEFINE_integer('knn_k', None, 'With --score=knn: which neighbour '
+                       "(default: the run's eval.knn_k, else 1).",
+                       lower_bound=1, flag_values=flag_values)
 
 
 def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
         output: os.PathLike | str, *, kind: Optional[str] = None,
         step: Optional[int] = None, batch_size: int = 500,
-        progress: str = 'auto') -> dict:
+        progress: str = 'auto', score: str = 'calibrated',
+        knn_k: Optional[int] = None) -> dict:
   """Scores `input_path` with a checkpoint (or export) of `workdir`.
 
+  Args:
+    score: 'calibrated' (columns r, score) or 'knn' (r, knn: the feature kNN
+      distance; a checkpoint only, see `inference.knn_reference`).
+    knn_k: with 'knn', which neighbour (None: the run's `eval.knn_k`).
+    Others: as the command's flags.
+
   Returns:
-    A summary: `kind`, `step`, `num_images`, `num_anomalies`, `threshold`.
+    A summary: `kind`, `step`, `score`, `num_images`, `num_anomalies`,
+    `threshold`.
 
   Raises:
     inference.ScoreError: any problem with the inputs (the message says
@@ -153,29 +183,49 @@ def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
                       ('output', output)):
     if not value:
       raise inference.ScoreError(f'--{flag} is required.')
+  if score not in SCORES:
+    raise inference.ScoreError(f'--score={score!r}: expected one of '
+                               f'{", ".join(SCORES)}.')
+  if knn_k is not None and score != 'knn':
+    raise inference.ScoreError('--knn_k applies to --score=knn only.')
   output = inference.check_output(output)
   # Cheap checks first: metadata, then the images, then the model.
   model = inference.open_model(workdir, kind=kind, step=step,
                                batch_size=batch_size)
+  if score == 'knn' and model.knn_reference is None:
+    raise inference.ScoreError(
+        f'{workdir} is an exported scorer: it holds no training features '
+        'for --score=knn; score with the training workdir, or with '
+        '--score=calibrated.')
   inputs = inference.open_inputs(input_path, model.image_shape,
                                  model.conversion, chunk=batch_size)
   raw_scores = model.build()
+  knn = (model.knn_reference(raw_scores, knn_k) if score == 'knn' else None)
   bar = Progress(len(inputs), progress == 'on' or (
       progress == 'auto' and len(inputs) >= PROGRESS_MIN_IMAGES))
-  r = []
+  r, distances = [], []
   for images in inputs.chunks(batch_size):
-    r.append(np.asarray(raw_scores(images), np.float32))
+    if knn is None:
+      r.append(np.asarray(raw_scores(images), np.float32))
+    else:
+      chunk_r, features = raw_scores.with_features(images)
+      r.append(np.asarray(chunk_r, np.float32))
+      distances.append(knn.index(features))
     bar.update(len(images))
   r = np.concatenate(r)
-  scores = scoring.calibrated_scores(r, model.mu, model.sigma, model.score)
-  is_anomaly = scores > model.threshold
-  inference.write_csv(output, inputs.ids, r, scores, is_anomaly)
-  summary = {'kind': model.kind, 'step': model.step, 'num_images': len(r),
-             'num_anomalies': int(is_anomaly.sum()),
-             'threshold': model.threshold}
-  logging.info('Wrote %d scores to %s: %d above the threshold %.4g (%s step '
-               '%d).', len(r), output, summary['num_anomalies'],
-               model.threshold, model.kind, model.step)
+  if knn is None:
+    scores = scoring.calibrated_scores(r, model.mu, model.sigma, model.score)
+    threshold, column = model.threshold, 'score'
+  else:
+    scores, threshold, column = np.concatenate(distances), knn.threshold, 'knn'
+  is_anomaly = scores > threshold
+  inference.write_csv(output, inputs.ids, r, scores, is_anomaly, column)
+  summary = {'kind': model.kind, 'step': model.step, 'score': score,
+             'num_images': len(r), 'num_anomalies': int(is_anomaly.sum()),
+             'threshold': threshold}
+  logging.info('Wrote %d scores to %s: %d above the %s threshold %.4g (%s '
+               'step %d).', len(r), output, summary['num_anomalies'],
+               column, threshold, model.kind, model.step)
   return summary
 
 
@@ -195,7 +245,8 @@ def main(argv: Sequence[str],
   runtime.setup()  # Before JAX computes: malloc, TF off the GPU.
   try:
     run(fv.workdir, fv.input, fv.output, kind=fv.kind, step=fv.step,
-        batch_size=fv.batch_size, progress=fv.progress)
+        batch_size=fv.batch_size, progress=fv.progress, score=fv.score,
+        knn_k=fv.knn_k)
   except errors.UserError as e:  # ScoreError, CheckpointError, ...
     return cli.report(e, flag_values=fv)  # One line, whatever the cause.
   return 0
