@@ -637,25 +637,15 @@ def _read_knn_cache(path: pathlib.Path) -> Optional[dict[str, np.ndarray]]:
 
 def _write_knn_cache(path: pathlib.Path, cached: dict[str, np.ndarray]
                      ) -> None:
-  """Atomically (a temporary file, then a rename); a failure only warns."""
-  tmp = None
+  """Atomically (`_write_atomically`); a failure only warns."""
   try:
     path.parent.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
-                               suffix='.tmp')
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **cached)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _write_atomically(path, 'wb', lambda f: np.savez(f, **cached))
     logging.info('Cached the training normals\' features in %s (%.0f MB).',
                  path, path.stat().st_size / 2**20)
   except OSError as e:
     logging.warning('Could not cache the features in %s (%s); the next call '
                     'computes them again.', path, e)
-  finally:
-    if tmp is not None and os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def _reference_features(config, scorer) -> dict[str, np.ndarray]:
@@ -742,6 +732,27 @@ def check_output(path: os.PathLike | str) -> pathlib.Path:
   return path
 
 
+def _write_atomically(path: pathlib.Path, mode: str,
+                      write: Callable[..., None], **open_kw) -> None:
+  """`write(file)` into a temporary file beside `path`, then a rename: a
+  reader never sees a partial file. The file gets the permissions of an
+  ordinary new file (umask), not mkstemp's 0600. Raises OSError."""
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
+                             suffix='.tmp')
+  try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    with os.fdopen(fd, mode, **open_kw) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def write_csv(path: os.PathLike | str, ids: Sequence[str], r: np.ndarray,
               scores: np.ndarray, is_anomaly: np.ndarray,
               score_column: str = 'score') -> None:
@@ -751,22 +762,14 @@ def write_csv(path: os.PathLike | str, ids: Sequence[str], r: np.ndarray,
   distance), is_anomaly.
   """
   path = pathlib.Path(path)
+
+  def write(f):
+    writer = csv.writer(f)
+    writer.writerow(['id', 'r', score_column, 'is_anomaly'])
+    for row in zip(ids, r.tolist(), scores.tolist(), is_anomaly.tolist()):
+      writer.writerow([row[0], repr(row[1]), repr(row[2]), int(row[3])])
+
   try:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
-                               suffix='.tmp')
+    _write_atomically(path, 'w', write, newline='')
   except OSError as e:
     raise ScoreError(f'Cannot write {path}: {e}') from e
-  try:
-    with os.fdopen(fd, 'w', newline='') as f:
-      writer = csv.writer(f)
-      writer.writerow(['id', 'r', score_column, 'is_anomaly'])
-      for row in zip(ids, r.tolist(), scores.tolist(), is_anomaly.tolist()):
-        writer.writerow([row[0], repr(row[1]), repr(row[2]), int(row[3])])
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except OSError as e:
-    raise ScoreError(f'Cannot write {path}: {e}') from e
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)

@@ -4,6 +4,7 @@ import copy
 import csv
 import functools
 import io
+import os
 import pathlib
 import shutil
 import struct
@@ -148,6 +149,10 @@ class ScoreTest(parameterized.TestCase):
                                 output=out, batch_size=4)
     self.assertEqual((status, stderr), (0, ''))
     self._check_csv(out, [str(i) for i in range(NUM_IMAGES)])
+    umask = os.umask(0)
+    os.umask(umask)
+    # An ordinary new file's permissions, not the temporary file's 0600.
+    self.assertEqual(out.stat().st_mode & 0o777, 0o666 & ~umask)
 
   @parameterized.named_parameters(
       ('npz', 'npz', None, None), ('png_folder', 'folder', 'best', None),
