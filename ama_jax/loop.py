@@ -279,9 +279,12 @@ class Trainer:
         n = min(k, epoch_end - self.step)
         self._call(data, n, k)
         self.step += n
-        run.report_progress(self.step)
         if self.step % config.log.every_steps < n or self.step == epoch_end:
           self.flush()
+          # After the host sync: clu's steps/s and ETA then count executed
+          # steps. Called every step, they counted dispatched ones (which
+          # run ahead up to the next sync): "0.7 steps/s" then "0.0".
+          run.report_progress(self.step)
         if self.step % config.log.checkpoint_every_steps < n:
           self.save_latest(epoch)
         halt = config.train.halt_after_steps

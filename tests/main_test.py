@@ -20,6 +20,7 @@ from ama_jax import checkpoint_reading
 from ama_jax import errors
 from ama_jax import input_pipeline
 from ama_jax import loop
+from ama_jax import metric_writers
 from ama_jax import metrics
 from ama_jax import tfds_source
 from configs import cifar_oneclass
@@ -112,14 +113,39 @@ class MainTest(parameterized.TestCase):
   def test_runlocal_config_writes_everything(self, module, arg, mock):
     config = module.get_config(arg)
     workdir = pathlib.Path(self.create_tempdir().full_path)
-    if mock:  # CIFAR-10 / SVHN cannot be downloaded here.
-      # Mocked TFDS "downloads": the hosts need not answer.
-      with tfds.testing.mock_data(num_examples=1024), mock_lib.patch.object(
-          tfds_source, 'unreachable', return_value=None):
+    progress_steps = []
+    create_writer = metric_writers.create_writer
+
+    def recording_writer(*args, **kwargs):
+      writer, progress = create_writer(*args, **kwargs)
+
+      class Recorder:
+        def __call__(self, step, *rest):
+          progress_steps.append(step)
+          return progress(step, *rest)
+
+        def __getattr__(self, name):
+          return getattr(progress, name)
+
+      return writer, Recorder()
+
+    with mock_lib.patch.object(metric_writers, 'create_writer',
+                               recording_writer):
+      if mock:  # CIFAR-10 / SVHN cannot be downloaded here.
+        # Mocked TFDS "downloads": the hosts need not answer.
+        with tfds.testing.mock_data(num_examples=1024), mock_lib.patch.object(
+            tfds_source, 'unreachable', return_value=None):
+          loop.train_and_evaluate(config, str(workdir))
+      else:
         loop.train_and_evaluate(config, str(workdir))
-    else:
-      loop.train_and_evaluate(config, str(workdir))
     _check_outputs(self, workdir)
+    # Progress (steps/s, ETA) is reported only after a host sync (every
+    # log.every_steps and at epoch ends), so that it counts executed steps.
+    steps_per_epoch = config.train.max_steps_per_epoch
+    total = steps_per_epoch * config.train.num_epochs
+    self.assertEqual(progress_steps, [
+        s for s in range(1, total + 1)
+        if s % config.log.every_steps == 0 or s % steps_per_epoch == 0])
 
 
 class ResumeTest(absltest.TestCase):
