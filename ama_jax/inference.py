@@ -606,26 +606,38 @@ class KnnReference:
   Attributes:
     index: the training normals' features f(x, G(E(x))), on the device.
     threshold: on the kNN distance; above it = anomaly. Set, as the
-      calibrated score's, on the validation normals at `threshold_fpr`.
-    threshold_fpr: `eval.threshold_fpr` of the run.
+      calibrated score's, on the validation normals at the run's
+      `eval.threshold_fpr`.
     path: the cached features' file.
   """
   index: scoring.KnnIndex
   threshold: float
-  threshold_fpr: float
   path: pathlib.Path
 
 
-def _read_knn_cache(path: pathlib.Path) -> Optional[dict[str, np.ndarray]]:
-  """The cached features, or None (missing, or unreadable: recomputed)."""
+def _fingerprint(meta: dict) -> np.ndarray:
+  """What ties cached features to one checkpoint's networks: its step and
+  calibration (another training saved at the same step has other values)."""
+  return np.array([meta['step'], meta['mu'], meta['sigma'], meta['threshold']],
+                  np.float64)
+
+
+def _read_knn_cache(path: pathlib.Path, meta: dict
+                    ) -> Optional[dict[str, np.ndarray]]:
+  """The cached features, or None: missing, unreadable or of another
+  checkpoint (then recomputed)."""
   if not path.is_file():
     return None
   try:
     with np.load(path, allow_pickle=False) as npz:
-      cached = {k: npz[k] for k in ('train', 'val_normal')}
+      cached = {k: npz[k] for k in ('train', 'val_normal', 'fingerprint')}
   except (OSError, ValueError, KeyError, EOFError) as e:
     logging.warning('%s is unreadable (%s); computing the features again.',
                     path, errors.one_line(e))
+    return None
+  if not np.array_equal(cached['fingerprint'], _fingerprint(meta)):
+    logging.warning('%s holds the features of another checkpoint saved at '
+                    'this step; computing them again.', path)
     return None
   if not (cached['train'].ndim == cached['val_normal'].ndim == 2
           and cached['train'].shape[1] == cached['val_normal'].shape[1]):
@@ -700,17 +712,18 @@ def knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
   config = json_safe.config_from_dict(meta['config'])
   k = k if k is not None else (config.eval.get('knn_k') or 1)
   path = pathlib.Path(workdir) / KNN_DIR / f'{kind}_{int(meta["step"])}.npz'
-  cached = _read_knn_cache(path)
+  cached = _read_knn_cache(path, meta)
   if cached is None:
-    cached = _reference_features(config, scorer)
+    cached = {**_reference_features(config, scorer),
+              'fingerprint': _fingerprint(meta)}
     _write_knn_cache(path, cached)
   if not 1 <= k <= len(cached['train']):
     raise ScoreError(f'--knn_k={k}: must be between 1 and the run\'s '
                      f'{len(cached["train"])} training normal images.')
   index = scoring.KnnIndex(cached['train'], k)
-  fpr = float(config.eval.threshold_fpr)
-  threshold = metrics.threshold_at_fpr(index(cached['val_normal']), fpr)
-  return KnnReference(index, float(threshold), fpr, path)
+  threshold = metrics.threshold_at_fpr(index(cached['val_normal']),
+                                       float(config.eval.threshold_fpr))
+  return KnnReference(index, float(threshold), path)
 
 
 # ----------------------------------------------------------------------------

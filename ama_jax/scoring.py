@@ -259,8 +259,7 @@ class KnnIndex:
       raise ValueError(f'eval.knn_k={k}: must be between 1 and the number of '
                        f'training normals ({len(bank)}).')
     bank = np.asarray(bank, np.float32)
-    self.k, self.chunk, self.num_bank = k, chunk, len(bank)
-    self.dim = bank.shape[1] if bank.ndim == 2 else None
+    self.k, self.chunk = k, chunk
     # Norms on the host and device_put (not jnp ops or jnp.asarray, which
     # each lower a program per shape): see tests/compile_count_test.py.
     self._bank_sq = jax.device_put(np.einsum('ij,ij->i', bank, bank))

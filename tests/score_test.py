@@ -218,6 +218,17 @@ class ScoreTest(parameterized.TestCase):
       self.assertTrue(cache.is_file())
       if attempt == 'cached':
         cache.write_bytes(b'not an npz')
+    # Features cached for another checkpoint saved at this step (another
+    # calibration) are not used.
+    with np.load(cache) as npz:
+      stale = {k: npz[k] for k in npz.files}
+    np.savez(cache, **{**stale, 'train': stale['train'] + 100.0,
+                       'fingerprint': stale['fingerprint'] + 1.0})
+    out = self.tmp / 'stale.csv'
+    self.assertEqual(self._main(workdir=self.workdir, input=self.npy,
+                                output=out, score='knn', knn_k=2), (0, ''))
+    np.testing.assert_allclose([float(row['knn']) for row in _read_csv(out)],
+                               want, rtol=1e-4)
     shutil.rmtree(cache.parent)
 
   def _error_inputs(self, case: str):

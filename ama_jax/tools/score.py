@@ -173,7 +173,7 @@ def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
 
   Returns:
     A summary: `kind`, `step`, `score`, `num_images`, `num_anomalies`,
-    `threshold`.
+    `threshold` (and with 'knn', `knn_reference`: the cached features).
 
   Raises:
     inference.ScoreError: any problem with the inputs (the message says
@@ -223,6 +223,8 @@ def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
   summary = {'kind': model.kind, 'step': model.step, 'score': score,
              'num_images': len(r), 'num_anomalies': int(is_anomaly.sum()),
              'threshold': threshold}
+  if knn is not None:
+    summary['knn_reference'] = str(knn.path)
   logging.info('Wrote %d scores to %s: %d above the %s threshold %.4g (%s '
                'step %d).', len(r), output, summary['num_anomalies'],
                column, threshold, model.kind, model.step)
