@@ -114,8 +114,13 @@ class MultiDeviceTest(absltest.TestCase):
   def test_eight_devices_match_one_device_with_every_random_term_on(self):
     # 8 fake devices need XLA_FLAGS before jax is imported: a subprocess.
     script = pathlib.Path(__file__).with_name('multidevice_check.py')
+    # On a loaded 2-core machine the 8 fake devices' threads can reach a
+    # collective minutes apart: XLA:CPU's default rendezvous timeout then
+    # aborts the process ("only 7 of them arrived on time").
     env = dict(os.environ, PYTHONPATH=str(script.parent.parent),
-               XLA_FLAGS='--xla_force_host_platform_device_count=8')
+               XLA_FLAGS='--xla_force_host_platform_device_count=8 '
+               '--xla_cpu_collective_call_terminate_timeout_seconds=1200 '
+               '--xla_cpu_collective_timeout_seconds=1200')
     out = subprocess.run([sys.executable, str(script)], env=env,
                          capture_output=True, text=True, timeout=900,
                          cwd=script.parent.parent)
