@@ -201,9 +201,9 @@ def build_config(run: Run, *, epochs: Optional[int],
   if start_epoch is not None:
     config.sampling.start_epoch = start_epoch
   elif run.recipe == 'paper':
-    epochs_run = config.train.num_epochs
-    if default_start_epoch(epochs_run) < epochs_run:
-      config.sampling.start_epoch = default_start_epoch(epochs_run)
+    start = default_start_epoch(config.train.num_epochs)
+    if start < config.train.num_epochs:
+      config.sampling.start_epoch = start
     else:  # One epoch: no later epoch to start in; 10% of its steps.
       config.sampling.start_fraction = START_FRACTION
   if calibration_size is not None:
