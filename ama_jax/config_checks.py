@@ -348,6 +348,7 @@ FIELDS: dict[str, Rule] = {
     'sampling.start_epoch': Int(min=0),
     'sampling.start_step': Int(min=0, optional=True),
     'sampling.start_fraction': Float(0, 1, max_open=True, optional=True),
+    'sampling.earliest_start_epoch': Int(min=0, optional=True),
     'sampling.ramp_fraction': Float(0, 1),
     'sampling.fraction': FRACTION,
     # --- optim ---
@@ -702,9 +703,17 @@ def check_plan(config: ml_collections.ConfigDict, steps_per_epoch: int,
     found.append(f'optim.warmup_steps={warmup} is not shorter than the '
                  f'{length}')
   start = schedules.negatives_start_step(config, steps_per_epoch)
-  if config.sampling.get('start_step') is not None and start >= total:
-    found.append(f'sampling.start_step={start}: atypical selection would '
+  given = config.sampling.get('start_step')
+  if given is not None and given >= total:
+    found.append(f'sampling.start_step={given}: atypical selection would '
                  f'never run in {length}')
+  elif (config.sampling.style != 'none' and start >= total
+        and config.sampling.get('earliest_start_epoch') is not None):
+    logging.info('No synthetic negatives in this run of %d epochs: '
+                 'sampling.earliest_start_epoch=%d (the tuned recipe starts '
+                 'them after that many epochs, in the run\'s last third).',
+                 config.train.num_epochs,
+                 config.sampling.earliest_start_epoch)
   k = config.eval.get('knn_k') or 0
   if num_train_normals is not None and k > num_train_normals:
     found.append(f'eval.knn_k={k} exceeds the {num_train_normals} training '
@@ -737,6 +746,58 @@ def config_differences(stored: Mapping[str, Any],
           if old[path] != new[path]]
 
 
+# Where atypical selection starts, by precedence (schedules.py).
+START_FIELDS = ('sampling.start_step', 'sampling.start_fraction',
+                'sampling.start_epoch')
+
+
+def apply_start_given(config: ml_collections.ConfigDict,
+                      given: Sequence[str]) -> list[str]:
+  """Makes the start of negatives set on the command line the one used.
+
+  A config file sets one start (the tuned recipe `sampling.start_fraction`,
+  the paper's `sampling.start_epoch`), and `START_FIELDS` take precedence in
+  their order; the command line cannot set a field back to None. So when
+  `given` (the dotted fields set on the command line, or by `reproduce`)
+  holds one start field, the config file's start fields that would take
+  precedence over it are cleared, and its `sampling.earliest_start_epoch`
+  unless that is given too: `--config.sampling.start_epoch=5` starts at
+  epoch 5 with either recipe.
+
+  Returns:
+    The cleared fields with their former values (`path=value`), for the log.
+
+  Raises:
+    ConfigError: more than one start field given.
+  """
+  starts = [f for f in START_FIELDS if f in given]
+  if len(starts) > 1:
+    raise errors.ConfigError(
+        f'{" and ".join(starts)} are both set: give one start of atypical '
+        f'selection (precedence {" > ".join(START_FIELDS)}).')
+  if not starts:
+    return []
+  cleared = []
+  above = START_FIELDS[:START_FIELDS.index(starts[0])]
+  if 'sampling.earliest_start_epoch' not in given:
+    above += ('sampling.earliest_start_epoch',)  # The file's floor too.
+  for path in above:
+    leaf = path.split('.')[1]
+    if config.sampling.get(leaf) is not None:
+      cleared.append(f'{path}={config.sampling[leaf]!r}')
+      config.sampling[leaf] = None
+  return cleared
+
+
+def _inert(path: str, stored: Mapping[str, Any],
+           config: ml_collections.ConfigDict) -> bool:
+  """Whether a field cannot change the training: the atypical-selection
+  settings (other than the style) when both runs have none."""
+  return (path.startswith('sampling.') and path != 'sampling.style'
+          and stored.get('sampling', {}).get('style') == 'none'
+          and config.sampling.style == 'none')
+
+
 def check_resume(stored: Mapping[str, Any], config: ml_collections.ConfigDict,
                  workdir: Any, step: int) -> None:
   """Checks that the run resumed in `workdir` is the one `config` describes.
@@ -752,10 +813,12 @@ def check_resume(stored: Mapping[str, Any], config: ml_collections.ConfigDict,
       seed, model, loss, schedule, data split or length would silently mix
       two trainings in one run), unless `train.allow_resume_changes`, which
       logs the differences instead. Fields only one side has (a checkpoint
-      written before the field existed) are not compared.
+      written before the field existed) are not compared, nor the
+      atypical-selection settings of two runs without it.
   """
   changed = [d for d in config_differences(stored, config)
-             if not d[0].startswith(RESUME_MAY_CHANGE)]
+             if not d[0].startswith(RESUME_MAY_CHANGE)
+             and not _inert(d[0], stored, config)]
   if not changed:
     return
   shown = '; '.join(f'{path}: {was!r} there, {now!r} now'

@@ -86,8 +86,14 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
+  from ama_jax import config_checks  # pylint: disable=g-import-not-at-top
   from ama_jax import loop  # pylint: disable=g-import-not-at-top
   from ama_jax import report  # pylint: disable=g-import-not-at-top
+  cleared = config_checks.apply_start_given(
+      FLAGS.config, list(config_flags.get_override_values(FLAGS['config'])))
+  if cleared:
+    logging.info('Atypical selection starts where the command line says; '
+                 'cleared the config file\'s %s.', ', '.join(cleared))
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   state = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -146,3 +146,51 @@ def threshold_at_fpr(normal_scores: Any, fpr: float) -> float:
   # The tolerance keeps e.g. 0.29 * 100 = 28.999999999999996 at 29.
   allowed_above = min(int(math.floor(fpr * n + 1e-9)), n - 1)
   return float(np.sort(scores)[n - 1 - allowed_above])
+
+
+# The anomaly scores a run reports (results.json) and the prefix of each
+# one's metrics: the calibrated score (the paper's A(x), or the one-sided
+# (R - mu) / sigma), the raw critic output R(x), the feature kNN score.
+RUN_SCORES = {'calibrated': '', 'raw': 'raw_', 'knn': 'knn_'}
+
+
+def selected_state(results: dict[str, Any]) -> str:
+  """'best' (the best-validation state) if the run recorded it, else 'last'."""
+  return 'best' if 'best' in results['test'] else 'last'
+
+
+def val_aurocs(results: dict[str, Any]) -> dict[str, float]:
+  """{score: validation AUROC} of a run's selected state, in `RUN_SCORES`
+  order (-1 where not recorded)."""
+  val = (results.get('val') or {}).get(selected_state(results)) or {}
+  return {score: val.get(f'{prefix}auroc', -1.0)
+          for score, prefix in RUN_SCORES.items()}
+
+
+def score_chosen_on_validation(results: dict[str, Any]) -> str:
+  """The score of `RUN_SCORES` with the highest validation AUROC at the
+  selected state (ties keep the earlier: calibrated, then raw; a validation
+  split without anomalies: calibrated)."""
+  aurocs = {k: v for k, v in val_aurocs(results).items()
+            if math.isfinite(v) and v >= 0}
+  # No validation AUROC (no anomalies there): the calibrated score.
+  return max(aurocs, key=aurocs.get) if aurocs else 'calibrated'
+
+
+def run_score_metrics(results: dict[str, Any], score: str) -> dict[str, Any]:
+  """Test metrics of a run's selected state under `score` (`RUN_SCORES`):
+  its `auroc`, `auprc_*`, `fpr*` are that score's.
+
+  Raises:
+    ValueError: an unknown score, or one the run did not record.
+  """
+  if score not in RUN_SCORES:
+    raise ValueError(f'Unknown score {score!r}; expected one of '
+                     f'{tuple(RUN_SCORES)}.')
+  test = results['test'][selected_state(results)]
+  prefix = RUN_SCORES[score]
+  if f'{prefix}auroc' not in test:
+    raise ValueError(f'The run has no {score} score (trained with '
+                     'eval.knn_k=0, or before it existed).')
+  return {**test, **{k[len(prefix):]: v for k, v in test.items()
+                     if prefix and k.startswith(prefix)}}

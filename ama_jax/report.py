@@ -21,6 +21,7 @@ import numpy as np
 from ama_jax import figures
 from ama_jax import json_safe
 from ama_jax import metric_writers
+from ama_jax import metrics
 from ama_jax import scoring
 from ama_jax import train
 from ama_jax import train_state
@@ -128,7 +129,28 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
                  f' (feature kNN AUROC {test_metrics["knn_auroc"]:.4f} FPR80 '
                  f'{test_metrics["knn_fpr80"]:.4f}; validation '
                  f'{val_metrics["knn_auroc"]:.4f})')
+  if results['model_selection']['criterion'] == scoring.SELECTION_AUROC:
+    # (A validation split without anomalies has no AUROC to choose by.)
+    results['score_chosen_on_validation'] = chosen_score(results)
   return results
+
+
+# How `ama_jax.tools.score` writes each run score (`--score`, CSV column).
+SCORE_CLI = {'calibrated': '--score=calibrated (column score)',
+             'raw': 'any --score (column r)',
+             'knn': '--score=knn (column knn)'}
+
+
+def chosen_score(results: dict[str, Any]) -> dict[str, Any]:
+  """The run score (calibrated, raw R, feature kNN) with the highest
+  validation AUROC at the selected state, with that AUROC and its test
+  metrics there: a choice on validation only, as `reproduce --score=val`."""
+  score = metrics.score_chosen_on_validation(results)
+  test = metrics.run_score_metrics(results, score)
+  return {'score': score, 'state': metrics.selected_state(results),
+          'val_auroc': metrics.val_aurocs(results)[score],
+          **{k: test[k] for k in ('auroc', 'auprc_anomaly', 'auprc_normal',
+                                  'fpr80')}}
 
 
 def shell_radii(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -217,6 +239,13 @@ def summary(workdir: str) -> str:
         f"| raw R: AUROC {m['raw_auroc']:.4f}  [{score} score]"
         + (f"  | feature kNN: AUROC {m['knn_auroc']:.4f}  FPR80 "
            f"{m['knn_fpr80']:.4f}" if 'knn_auroc' in m else ''))
+  chosen = results.get('score_chosen_on_validation')
+  if chosen:
+    lines.append(
+        f"score chosen on validation: {chosen['score']} (validation AUROC "
+        f"{chosen['val_auroc']:.4f}): test AUROC {chosen['auroc']:.4f}  "
+        f"FPR80 {chosen['fpr80']:.4f}  [{chosen['state']} state; new images: "
+        f"ama_jax.tools.score {SCORE_CLI[chosen['score']]}]")
   lines.append(f'results: {pathlib.Path(workdir) / "results.json"}')
   return '\n'.join(lines)
 

@@ -23,7 +23,9 @@ Negatives (eq. 5): weight 0 before the start of atypical selection, then
 lambda_neg, reached linearly over `sampling.ramp_fraction` of the run's
 steps (0: at once, the paper). The start is `sampling.start_step` if set,
 else `sampling.start_fraction` of the run's steps if set, else
-`sampling.start_epoch` epochs (the paper: 10).
+`sampling.start_epoch` epochs (the paper: 10), and never before
+`sampling.earliest_start_epoch` epochs when that is set (the tuned recipe:
+2, so a run of 1 or 2 epochs has no negatives).
 """
 import math
 from typing import Optional
@@ -61,11 +63,16 @@ def negatives_start_step(config: ml_collections.ConfigDict,
   if sampling.style == 'none' or sampling.fraction <= 0:
     return None
   if sampling.get('start_step') is not None:
-    return int(sampling.start_step)
-  if sampling.get('start_fraction') is not None:
-    return int(round(sampling.start_fraction * total_steps(config,
-                                                           steps_per_epoch)))
-  return int(sampling.start_epoch) * steps_per_epoch
+    start = int(sampling.start_step)
+  elif sampling.get('start_fraction') is not None:
+    start = int(round(sampling.start_fraction * total_steps(config,
+                                                            steps_per_epoch)))
+  else:
+    start = int(sampling.start_epoch) * steps_per_epoch
+  earliest = sampling.get('earliest_start_epoch')
+  if earliest is not None:  # At or after the run's end: no negatives.
+    start = max(start, int(earliest) * steps_per_epoch)
+  return start
 
 
 def total_steps(config: ml_collections.ConfigDict,

@@ -24,8 +24,10 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config.model.spectral_norm = True  # The paper's Lipschitz control here.
   config.loss.lambda_gp = 0.0  # Official code: 10 on top of spectral norm.
   flags = default.parse_arg(arg)[0]
-  if 'paper' in flags:  # The tuned recipe has no atypical selection.
-    config.sampling.style = 'inward'  # Table 3: toward the origin.
+  if 'paper' in flags or 'runlocal' not in flags:
+    # Table 3: toward the origin. The tuned recipe keeps its last third of
+    # the run (measured on Fashion-MNIST -> MNIST only: no CIFAR-10 here).
+    config.sampling.style = 'inward'
   if 'runlocal' not in flags:
     config.model.latent_dim = 128
   return config

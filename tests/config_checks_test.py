@@ -8,6 +8,7 @@ import ml_collections
 
 from ama_jax import config_checks
 from ama_jax import errors
+from ama_jax import schedules
 from configs import default
 
 _CONFIG_DIR = pathlib.Path(default.__file__).parent
@@ -282,6 +283,57 @@ class CombinationsTest(parameterized.TestCase):
                                    'sampling.start_epoch': 5}))
     self.assertLen(found, 1)
     self.assertIn("sampling.style='x'", found[0])
+
+  def test_a_start_given_on_the_command_line_is_the_one_used(self):
+    tuned = default.get_config()  # Its start: 2/3 of the run.
+    self.assertEqual(config_checks.apply_start_given(tuned, ['seed']), [])
+    self.assertEqual(tuned.sampling.start_fraction, default.TUNED_START_FRACTION)
+    tuned.sampling.start_epoch = 5
+    self.assertEqual(
+        config_checks.apply_start_given(tuned, ['sampling.start_epoch']),
+        [f'sampling.start_fraction={2 / 3!r}',
+         'sampling.earliest_start_epoch=2'])
+    self.assertIsNone(tuned.sampling.start_fraction)
+    self.assertEqual(schedules.negatives_start_step(tuned, 10), 50)
+    # Its floor stays when given with it: epoch 1, but not before epoch 2.
+    tuned = default.get_config()
+    tuned.sampling.start_epoch = 1
+    config_checks.apply_start_given(
+        tuned, ['sampling.start_epoch', 'sampling.earliest_start_epoch'])
+    self.assertEqual(schedules.negatives_start_step(tuned, 10), 20)
+    # A fraction given with the paper's recipe: its start_epoch is below it.
+    paper = default.get_config('paper')
+    paper.sampling.start_fraction = 0.5
+    self.assertEqual(
+        config_checks.apply_start_given(paper, ['sampling.start_fraction']),
+        [])
+    self.assertEqual(schedules.negatives_start_step(paper, 10), 500)
+    # A step takes precedence anyway; two starts at once are an error.
+    tuned = default.get_config()
+    tuned.sampling.start_step = 7
+    self.assertEqual(
+        config_checks.apply_start_given(tuned, ['sampling.start_step']),
+        ['sampling.earliest_start_epoch=2'])
+    self.assertEqual(schedules.negatives_start_step(tuned, 10), 7)
+    with self.assertRaisesRegex(errors.ConfigError,
+                                'start_fraction and sampling.start_epoch are '
+                                'both set'):
+      config_checks.apply_start_given(
+          tuned, ['sampling.start_epoch', 'sampling.start_fraction'])
+
+  def test_resume_ignores_the_negatives_settings_of_runs_without_them(self):
+    # A tuned run stored before its recipe had negatives (style 'none',
+    # start_fraction None) resumes with `--config.sampling.style=none`,
+    # whatever the start fields now say; the style itself still counts.
+    from ama_jax import json_safe  # pylint: disable=g-import-not-at-top
+    stored = json_safe.config_to_dict(default.get_config())
+    stored['sampling'].update(style='none', start_fraction=None)
+    config = default.get_config()
+    config.sampling.style = 'none'
+    config_checks.check_resume(stored, config, 'w', 3)
+    with self.assertRaisesRegex(errors.ConfigError,
+                                "sampling.style: 'none' there, 'outward'"):
+      config_checks.check_resume(stored, default.get_config(), 'w', 3)
 
   def test_start_step_replaces_the_start_epoch_check(self):
     config = _runlocal(**{'train.num_epochs': 1, 'sampling.start_step': 2,

@@ -302,6 +302,9 @@ class NormalsOnlyTest(absltest.TestCase):
         (workdir / 'best').iterdir()))
     self.assertIn('model selection: validation holds no anomalies',
                   report.summary(str(workdir)))
+    # Nor a score chosen on validation (no AUROC to choose by).
+    self.assertNotIn('score_chosen_on_validation', results)
+    self.assertNotIn('score chosen', report.summary(str(workdir)))
     # Scoring falls back to the latest checkpoint.
     npy = root / 'new.npy'
     np.save(npy, x[:10])

@@ -48,6 +48,15 @@ def _check_outputs(test, workdir: pathlib.Path) -> dict:
   meta = checkpoint_reading.read_meta(str(workdir), kind='best')
   for key in ('mu', 'sigma', 'threshold', 'config'):
     test.assertIn(key, meta)
+  # The score with the highest validation AUROC at the selected state, and
+  # its test metrics there.
+  chosen = results['score_chosen_on_validation']
+  val, tested = results['val']['best'], results['test']['best']
+  prefix = {'calibrated': '', 'raw': 'raw_', 'knn': 'knn_'}[chosen['score']]
+  test.assertEqual(chosen['val_auroc'], max(
+      val[f'{p}auroc'] for p in ('', 'raw_', 'knn_') if f'{p}auroc' in val))
+  test.assertEqual((chosen['auroc'], chosen['fpr80']),
+                   (tested[f'{prefix}auroc'], tested[f'{prefix}fpr80']))
   return results
 
 
@@ -62,6 +71,9 @@ class MainTest(parameterized.TestCase):
         cwd=_REPO, capture_output=True, text=True, timeout=900)
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])
     self.assertRegex(out.stdout, r'test \(best state\): AUROC 0\.\d+')
+    self.assertRegex(out.stdout, r'score chosen on validation: '
+                     r'(calibrated|raw|knn) \(validation AUROC 0\.\d+\): '
+                     r'test AUROC 0\.\d+')
     results = _check_outputs(self, workdir)
     self.assertEqual(results['config']['eval']['threshold_fpr'], 0.1)
     self.assertEqual(results['counts']['test']['total'], 64)

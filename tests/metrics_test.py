@@ -117,5 +117,40 @@ class ThresholdAtFprTest(parameterized.TestCase):
       metrics.threshold_at_fpr(np.array(scores), fpr)
 
 
+
+class RunScoresTest(absltest.TestCase):
+
+  def _results(self, val):
+    test = {'auroc': 0.8, 'fpr80': 0.3, 'raw_auroc': 0.85, 'raw_fpr80': 0.2,
+            'knn_auroc': 0.9, 'knn_fpr80': 0.1}
+    return {'test': {'best': test, 'last': {}}, 'val': {'best': val}}
+
+  def test_the_score_with_the_highest_validation_auroc(self):
+    results = self._results({'auroc': 0.7, 'raw_auroc': 0.95,
+                             'knn_auroc': 0.9})
+    self.assertEqual(metrics.score_chosen_on_validation(results), 'raw')
+    chosen = metrics.run_score_metrics(results, 'raw')
+    self.assertEqual((chosen['auroc'], chosen['fpr80']), (0.85, 0.2))
+    # Ties keep the calibrated score; a run without the kNN score: -1.
+    results = self._results({'auroc': 0.9, 'raw_auroc': 0.9})
+    self.assertEqual(metrics.val_aurocs(results)['knn'], -1.0)
+    self.assertEqual(metrics.score_chosen_on_validation(results),
+                     'calibrated')
+
+  def test_validation_without_anomalies_keeps_the_calibrated_score(self):
+    nan = float('nan')
+    results = self._results({'auroc': nan, 'raw_auroc': nan,
+                             'knn_auroc': nan})
+    self.assertEqual(metrics.score_chosen_on_validation(results),
+                     'calibrated')
+
+  def test_unknown_or_missing_score_is_an_error(self):
+    results = self._results({'auroc': 0.9})
+    with self.assertRaisesRegex(ValueError, 'Unknown score'):
+      metrics.run_score_metrics(results, 'test')
+    del results['test']['best']['knn_auroc']
+    with self.assertRaisesRegex(ValueError, 'no knn score'):
+      metrics.run_score_metrics(results, 'knn')
+
 if __name__ == '__main__':
   absltest.main()

@@ -94,6 +94,15 @@ class TableTest(absltest.TestCase):
         start_epoch=None, calibration_size=None, overrides={})
     self.assertEqual(tuned.sampling.start_epoch,
                      default_start.sampling.start_epoch)
+    # --start_epoch replaces the tuned recipe's start (2/3 of the run).
+    fm = reproduce.Run('fmnist_mnist', '', 'full', 0)
+    self.assertEqual(reproduce.build_config(
+        fm, epochs=3, start_epoch=None, calibration_size=None,
+        overrides={}).sampling.start_fraction, 2 / 3)
+    late = reproduce.build_config(fm, epochs=3, start_epoch=2,
+                                  calibration_size=None, overrides={})
+    self.assertEqual((late.sampling.start_epoch,
+                      late.sampling.start_fraction), (2, None))
 
   def test_override_errors(self):
     with self.assertRaisesRegex(ValueError, 'field=value'):

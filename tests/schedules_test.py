@@ -68,6 +68,16 @@ class NegativeWeightTest(absltest.TestCase):
     # Twice the steps per epoch: the same fractions of the longer run.
     self.assertEqual(schedules.negatives_start_step(config, 20), 100)
 
+  def test_earliest_start_epoch_is_a_floor(self):
+    # The tuned recipe's: 2/3 of the run, not before epoch 2 (10 per epoch).
+    config = _config(**{'sampling.start_fraction': 2 / 3,
+                        'sampling.earliest_start_epoch': 2})
+    self.assertEqual(schedules.negatives_start_step(config, 10), 67)
+    np.testing.assert_allclose(_weight(config, [66, 67]), [0, 5])
+    config.train.num_epochs = 2  # 2/3 is step 13; the floor 20 is the end.
+    self.assertEqual(schedules.negatives_start_step(config, 10), 20)
+    np.testing.assert_allclose(_weight(config, [0, 19]), [0, 0])
+
   def test_start_step_overrides_and_none_style_is_off(self):
     config = _config(**{'sampling.start_step': 7,
                         'sampling.start_fraction': 0.5})

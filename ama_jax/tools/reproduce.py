@@ -36,7 +36,8 @@ validation AUROC (`results.json['test']['best']`); the test split plays no
 part in any choice. Fewer epochs than the paper's 100 are allowed and stated
 in the output; atypical selection then starts after `--start_epoch` (default,
 for the paper's recipe: the paper's 10% of training, at least one epoch; a
-1-epoch run starts it after 10% of its steps).
+1-epoch run starts it after 10% of its steps; the tuned recipe keeps its
+config's start: for OOD configs the last third, not before epoch 2).
 """
 import ast
 from collections.abc import Mapping, Sequence
@@ -56,6 +57,7 @@ import numpy as np
 
 from ama_jax import errors
 from ama_jax import json_safe
+from ama_jax import metrics
 from ama_jax.datasets import archives
 from ama_jax.tools import cli
 
@@ -110,8 +112,7 @@ PAPER_TABLE5 = {  # AUROC, Table 5 (a) fmnist_mnist, (b) cifar_svhn.
 # (R - mu)^2 / (2 sigma^2), the raw mirrored critic output R(x), or, per
 # run, whichever of the two has the higher validation AUROC at the selected
 # checkpoint (a choice on validation only).
-SCORES = ('calibrated', 'raw', 'knn', 'val')
-_PREFIX = {'calibrated': '', 'raw': 'raw_', 'knn': 'knn_'}  # In results.
+SCORES = (*metrics.RUN_SCORES, 'val')
 BASE_TABLES = ('mnist_oneclass', 'cifar_oneclass', 'fmnist_mnist',
                'cifar_svhn')
 TABLE_VARIANTS = {'ablation': ('full', 'no_inter', 'no_neg', 'neither'),
@@ -210,6 +211,10 @@ def build_config(run: Run, *, epochs: Optional[int],
     config.eval.calibration_size = calibration_size
   for key, value in {**VARIANTS[run.variant], **overrides}.items():
     _set(config, key, value)
+  from ama_jax import config_checks  # pylint: disable=g-import-not-at-top
+  config_checks.apply_start_given(
+      config, [*overrides, *(['sampling.start_epoch'] if start_epoch is not None
+                             else [])])
   return config
 
 
@@ -289,19 +294,10 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
   return node
 
 
-def _val_aurocs(results: Mapping[str, Any]) -> dict[str, float]:
-  """{score kind: validation AUROC} of the run's selected checkpoint, in
-  `_PREFIX` order (-1 where not recorded)."""
-  which = 'best' if 'best' in results['test'] else 'last'
-  val = (results.get('val') or {}).get(which) or {}
-  return {kind: val.get(f'{prefix}auroc', -1.0)
-          for kind, prefix in _PREFIX.items()}
-
-
 def val_auroc(results: Mapping[str, Any], score: str) -> float:
   """Validation AUROC of the run's selected checkpoint, of the score that
   `pick_score(results, score)` reports (-1 where not recorded)."""
-  aurocs = _val_aurocs(results)
+  aurocs = metrics.val_aurocs(results)
   return aurocs[score] if score != 'val' else max(aurocs.values())
 
 
@@ -432,20 +428,13 @@ def pick_score(results: Mapping[str, Any],
   """
   if score not in SCORES:
     raise ValueError(f'Unknown score {score!r}; expected one of {SCORES}.')
-  which = 'best' if 'best' in results['test'] else 'last'
-  test = results['test'][which]
-  kind = score
-  if score == 'val':  # max keeps the first of equals: calibrated, raw, knn.
-    aurocs = _val_aurocs(results)
-    kind = max(aurocs, key=aurocs.get)
-  if kind == 'calibrated':
-    return dict(test), kind
-  prefix = _PREFIX[kind]
-  if f'{prefix}auroc' not in test:
-    raise ValueError(f'The run has no {kind} score (trained with '
-                     'eval.knn_k=0, or before it existed); report it with '
-                     '--score=calibrated, raw or val.')
-  return {**test, **{m: test[f'{prefix}{m}'] for m in METRICS}}, kind
+  kind = (metrics.score_chosen_on_validation(results) if score == 'val'
+          else score)
+  try:
+    return metrics.run_score_metrics(results, kind), kind
+  except ValueError as e:
+    raise ValueError(f'{e} Report it with --score=calibrated, raw or '
+                     'val.') from None
 
 
 def method_label(method: str, epochs: int) -> str:
@@ -684,9 +673,10 @@ _SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds 0..N-1.')
 _EPOCHS = flags.DEFINE_integer(
     'epochs', None, 'Training epochs (None: the config\'s, the paper\'s 100).')
 _START_EPOCH = flags.DEFINE_integer(
-    'start_epoch', None, 'Atypical selection from this epoch (None: for the '
-    'paper\'s recipe 10% of the epochs, at least 1, or 10% of the steps of a '
-    '1-epoch run; the paper: 10 of 100).')
+    'start_epoch', None, 'Atypical selection from this epoch, with either '
+    'recipe (None: for the paper\'s recipe 10% of the epochs, at least 1, or '
+    '10% of the steps of a 1-epoch run, the paper: 10 of 100; the tuned '
+    'recipe keeps its config\'s start).')
 _CLASSES = flags.DEFINE_list('classes', None, 'One-class tables: normal '
                              'classes to run (default: all 10).')
 _CALIBRATION = flags.DEFINE_integer(
