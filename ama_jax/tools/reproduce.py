@@ -297,8 +297,9 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
 def val_auroc(results: Mapping[str, Any], score: str) -> float:
   """Validation AUROC of the run's selected checkpoint, of the score that
   `pick_score(results, score)` reports (-1 where not recorded)."""
-  aurocs = metrics.val_aurocs(results)
-  return aurocs[score] if score != 'val' else max(aurocs.values())
+  if score == 'val':
+    score = metrics.score_chosen_on_validation(results)
+  return metrics.val_aurocs(results)[score]
 
 
 def load_results(workdir: pathlib.Path,
