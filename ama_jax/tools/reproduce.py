@@ -109,9 +109,10 @@ PAPER_TABLE5 = {  # AUROC, Table 5 (a) fmnist_mnist, (b) cifar_svhn.
                    'sipple_no_inter': 0.852, 'sipple': 0.819},
 }
 # Which anomaly score AMA's rows report: the paper's calibrated score
-# (R - mu)^2 / (2 sigma^2), the raw mirrored critic output R(x), or, per
-# run, whichever of the two has the higher validation AUROC at the selected
-# checkpoint (a choice on validation only).
+# (R - mu)^2 / (2 sigma^2), the raw mirrored critic output R(x), the feature
+# kNN score, or ('val'), per run, whichever of the three has the highest
+# validation AUROC at the selected checkpoint (a choice on validation only;
+# `metrics.score_chosen_on_validation`, which every run also reports).
 SCORES = (*metrics.RUN_SCORES, 'val')
 BASE_TABLES = ('mnist_oneclass', 'cifar_oneclass', 'fmnist_mnist',
                'cifar_svhn')
