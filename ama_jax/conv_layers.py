@@ -245,6 +245,43 @@ def _conv_same_kernel_grad(x: Array, g: Array, k: int) -> Array:
   return dk.reshape(k, c, k, o).transpose(2, 0, 1, 3)
 
 
+def _conv_same_im2col(x: Array, kernel: Array) -> Array:
+  """Input-side im2col: the k x k shifted windows of x concatenated,
+  [B, H, W, k k c_in], times the kernel as a [k k c_in, c_out] matrix.
+
+  For few input channels (the cifar critic's 6-channel pair, the encoder's
+  3-channel image) the patches stay small and all three products (forward,
+  input and kernel gradients) are ordinary matmuls; XLA:CPU's own kernel
+  gradient of such a convolution ran at ~10 GFLOP/s (docs/PERFORMANCE.md).
+  """
+  k = kernel.shape[0]
+  q = k // 2
+  _, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (q, q), (q, q), (0, 0)))
+  patches = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(k)
+                             for j in range(k)], axis=-1)  # (ky, kx, c)
+  return _patch_matmul(patches, kernel.reshape(k * k * c, -1))
+
+
+def _conv_same_col2im(x: Array, kernel: Array) -> Array:
+  """Output-side form: z = x @ kernel as [c_in, (ky, kx, c_out)], then
+  y[i, j] = sum_{ky, kx} z[i + ky - q, j + kx - q, ky, kx] (zero outside).
+
+  For few output channels (the cifar generator's 256 -> 3 image layer)
+  z has k k c_out columns and the three products are ordinary matmuls
+  plus k k shifted adds.
+  """
+  k = kernel.shape[0]
+  q = k // 2
+  b, h, w, c = x.shape
+  o = kernel.shape[-1]
+  km = kernel.transpose(2, 0, 1, 3).reshape(c, k * k * o)
+  z = _patch_matmul(x, km).reshape(b, h, w, k, k, o)
+  zp = jnp.pad(z, ((0, 0), (q, q), (q, q), (0, 0), (0, 0), (0, 0)))
+  return sum(zp[:, i:i + h, j:j + w, i, j] for i in range(k)
+             for j in range(k))
+
+
 @jax.custom_vjp
 def _conv_same_rowgrad(x: Array, kernel: Array) -> Array:
   return _conv_same_lax(x, kernel)
@@ -275,6 +312,10 @@ def conv_same(x: Array, kernel: Array, impl: str) -> Array:
       gradient as one [k c_in, k c_out] matmul (`_conv_same_kernel_grad`),
       faster on CPU than XLA's. Higher derivatives (the gradient penalty)
       differentiate the backward pass, which is plain jax.
+      'im2col': patches of the input times the kernel as a matrix
+      (`_conv_same_im2col`), for few input channels.
+      'col2im': the input times the kernel as a matrix, then shifted sums
+      (`_conv_same_col2im`), for few output channels.
       'dot': only for k = 1, a matmul over channels.
 
   Returns:
@@ -288,10 +329,15 @@ def conv_same(x: Array, kernel: Array, impl: str) -> Array:
     return _conv_same_lax(x, kernel)
   if impl == 'rowgrad':
     return _conv_same_rowgrad(x, kernel)
+  if impl == 'im2col':
+    return _conv_same_im2col(x, kernel)
+  if impl == 'col2im':
+    return _conv_same_col2im(x, kernel)
   if impl == 'dot' and k == 1:
     return jnp.dot(x, kernel[0, 0])
   raise ValueError(f"Unknown conv impl {impl!r} for a {k}x{k} kernel; "
-                   "choose 'lax', 'rowgrad' or (1x1 only) 'dot'.")
+                   "choose 'lax', 'rowgrad', 'im2col', 'col2im' or (1x1 "
+                   "only) 'dot'.")
 
 
 def conv3x3_pool2(x: Array, kernel: Array, impl: str) -> Array:
@@ -444,8 +490,10 @@ class ConvSame(nn.Module):
   # transposed convolution, pool(conv3(x)) as a 4x4 stride-2 convolution).
   # 'cpu_forms': conv3(up(x)) as 2x2 phase matmuls, pool(conv3(x)) in the
   # im2col form, 1x1 kernels as a matmul, unfused 3x3 kernels 'rowgrad' (see
-  # `conv_same`) for >= 16 input and output channels, else XLA's (256 -> 3
-  # and 6 -> 128 layers measured equal or faster with it on CPU).
+  # `conv_same`) for >= 16 input and output channels, else 'im2col' (fewer
+  # input than output channels: the critic's 6 -> 128, the encoder's
+  # 3 -> 128) or 'col2im' (the generator's 256 -> 3): measured 2-3x faster
+  # than XLA's convolution with its gradients (docs/PERFORMANCE.md).
   impl: str = 'auto'
   dtype: Dtype = jnp.float32  # Of the arithmetic; variables are float32.
 
@@ -481,8 +529,15 @@ class ConvSame(nn.Module):
         return conv_transpose_4x4_s2(x, upsample_conv_kernel(kernel),
                                      'dilated') + bias
       return conv3x3_pool2(x, kernel, 'im2col' if cpu else 'lax') + bias
-    fast = cpu and min(x.shape[-1], self.features) >= 16
-    return conv_same(x, kernel, 'rowgrad' if fast else 'lax') + bias
+    return conv_same(x, kernel, _conv_same_form(
+        x.shape[-1], self.features) if cpu else 'lax') + bias
+
+
+def _conv_same_form(c_in: int, c_out: int) -> str:
+  """`conv_same`'s form of an unfused k x k layer on CPU ('cpu_forms')."""
+  if min(c_in, c_out) >= 16:
+    return 'rowgrad'
+  return 'im2col' if c_in <= c_out else 'col2im'
 
 
 class ConvTranspose4x4(nn.Module):

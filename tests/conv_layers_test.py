@@ -114,7 +114,9 @@ class ConvLayersTest(parameterized.TestCase):
   # The gradient penalty differentiates the critic's input gradient (for
   # 'rowgrad', its custom backward pass).
   @parameterized.parameters((conv_layers.conv_4x4_s2, 4, 'im2col'),
-                            (conv_layers.conv_same, 3, 'rowgrad'))
+                            (conv_layers.conv_same, 3, 'rowgrad'),
+                            (conv_layers.conv_same, 3, 'im2col'),
+                            (conv_layers.conv_same, 3, 'col2im'))
   def test_matmul_forms_match_lax_second_derivatives(self, conv, k, impl):
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 16))
     kernel = jax.random.normal(jax.random.key(1), (k, k, 16, 8)) / (2 * k)
@@ -186,7 +188,8 @@ class ConvLayersTest(parameterized.TestCase):
   # k x k stride-1 'SAME' convolutions of the cifar ResNets: the heavy
   # 128/256-channel shapes at test size, 1x1 shortcuts, a non-square input.
   @parameterized.parameters(((2, 8, 8, 16), 3, 16), ((2, 6, 10, 5), 3, 7),
-                            ((2, 8, 8, 16), 1, 12), ((1, 5, 5, 3), 5, 4))
+                            ((2, 8, 8, 16), 1, 12), ((1, 5, 5, 3), 5, 4),
+                            ((2, 6, 10, 6), 3, 16), ((2, 8, 6, 24), 3, 3))
   def test_conv_same_impls_match_lax_conv_with_gradients(self, shape, k,
                                                          c_out):
     keys = jax.random.split(jax.random.key(0), 3)
@@ -201,23 +204,26 @@ class ConvLayersTest(parameterized.TestCase):
           argnums=(0, 1))(x, kernel)
 
     expected = value_and_grads('lax')
-    for impl in ('rowgrad', 'dot') if k == 1 else ('rowgrad',):
+    for impl in (('rowgrad', 'dot') if k == 1 else
+                 ('rowgrad', 'im2col', 'col2im')):
       with self.subTest(impl):
         jax.tree.map(_assert_close, value_and_grads(impl), expected)
 
+  # The unfused 3x3 layer takes 'im2col' (4 -> 16), 'rowgrad' (16 -> 16) or
+  # 'col2im' (16 -> 3) on CPU.
   @parameterized.product(resample=('none', 'up', 'pool'), k=(1, 3),
-                         c_in=(4, 16))
+                         c_in=(4, 16), c_out=(16, 3))
   def test_conv_same_layer_impls_match_literal_composition(self, resample,
-                                                           k, c_in):
+                                                           k, c_in, c_out):
     # Every `conv_impl` fuses the resampling into the conv (fewer
     # multiply-adds); 'literal' is the official code's conv(up(x)) /
-    # pool(conv(x)). 16 channels take 'cpu_forms' to the 'rowgrad' path.
+    # pool(conv(x)).
     x = jax.random.normal(jax.random.key(0), (2, 6, 8, c_in))
     kw = dict(kernel_init=nn.initializers.xavier_uniform(),
               bias_init=nn.initializers.normal(1.0))
-    ref = nn.Conv(16, (k, k), padding='SAME', **kw)
+    ref = nn.Conv(c_out, (k, k), padding='SAME', **kw)
     params = ref.init(jax.random.key(1), x)
-    layer = lambda impl: conv_layers.ConvSame(16, k, resample=resample,
+    layer = lambda impl: conv_layers.ConvSame(c_out, k, resample=resample,
                                               impl=impl, **kw)
     # Same names, shapes and (same keys) initial values as nn.Conv.
     jax.tree.map(np.testing.assert_array_equal,
@@ -237,6 +243,12 @@ class ConvLayersTest(parameterized.TestCase):
       with self.subTest(impl):
         jax.tree.map(_assert_close, value_and_grads(impl), expected)
 
+  @parameterized.parameters((6, 128, 'im2col'), (3, 128, 'im2col'),
+                            (256, 3, 'col2im'), (128, 128, 'rowgrad'),
+                            (16, 16, 'rowgrad'), (8, 8, 'im2col'))
+  def test_cpu_form_of_unfused_layers_by_channels(self, c_in, c_out, form):
+    self.assertEqual(conv_layers._conv_same_form(c_in, c_out), form)
+
   def test_upsample_forms_equal_conv3_of_upsampling(self):
     x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 2))
@@ -253,7 +265,8 @@ class ConvLayersTest(parameterized.TestCase):
       conv_layers.conv_4x4_s2(x, jnp.zeros((4, 4, 2, 3)), 'fft')
     with self.assertRaisesRegex(ValueError, 'odd square kernel'):
       conv_layers.conv_same(x, jnp.zeros((2, 2, 2, 3)), 'lax')
-    with self.assertRaisesRegex(ValueError, "choose 'lax', 'rowgrad'"):
+    with self.assertRaisesRegex(ValueError,
+                                "choose 'lax', 'rowgrad', 'im2col'"):
       conv_layers.conv_same(x, jnp.zeros((3, 3, 2, 3)), 'fft')
     with self.assertRaisesRegex(ValueError, "choose 'none', 'up' or 'pool'"):
       conv_layers.ConvSame(3, 3, resample='down').init(jax.random.key(0), x)
