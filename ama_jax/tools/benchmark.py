@@ -71,7 +71,6 @@ import numpy as np
 from ama_jax import config_checks
 from ama_jax import conv_layers
 from ama_jax import errors
-from ama_jax import malloc_tuning
 from ama_jax import models
 from ama_jax import placement
 from ama_jax import runtime
@@ -373,8 +372,7 @@ def main(argv):
   if small:
     raise errors.ConfigError(f'{", ".join(small)}: must be at least 1 '
                              '(--score_batches: 0 skips scoring).')
-  if runtime.backend_is_cpu():
-    malloc_tuning.tune()  # Before JAX's first computation.
+  runtime.cpu_tuning()  # Before JAX's first computation (as `main`).
   # The settings the flags make, checked as a training run checks them.
   try:
     config_checks.validate(_config(), num_devices=jax.local_device_count())
