@@ -70,9 +70,12 @@ def add_xla_flags(flags: tuple[str, ...]) -> str:
   """Appends `flags` to the XLA_FLAGS environment variable, each unless
   XLA_FLAGS already names its option; returns the new value. XLA reads it
   when JAX starts its backend, so call this before JAX computes."""
+  def option(flag: str) -> str:
+    return flag.lstrip('-').split('=', 1)[0]
+
   current = os.environ.get('XLA_FLAGS', '')
-  named = {f.lstrip('-').split('=', 1)[0] for f in current.split()}
-  extra = [f for f in flags if f.lstrip('-').split('=', 1)[0] not in named]
+  named = {option(f) for f in current.split()}
+  extra = [f for f in flags if option(f) not in named]
   value = ' '.join([current.strip(), *extra]).strip()
   os.environ['XLA_FLAGS'] = value
   return value

@@ -34,7 +34,7 @@ def test_cpu_tuning_leaves_accelerator_runs_alone(monkeypatch):
 def test_this_jaxlib_takes_the_cpu_flags():
   """In a fresh process: XLA accepts CPU_XLA_FLAGS (an unknown flag would
   abort the backend's start), convolutions then compile to XLA's own kernel
-  and dots still to a YNNPACK fusion, with the same values."""
+  and dots still to a YNNPACK fusion, and the convolution's value is right."""
   code = """
 import jax, jax.numpy as jnp
 from jax import lax
