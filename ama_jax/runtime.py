@@ -103,6 +103,17 @@ def _jax_started() -> bool:
     return False
 
 
+def use_compilation_cache(folder: Optional[str] = None) -> None:
+  """JAX's persistent compilation cache in `folder` (None: the default)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  folder = pathlib.Path(folder or default_cache_dir())
+  folder.mkdir(parents=True, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', str(folder))
+  # Every compiled program, and XLA's GPU autotuning results with them.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
 def setup(compilation_cache: Optional[str] = None) -> None:
   """Process-wide settings (see the module docstring).
 
@@ -115,12 +126,7 @@ def setup(compilation_cache: Optional[str] = None) -> None:
   if compilation_cache in ('off', ''):
     jax.config.update('jax_enable_compilation_cache', False)
   elif not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    folder = pathlib.Path(compilation_cache or default_cache_dir())
-    folder.mkdir(parents=True, exist_ok=True)
-    jax.config.update('jax_compilation_cache_dir', str(folder))
-    # Every compiled program, and XLA's GPU autotuning results with them.
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+    use_compilation_cache(compilation_cache)
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   except ImportError:

@@ -30,6 +30,7 @@ from ama_jax import data_common
 from ama_jax.datasets import archives
 from ama_jax.datasets import idx_images
 from ama_jax.datasets import local_images
+from ama_jax.datasets import split_arrays
 
 _NATIVE_SHAPES = {'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1),
                   'cifar10': (32, 32, 3), 'svhn_cropped': (32, 32, 3)}
@@ -251,14 +252,16 @@ class TfdsSource(data_common.Source):
       logging.info('%s: local IDX copy from %s, prepared in %s.', what,
                    raw_dir / name, data_dir)
       try:
-        idx_images.prepare(name, data_dir=data_dir, raw_dir=raw_dir)
+        builder = idx_images.prepare(name, data_dir=data_dir, raw_dir=raw_dir)
       except (OSError, ValueError) as e:
         raise data_common.DataUnavailableError(
             f'Cannot prepare {name} from {raw_dir / name}: '
             f'{str(e).splitlines()[0]} Re-fetch with {FETCH_COMMAND}.') from e
-      source = tfds.data_source(f'idx_images/{name}', split=split,
-                                data_dir=data_dir, download=False)
-      return _materialize(source, what)
+      # Decoded from the TFDS records once, then from numpy (split_arrays).
+      return split_arrays.read(
+          builder.data_dir, split,
+          lambda: _materialize(builder.as_data_source(split), what),
+          num_examples=split_arrays.split_length(builder, split))
     if self.origin == 'archive':
       return self._read_archive(split)
     if self.origin == 'download':

@@ -28,6 +28,8 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ama_jax.datasets import split_arrays
+
 PathLike = Union[str, os.PathLike]
 # split -> iterator of (uint8 image [H, W, C], class index).
 Examples = Callable[[str], Iterator[tuple[np.ndarray, int]]]
@@ -112,13 +114,21 @@ def prepare(config: LocalConfig,
 
 def read_split(builder: tfds.core.DatasetBuilder, split: str
                ) -> tuple[np.ndarray, np.ndarray]:
-  """A whole prepared split: (uint8 images [N, H, W, C], int64 labels [N])."""
-  source = builder.as_data_source(split)
-  keys = list(range(len(source)))
-  if not keys:
-    shape = tuple(builder.builder_config.image_shape)
-    return np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int64)
-  examples = source.__getitems__(keys)
-  images = np.stack([np.asarray(ex['image'], np.uint8) for ex in examples])
-  labels = np.array([int(ex['label']) for ex in examples], np.int64)
-  return images, labels
+  """A whole prepared split: (uint8 images [N, H, W, C], int64 labels [N]).
+
+  Decoded from the records once, then read from numpy (`split_arrays`).
+  """
+
+  def decode():
+    source = builder.as_data_source(split)
+    keys = list(range(len(source)))
+    if not keys:
+      shape = tuple(builder.builder_config.image_shape)
+      return np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int64)
+    examples = source.__getitems__(keys)
+    images = np.stack([np.asarray(ex['image'], np.uint8) for ex in examples])
+    labels = np.array([int(ex['label']) for ex in examples], np.int64)
+    return images, labels
+
+  return split_arrays.read(builder.data_dir, split, decode,
+                           num_examples=split_arrays.split_length(builder, split))
