@@ -104,7 +104,12 @@ def _jax_started() -> bool:
 
 
 def use_compilation_cache(folder: Optional[str] = None) -> None:
-  """JAX's persistent compilation cache in `folder` (None: the default)."""
+  """JAX's persistent compilation cache in `folder` (None: the default).
+
+  Nothing when JAX_COMPILATION_CACHE_DIR names one: JAX reads it itself.
+  """
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return
   import jax  # pylint: disable=g-import-not-at-top
   folder = pathlib.Path(folder or default_cache_dir())
   folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +130,7 @@ def setup(compilation_cache: Optional[str] = None) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if compilation_cache in ('off', ''):
     jax.config.update('jax_enable_compilation_cache', False)
-  elif not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+  else:
     use_compilation_cache(compilation_cache)
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

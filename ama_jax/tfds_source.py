@@ -259,9 +259,8 @@ class TfdsSource(data_common.Source):
             f'{str(e).splitlines()[0]} Re-fetch with {FETCH_COMMAND}.') from e
       # Decoded from the TFDS records once, then from numpy (split_arrays).
       return split_arrays.read(
-          builder.data_dir, split,
-          lambda: _materialize(builder.as_data_source(split), what),
-          num_examples=split_arrays.split_length(builder, split))
+          builder, split,
+          lambda: _materialize(builder.as_data_source(split), what))
     if self.origin == 'archive':
       return self._read_archive(split)
     if self.origin == 'download':

@@ -14,8 +14,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 
 from ama_jax import runtime  # pylint: disable=g-import-not-at-top
 
-if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-  runtime.use_compilation_cache()
+runtime.use_compilation_cache()
 
 # absltest helpers (create_tempdir) read flags; pytest never parses them.
 flags.FLAGS.mark_as_parsed()

@@ -1,6 +1,7 @@
 """Tests of `split_arrays`: whole splits kept as numpy beside their records."""
 import os
 import pathlib
+import types
 
 from absl.testing import absltest
 import ml_collections
@@ -25,6 +26,16 @@ class Decoder:
     return self.images.copy(), self.labels.copy()
 
 
+class Builder:
+  """What `split_arrays.read` uses of a prepared builder."""
+
+  def __init__(self, data_dir, lengths=None):
+    self.data_dir = data_dir
+    self.info = types.SimpleNamespace(splits={
+        k: types.SimpleNamespace(num_examples=n)
+        for k, n in (lengths or {}).items()})
+
+
 class SplitArraysTest(absltest.TestCase):
 
   def setUp(self):
@@ -32,8 +43,9 @@ class SplitArraysTest(absltest.TestCase):
     self.dir = pathlib.Path(self.create_tempdir().full_path)
     (self.dir / 'dataset_info.json').write_text('{"splits": [5]}')
 
-  def read(self, decode, split='train', **kwargs):
-    images, labels = split_arrays.read(self.dir, split, decode, **kwargs)
+  def read(self, decode, split='train', lengths=None):
+    images, labels = split_arrays.read(Builder(self.dir, lengths), split,
+                                       decode)
     np.testing.assert_array_equal(images, decode.images)
     np.testing.assert_array_equal(labels, decode.labels)
     self.assertEqual((images.dtype, labels.dtype), (np.uint8, np.int64))
@@ -68,7 +80,7 @@ class SplitArraysTest(absltest.TestCase):
   def test_another_length_is_decoded_again(self):
     self.read(Decoder())
     decode = Decoder(n=7, seed=3)
-    self.read(decode, num_examples=7)
+    self.read(decode, lengths={'train': 7})
     self.assertEqual(decode.calls, 1)
 
   def test_damaged_file_is_decoded_and_written_again(self):
@@ -108,7 +120,7 @@ class SplitArraysTest(absltest.TestCase):
 
   def test_images_of_several_shapes_are_not_saved(self):
     images = [np.zeros((2, 2, 1), np.uint8), np.zeros((3, 3, 1), np.uint8)]
-    got = split_arrays.read(self.dir, 'train',
+    got = split_arrays.read(Builder(self.dir), 'train',
                             lambda: (images, np.zeros(2, np.int64)))
     self.assertIs(got[0], images)
     self.assertFalse((self.dir / split_arrays.FOLDER).exists())

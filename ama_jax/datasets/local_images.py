@@ -130,5 +130,4 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str
     labels = np.array([int(ex['label']) for ex in examples], np.int64)
     return images, labels
 
-  return split_arrays.read(builder.data_dir, split, decode,
-                           num_examples=split_arrays.split_length(builder, split))
+  return split_arrays.read(builder, split, decode)

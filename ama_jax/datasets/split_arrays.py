@@ -8,7 +8,7 @@ project prepares itself (`idx_images`, `local_images`), the first read of a
 split also writes it to `<builder.data_dir>/arrays/<split>.npz`, and later
 reads load that file (well under a second):
 
-  images, labels = split_arrays.read(builder.data_dir, 'train',
+  images, labels = split_arrays.read(builder, 'train',
                                      lambda: decode_every_record())
 
 The file is only ever a copy of what the TFDS records decode to:
@@ -29,6 +29,7 @@ import uuid
 
 from absl import logging
 import numpy as np
+import tensorflow_datasets as tfds
 
 PathLike = Union[str, os.PathLike]
 Arrays = tuple[np.ndarray, np.ndarray]  # uint8 images [N, H, W, C], labels.
@@ -47,7 +48,7 @@ def fingerprint(builder_dir: PathLike) -> Optional[str]:
     return None
 
 
-def split_length(builder, split: str) -> Optional[int]:
+def _split_length(builder, split: str) -> Optional[int]:
   """The number of records of a prepared builder's split (None: unknown)."""
   try:
     return builder.info.splits[split].num_examples
@@ -102,34 +103,32 @@ def _save(file: pathlib.Path, stamp: str, images: np.ndarray,
                     'records again.', file, e)
 
 
-def read(builder_dir: PathLike, split: str,
-         decode: Callable[[], Arrays],
-         num_examples: Optional[int] = None) -> Arrays:
-  """One whole split: from `<builder_dir>/arrays/<split>.npz`, else `decode()`.
+def read(builder: tfds.core.DatasetBuilder, split: str,
+         decode: Callable[[], Arrays]) -> Arrays:
+  """One whole split: from `<data_dir>/arrays/<split>.npz`, else decoded.
 
   Args:
-    builder_dir: the prepared copy's folder (`builder.data_dir`).
+    builder: the prepared copy (its `data_dir`, and its split's length: a
+      saved file of another length is not used).
     split: a split name ('train', 'test', 'all', 'train+test').
     decode: reads the split from its TFDS records: (uint8 images
       [N, H, W, C], labels [N]).
-    num_examples: the split's length, when known (a saved file of another
-      length is not used).
 
   Returns:
     (images, labels), equal to what `decode()` returns.
   """
-  stamp = fingerprint(builder_dir)
+  stamp = fingerprint(builder.data_dir)
   if stamp is None or not _SPLIT_NAME.match(split):
     return decode()
   stamp = f'{stamp}:{split}'
-  file = path(builder_dir, split)
+  file = path(builder.data_dir, split)
   saved = _load(file, stamp)
-  if saved is not None and num_examples not in (None, len(saved[0])):
+  if saved is not None:
+    num_examples = _split_length(builder, split)
+    if num_examples in (None, len(saved[0])):
+      return saved
     logging.info('%s holds %d images, the split %d: decoding the records '
                  'again.', file, len(saved[0]), num_examples)
-    saved = None
-  if saved is not None:
-    return saved
   images, labels = decode()
   if isinstance(images, np.ndarray) and images.ndim == 4:
     _save(file, stamp, images, labels)
