@@ -442,7 +442,8 @@ def restore_state(workdir: pathlib.Path, kind: str, meta: dict):
     abstract = jax.eval_shape(functools.partial(
         train_state.create_train_state, config=config, image_shape=image_shape),
         jax.random.key(0))
-    ae_model, critic_model = models.create_models(config.model, image_shape)
+    ae_model, critic_model = models.create_models(config.model, image_shape,
+                                                  inference=True)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise ScoreError(f'The config saved in the {kind} checkpoint of {workdir} '
                      'does not build a model with this version of ama_jax '

@@ -19,7 +19,8 @@ Variables: `params`, and `batch_stats` holding BatchNorm statistics (cifar
 encoder/generator) or spectral-norm `u`/`sigma` (critic with
 `spectral_norm=True`). Train-mode calls need `mutable=['batch_stats']`.
 
-Two fields choose how the same function is computed (`create_models`):
+Two fields choose how the same function is computed (`create_models`; its
+`inference` argument gives forward-only mnist models XLA's convolutions):
 
 * `model.conv_impl` (`conv_layers.CONV_IMPLS`): XLA's convolutions
   ('xla'), exact matmul forms faster on CPU ('cpu_forms'), or 'auto'; the
@@ -406,10 +407,23 @@ def input_size(arch: str) -> Optional[tuple[int, int]]:
   return _SHAPES.get(arch)
 
 
+# `model.conv_impl='auto'` of forward-only models, by arch, where it is not
+# the training step's choice. The CPU matmul forms win where gradients are
+# needed (docs/PERFORMANCE.md); forward only, on a 2-core Zen 3 VM
+# (2026-12-03, 500 images a call, `runtime.cpu_tuning()`), the mnist
+# networks scored 1418 images/s with XLA's convolutions against 1272 with
+# the CPU forms, and the cifar ones 42.7 against 49.4 (its generator's
+# phase-matmul up-sampling is faster than XLA's transposed convolution), so
+# cifar keeps 'auto'. On accelerators 'auto' is 'xla' already.
+INFERENCE_CONV_IMPL = {'mnist': 'xla'}
+
+
 def create_models(
     model_config: ml_collections.ConfigDict,
     image_shape: Sequence[int],
     axis_name: Optional[str] = None,
+    *,
+    inference: bool = False,
 ) -> tuple[Autoencoder, Critic]:
   """Builds (Autoencoder, Critic) for `model_config.arch`.
 
@@ -421,6 +435,10 @@ def create_models(
       `compute_dtype` (`COMPUTE_DTYPES`, default 'float32').
     image_shape: (H, W, C) of the images.
     axis_name: pmap axis for global BatchNorm statistics; None outside pmap.
+    inference: the models only run forward (validation, calibration,
+      scoring, export). With `conv_impl` 'auto', mnist's then take XLA's own
+      convolutions on every backend (`INFERENCE_CONV_IMPL`); the variables
+      are the same in every form.
 
   Returns:
     (autoencoder, critic) modules.
@@ -447,6 +465,8 @@ def create_models(
   # .get: configs saved before these fields existed mean the defaults.
   conv_impl = model_config.get('conv_impl', 'auto')
   conv_layers.conv_forms(conv_impl)  # Validates it.
+  if inference and conv_impl == 'auto':
+    conv_impl = INFERENCE_CONV_IMPL.get(arch, conv_impl)
   dtype_name = model_config.get('compute_dtype', 'float32')
   if dtype_name not in COMPUTE_DTYPES:
     raise ValueError(f'Unknown model.compute_dtype {dtype_name!r}; choose '

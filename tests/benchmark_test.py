@@ -80,6 +80,10 @@ class BenchmarkTest(absltest.TestCase):
     self.assertGreater(line['peak_memory_mb'], 0)
     self.assertTrue(line['finite'])
     self.assertEqual(line['rounds'], 2)
+    self.assertLen(line['round_train_img_per_s'], 2)
+    self.assertAlmostEqual(line['train_img_per_s'],
+                           sum(line['round_train_img_per_s']) / 2, delta=0.01)
+    self.assertEqual(line['round_torch_train_img_per_s'], [4, 4])
     self.assertAlmostEqual(line['train_ratio'], line['train_img_per_s'] / 4)
     self.assertAlmostEqual(line['score_ratio'], line['score_img_per_s'] / 8)
 

@@ -300,6 +300,24 @@ class ModelsTest(parameterized.TestCase):
     self.assertEqual(ae.encoder.axis_name, 'batch')
     self.assertEqual(ae.generator.axis_name, 'batch')
 
+  def test_inference_models_take_xla_convolutions_for_mnist_only(self):
+    # Forward-only mnist models take XLA's convolutions when 'auto' (faster
+    # forward on CPU, the same everywhere else); an explicit choice stays,
+    # and cifar and the training models keep 'auto'. The forms agree in
+    # values (test_networks_agree_across_conv_impls).
+    def impls(arch, conv_impl, inference):
+      config = _config(arch)
+      config.conv_impl = conv_impl
+      ae, critic = models.create_models(
+          config, models.input_size(arch) + (1,), inference=inference)
+      return {m.conv_impl for m in (ae.encoder, ae.generator, critic.network)
+              if hasattr(m, 'conv_impl')}
+
+    self.assertEqual(impls('mnist', 'auto', True), {'xla'})
+    self.assertEqual(impls('mnist', 'auto', False), {'auto'})
+    self.assertEqual(impls('mnist', 'cpu_forms', True), {'cpu_forms'})
+    self.assertEqual(impls('cifar', 'auto', True), {'auto'})
+
   def test_create_models_rejects_unknown_arch(self):
     with self.assertRaisesRegex(ValueError, r"'cifar', 'mnist'"):
       models.create_models(_config('resnet'), (28, 28, 1))

@@ -75,7 +75,8 @@ class ScoreTest(parameterized.TestCase):
     state = _random_state(config)
     rng = np.random.default_rng(1)
     cls.pixels = rng.integers(0, 256, (NUM_IMAGES, 28, 28), np.uint8)
-    ae_model, critic_model = models.create_models(config.model, SHAPE)
+    ae_model, critic_model = models.create_models(config.model, SHAPE,
+                                                       inference=True)
     scorer = scoring.scorer_from_state(state, ae_model, critic_model)
     cls.r = scorer(cls.pixels[..., None].astype(np.float32) / 127.5 - 1.0)
     mu, sigma = float(cls.r.mean()), float(cls.r.std() + 1e-3)
@@ -104,6 +105,10 @@ class ScoreTest(parameterized.TestCase):
         moved)})
     ckpts.close()
     cls.config, cls.state = config, state
+    # The run's data prepared here, once: on a fresh machine the first
+    # reader would otherwise print TFDS's preparation progress in the
+    # middle of a test that counts stderr lines (knn_k_too_large).
+    input_pipeline.load_protocol(config.data, config.seed, input_size=(28, 28))
     # The same images in every input format.
     cls.npy = cls.root / 'images.npy'
     np.save(cls.npy, cls.pixels)
@@ -193,7 +198,8 @@ class ScoreTest(parameterized.TestCase):
     # settings, computed once and cached; a damaged cache is recomputed.
     data = input_pipeline.load_protocol(self.config.data, self.config.seed,
                                         input_size=(28, 28))
-    ae_model, critic_model = models.create_models(self.config.model, SHAPE)
+    ae_model, critic_model = models.create_models(self.config.model, SHAPE,
+                                                       inference=True)
     scorer = scoring.scorer_from_state(self.state, ae_model, critic_model)
     bank = scorer.with_features(data.train.images[data.train.labels == 0])[1]
     images = self.pixels[..., None].astype(np.float32) / 127.5 - 1.0

@@ -51,7 +51,11 @@ Fields of the JSON line (times in seconds unless named otherwise):
                               (null when the peak is unknown, e.g. on CPU);
   peak_memory_mb              device peak (accelerators), else the
                               process's peak resident memory;
-  temp_mb                     XLA's temporary buffers of the step.
+  temp_mb                     XLA's temporary buffers of the step;
+  round_train_img_per_s, round_torch_train_img_per_s
+                              each round's figure (ours, the reference);
+                              train_img_per_s and torch_train_img_per_s
+                              are their medians, train_ratio their ratio.
 """
 import json
 import os
@@ -287,7 +291,8 @@ def run_ours(measure_warm: bool) -> dict:
 
   score_img_per_s = None
   if FLAGS.score_batches:
-    eval_ae, eval_critic = models.create_models(config.model, image_shape)
+    eval_ae, eval_critic = models.create_models(config.model, image_shape,
+                                                inference=True)
     scorer = scoring.scorer_from_state(state, eval_ae, eval_critic,
                                        batch_size=FLAGS.batch,
                                        devices=devices)
@@ -396,6 +401,8 @@ def main(argv):
     result['score_img_per_s'] = statistics.median(
         r['score_img_per_s'] for r in ours)
   result['rounds'] = FLAGS.rounds
+  result['round_train_img_per_s'] = [
+      round(r['train_img_per_s'], 2) for r in ours]
   result['compilation_cache'] = (
       'fresh temporary folder' if not FLAGS.cache_dir else FLAGS.cache_dir)
   if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
@@ -406,6 +413,8 @@ def main(argv):
     s = statistics.median(r['score_img_s_median']
                           for r in ref)
     result.update(torch_train_img_per_s=t, torch_score_img_per_s=s,
+                  round_torch_train_img_per_s=[
+                      round(r['train_img_s_median'], 2) for r in ref],
                   torch_args=FLAGS.torch_args,
                   train_ratio=result['train_img_per_s'] / t,
                   score_ratio=(result['score_img_per_s'] / s
