@@ -76,7 +76,7 @@ class ScoreTest(parameterized.TestCase):
     rng = np.random.default_rng(1)
     cls.pixels = rng.integers(0, 256, (NUM_IMAGES, 28, 28), np.uint8)
     ae_model, critic_model = models.create_models(config.model, SHAPE,
-                                                       inference=True)
+                                                  inference=True)
     scorer = scoring.scorer_from_state(state, ae_model, critic_model)
     cls.r = scorer(cls.pixels[..., None].astype(np.float32) / 127.5 - 1.0)
     mu, sigma = float(cls.r.mean()), float(cls.r.std() + 1e-3)
@@ -199,7 +199,7 @@ class ScoreTest(parameterized.TestCase):
     data = input_pipeline.load_protocol(self.config.data, self.config.seed,
                                         input_size=(28, 28))
     ae_model, critic_model = models.create_models(self.config.model, SHAPE,
-                                                       inference=True)
+                                                  inference=True)
     scorer = scoring.scorer_from_state(self.state, ae_model, critic_model)
     bank = scorer.with_features(data.train.images[data.train.labels == 0])[1]
     images = self.pixels[..., None].astype(np.float32) / 127.5 - 1.0
