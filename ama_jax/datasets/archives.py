@@ -29,6 +29,8 @@ PathLike = Union[str, os.PathLike]
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
                    'frog', 'horse', 'ship', 'truck')
+FASHION_MNIST_CLASSES = ('t-shirt', 'trouser', 'pullover', 'dress', 'coat',
+                         'sandal', 'shirt', 'sneaker', 'bag', 'ankle boot')
 SVHN_CLASSES = tuple(str(i) for i in range(10))
 CLASS_NAMES = {'cifar10': CIFAR10_CLASSES, 'svhn_cropped': SVHN_CLASSES}
 # What `find` looks for, in order of preference.

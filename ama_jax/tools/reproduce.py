@@ -11,6 +11,8 @@ r"""Runs one of the paper's tables end to end and writes markdown + JSON.
 
 Tables (the paper's numbers are in `PAPER`):
   mnist_oneclass      Table 1, MNIST row: each digit normal, the rest anomalous.
+  fmnist_oneclass     Not in the paper: the same protocol on Fashion-MNIST
+                      (each class normal, the other nine anomalous).
   cifar_oneclass      Table 1, CIFAR-10 row (needs the TFDS data).
   fmnist_mnist        Table 2a: Fashion-MNIST normal, MNIST anomalous.
   cifar_svhn          Table 2b: CIFAR-10 normal, SVHN anomalous.
@@ -114,8 +116,8 @@ PAPER_TABLE5 = {  # AUROC, Table 5 (a) fmnist_mnist, (b) cifar_svhn.
 # validation AUROC at the selected checkpoint (a choice on validation only;
 # `metrics.score_chosen_on_validation`, which every run also reports).
 SCORES = (*metrics.RUN_SCORES, 'val')
-BASE_TABLES = ('mnist_oneclass', 'cifar_oneclass', 'fmnist_mnist',
-               'cifar_svhn')
+BASE_TABLES = ('mnist_oneclass', 'fmnist_oneclass', 'cifar_oneclass',
+               'fmnist_mnist', 'cifar_svhn')
 TABLE_VARIANTS = {'ablation': ('full', 'no_inter', 'no_neg', 'neither'),
                   'atypical_vs_sipple': ('full', 'no_inter', 'sipple',
                                          'sipple_no_inter')}
@@ -396,8 +398,10 @@ def _fmt(stats: Optional[Mapping[str, Any]]) -> str:
 def _row_label(base: str, row: str) -> str:
   if row == 'mean':
     return '**mean**'
-  if base == 'cifar_oneclass':
-    return f'{row} ({archives.CIFAR10_CLASSES[int(row)]})'
+  names = {'cifar_oneclass': archives.CIFAR10_CLASSES,
+           'fmnist_oneclass': archives.FASHION_MNIST_CLASSES}.get(base)
+  if names and row.isdigit():
+    return f'{row} ({names[int(row)]})'
   return row or base
 
 
