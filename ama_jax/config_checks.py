@@ -380,6 +380,8 @@ FIELDS: dict[str, Rule] = {
     'eval.score': Choice(lambda: scoring.SCORES + ('auto',)),
     'eval.calibration_size': Int(min=2, optional=True),  # A Gaussian fit.
     'eval.knn_k': Int(min=0),
+    'eval.knn_bank_size': Int(min=1, optional=True),
+    'eval.selection': Choice(lambda: scoring.SELECTIONS),
     # --- log ---
     'log.every_steps': Int(min=1),
     'log.checkpoint_every_steps': Int(min=1),
@@ -719,6 +721,11 @@ def check_plan(config: ml_collections.ConfigDict, steps_per_epoch: int,
     found.append(f'eval.knn_k={k} exceeds the {num_train_normals} training '
                  'normals the feature kNN score compares with; lower it '
                  '(0 turns the score off)')
+  bank = config.eval.get('knn_bank_size')
+  if bank and k > bank:
+    found.append(f'eval.knn_k={k} exceeds eval.knn_bank_size={bank}, the '
+                 'training features the feature kNN score compares with; '
+                 'raise the bank or lower k')
   if found:
     raise errors.ConfigError('; '.join(found) + '.')
 

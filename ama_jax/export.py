@@ -13,11 +13,16 @@ then holds
         -> (r: float32 [batch], score: float32 [batch],
             is_anomaly: bool [batch])
 
-  with the encoder, generator and critic weights (the moving averages if
+  where `score` is the detector's score: by default the one the run chose
+  (results.json['chosen']): the calibrated score of R(x), or the feature
+  kNN distance with the run's memory bank of training features baked in,
+  so that the export scores exactly as the checkpoint does with
+  `ama_jax.tools.score`. Baked in as constants: the encoder, generator
+  and critic weights (the moving averages if
   the run kept them, `train_state.scoring_variables`), mu, sigma, the
   calibrated score's kind ('two_sided' (R - mu)^2 / (2 sigma^2) or
   'one_sided' (R - mu) / sigma) and the decision threshold (is_anomaly =
-  score > threshold) baked in as constants. `batch` is symbolic: any number of
+  score > threshold), and for the kNN score the bank and k. `batch` is symbolic: any number of
   images per call. Lowered for every platform in `platforms`.
 * `scorer.json`: what it expects and computes (image shape, the conversion
   the run applied to its training images, calibration, where it came from,
@@ -62,6 +67,7 @@ FUNCTION_FILE, META_FILE = 'scorer.jaxexport', 'scorer.json'
 FORMAT = 'ama_jax.export/1'
 OUTPUTS = ('r', 'score', 'is_anomaly')
 PLATFORMS = ('cpu', 'cuda', 'tpu')
+SCORES = ('chosen', 'calibrated', 'knn')  # What the export computes.
 
 # The loader the README shows (tests run this exact text in a fresh process
 # that imports neither ama_jax nor flax).
@@ -120,6 +126,38 @@ def scoring_function(ae_model, critic_model, ae_vars, critic_vars,
     return r, score, score > threshold
 
   return scorer
+
+
+def knn_scoring_function(ae_model, critic_model, ae_vars, critic_vars,
+                         bank: np.ndarray, k: int, threshold: float):
+  """images [b, H, W, C] -> (r, kNN distance, is_anomaly): the feature kNN
+  score (`scoring.KnnIndex`) with the memory bank baked in."""
+  bank = np.asarray(bank, np.float32)
+  bank_sq = np.einsum('ij,ij->i', bank, bank)
+  threshold = np.float32(threshold)
+
+  def scorer(images: jax.Array):
+    r, features = scoring.scores_and_features(ae_model, critic_model,
+                                              ae_vars, critic_vars, images)
+    d = scoring.kth_sq_distance(features, bank, bank_sq, k, portable=True)
+    score = jnp.sqrt(jnp.maximum(d, 0.0))
+    return r, score, score > threshold
+
+  return scorer
+
+
+def _detector(workdir: pathlib.Path, score: str, kind: Optional[str],
+              step: Optional[int]):
+  """(model, score, chosen) of `inference.open_detector` for the export."""
+  from ama_jax import inference  # pylint: disable=g-import-not-at-top
+  if score not in SCORES:
+    raise ExportError(f'--score={score!r}: choose from {", ".join(SCORES)}.')
+  model, score = inference.open_detector(workdir, score, kind=kind,
+                                         step=step)
+  if model.kind == 'exported':
+    raise ExportError(f'{workdir} is already an exported scorer; export the '
+                      'training workdir it came from.')
+  return model, score
 
 
 def export_scorer(scorer, image_shape: Sequence[int],
@@ -196,8 +234,12 @@ def write(output: os.PathLike | str, exported: jax_export.Exported,
       f'    python score_exported.py . images.npy scores.csv\n\n'
       f'`images.npy`: uint8 [N, {h}, {w}' + (f', {c}' if c > 1 else '')
       + '] (0..255). Higher score = more anomalous; is_anomaly = score > '
-      f'{meta["calibration"]["threshold"]:.6g} ('
-      f'{meta["calibration"]["score"]} score, threshold at '
+      f'{meta["detector"]["threshold"]:.6g} ('
+      + (f'feature kNN distance, k={meta["detector"]["knn_k"]}, to a memory '
+         f'bank of {meta["detector"]["bank_size"]} training normals'
+         if meta['detector']['score'] == 'knn' else
+         f'{meta["calibration"]["score"]} calibrated score')
+      + ', threshold at '
       f'{meta["calibration"]["threshold_fpr"]:g} false positives on '
       'held-out normals). Images of another size must first be converted as '
       f'in training: {meta["preprocessing"]}.\n\n```python\n{LOADER}```\n')
@@ -207,8 +249,13 @@ def write(output: os.PathLike | str, exported: jax_export.Exported,
 def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
         kind: Optional[str] = None, step: Optional[int] = None,
         platforms: Sequence[str] = PLATFORMS,
-        savedmodel: bool = False) -> dict[str, Any]:
+        savedmodel: bool = False, score: str = 'chosen') -> dict[str, Any]:
   """Exports a checkpoint of `workdir` into `output`; returns the meta.
+
+  `score`: 'chosen' (the detector the run chose, results.json['chosen']:
+  its checkpoint, score and threshold; `ama_jax.tools.score` scores the
+  same), 'calibrated' or 'knn' (the feature kNN score, its memory bank
+  baked in) of `kind` / `step`.
 
   Raises:
     errors.UserError: ExportError (bad platforms or output),
@@ -224,18 +271,32 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
   if output.exists() and not output.is_dir():
     raise ExportError(f'Output {output} exists and is not a folder.')
   workdir = pathlib.Path(workdir)
-  kind, step = inference.locate(workdir, kind, step)
-  meta = inference.read_checked_meta(workdir, kind, step)
+  model, score = _detector(workdir, score, kind, step)
+  kind = model.kind
+  meta = inference.read_checked_meta(workdir, kind, model.step)
   state, ae_model, critic_model = inference.restore_state(workdir, kind, meta)
-  from ama_jax import train  # pylint: disable=g-import-not-at-top
   ae_vars, critic_vars = train_state.scoring_variables(state)
   calibration = scoring.Calibration(
-      mu=meta['mu'], sigma=meta['sigma'], threshold=meta['threshold'],
+      mu=model.mu, sigma=model.sigma,
+      threshold=(model.threshold if score == 'calibrated'
+                 else meta['threshold']),
       threshold_fpr=meta.get('threshold_fpr', float('nan')),
-      score=meta.get('score', 'two_sided'))
+      score=model.score)
   image_shape = tuple(int(d) for d in meta['image_shape'])
-  scorer = scoring_function(ae_model, critic_model, ae_vars, critic_vars,
-                            calibration)
+  detector = {'score': score}
+  if score == 'knn':
+    reference = model.knn_reference(scoring.scorer_from_state(
+        state, ae_model, critic_model))
+    bank = reference.index.bank
+    detector.update(threshold=reference.threshold, knn_k=reference.index.k,
+                    bank_size=len(bank))
+    scorer = knn_scoring_function(ae_model, critic_model, ae_vars,
+                                  critic_vars, bank, reference.index.k,
+                                  reference.threshold)
+  else:
+    detector['threshold'] = calibration.threshold
+    scorer = scoring_function(ae_model, critic_model, ae_vars, critic_vars,
+                              calibration)
   exported = export_scorer(scorer, image_shape, platforms)
   data_config = meta['config'].get('data', {})
   from ama_jax import data_common  # pylint: disable=g-import-not-at-top
@@ -251,6 +312,7 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
       'preprocessing': {'image_size': conv.image_size,
                         'channels': conv.channels, 'resize': conv.resize},
       'calibration': calibration.to_dict(),
+      'detector': detector,
       'source': {'workdir': str(workdir.absolute()), 'kind': kind,
                  'step': meta['step'], 'val_auroc': meta.get('val_auroc')},
       'config': meta['config'],

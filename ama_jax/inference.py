@@ -12,6 +12,7 @@ atomically. A problem with the inputs raises `ScoreError` (an
 `errors.UserError`: one line from the programs).
 """
 import csv
+import json
 import dataclasses
 import functools
 import math
@@ -539,6 +540,65 @@ class Model:
   # (scorer, k) -> KnnReference for the feature kNN score; None for an
   # exported scorer (it holds no training features).
   knn_reference: Optional[Callable[..., 'KnnReference']] = None
+  # An exported scorer's own score: 'calibrated', or 'knn' (then `build`'s
+  # function returns (r, kNN distance) and `threshold` is the kNN one).
+  detector_score: Optional[str] = None
+
+
+def chosen_detector(workdir: os.PathLike | str) -> Optional[dict]:
+  """results.json['chosen'] of a finished run (`report.detector`), or None
+  (no results.json: the run has not finished, or predates it)."""
+  path = pathlib.Path(workdir) / 'results.json'
+  if not path.is_file():
+    return None
+  try:
+    chosen = json.loads(path.read_text()).get('chosen')
+  except (OSError, ValueError) as e:
+    raise ScoreError(f'Cannot read {path}: {errors.one_line(e)}') from e
+  if chosen is not None and chosen.get('score') not in ('calibrated', 'knn'):
+    raise ScoreError(f'{path} chose the score {chosen.get("score")!r}, '
+                     'which this version cannot score; pass --score.')
+  return chosen
+
+
+def open_detector(workdir: os.PathLike | str, score: str, *,
+                  kind: Optional[str] = None, step: Optional[int] = None,
+                  batch_size: int = 500) -> tuple[Model, str]:
+  """(model, score) for scoring with `score`: 'chosen' (the detector the
+  run chose: its checkpoint, score and threshold, `chosen_detector`),
+  'calibrated' or 'knn'.
+
+  Raises:
+    ScoreError: as `open_model`, or --kind / --step with 'chosen'.
+  """
+  from ama_jax import export  # pylint: disable=g-import-not-at-top
+  if score != 'chosen' or export.is_exported(pathlib.Path(workdir)):
+    model = open_model(workdir, kind=kind, step=step, batch_size=batch_size)
+    if model.kind == 'exported':
+      if score == 'chosen':
+        score = model.detector_score
+      elif score == 'knn' and model.detector_score != 'knn':
+        model.knn_reference = None  # Nothing to compare with.
+    return model, score
+  chosen = chosen_detector(workdir)
+  if chosen is None:
+    logging.warning('%s has no results.json (the run has not finished): '
+                    'scoring with the calibrated score.', workdir)
+    return open_model(workdir, kind=kind, step=step,
+                      batch_size=batch_size), 'calibrated'
+  if kind is not None or step is not None:
+    raise ScoreError(
+        f'--score=chosen scores with the checkpoint the run chose '
+        f'({chosen["checkpoint"]} step {chosen["step"]}); to score another '
+        'one, pass --score=calibrated or --score=knn with --kind / --step.')
+  model = open_model(workdir, kind=chosen['checkpoint'], step=chosen['step'],
+                     batch_size=batch_size)
+  if chosen['score'] == 'calibrated':  # The final calibration (all normals).
+    cal = chosen['calibration']
+    model = dataclasses.replace(model, mu=cal['mu'], sigma=cal['sigma'],
+                                threshold=cal['threshold'],
+                                score=cal['score'])
+  return model, chosen['score']
 
 
 def _conversion(data_config: dict) -> Optional[image_files.Conversion]:
@@ -577,13 +637,20 @@ def open_model(workdir: os.PathLike | str, *, kind: Optional[str] = None,
         if n < batch_size:  # One shape for every call: one compilation.
           images = np.concatenate([images, np.zeros(
               (batch_size - n, *image_shape), np.float32)])
-        return np.asarray(call(images)[0])[:n]
+        out = call(images)
+        if knn:  # The exported score is the kNN distance: (r, score).
+          return np.asarray(out[0])[:n], np.asarray(out[1])[:n]
+        return np.asarray(out[0])[:n]
       return raw
 
+    knn = meta.get('detector', {}).get('score') == 'knn'
+    threshold = (meta['detector']['threshold'] if knn
+                 else calibration['threshold'])
     return Model('exported', meta['source']['step'], image_shape,
                  _conversion(meta.get('preprocessing', {})),
                  calibration['mu'], calibration['sigma'],
-                 calibration['threshold'], calibration['score'], build)
+                 threshold, calibration['score'], build,
+                 detector_score='knn' if knn else 'calibrated')
   kind, step = locate(workdir, kind, step)
   meta = read_checked_meta(workdir, kind, step)
   return Model(kind, meta['step'], tuple(int(d) for d in meta['image_shape']),
@@ -686,8 +753,23 @@ def _reference_features(config, scorer) -> dict[str, np.ndarray]:
   logging.info('Computing the features of %d training and %d validation '
                'normal images (once per checkpoint; then cached).',
                len(train), len(val_normal))
-  return {'train': scorer.with_features(train)[1],
+  features = scorer.with_features(train)[1]
+  # The run's memory bank: the same rows as at its final evaluation.
+  rows = scoring.knn_bank(features, config.eval.get('knn_bank_size'),
+                          config.seed)
+  return {'train': features[rows],
           'val_normal': scorer.with_features(val_normal)[1]}
+
+
+def write_knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
+                        bank: np.ndarray, val_normal: np.ndarray) -> None:
+  """Stores a checkpoint's memory bank and its validation normals'
+  features (what `knn_reference` reads), as the final evaluation used
+  them."""
+  path = pathlib.Path(workdir) / KNN_DIR / f'{kind}_{int(meta["step"])}.npz'
+  _write_knn_cache(path, {'train': np.asarray(bank, np.float32),
+                          'val_normal': np.asarray(val_normal, np.float32),
+                          'fingerprint': _fingerprint(meta)})
 
 
 def knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
@@ -695,12 +777,13 @@ def knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
                   ) -> KnnReference:
   """The feature kNN score's reference set for a checkpoint.
 
-  The features of the run's training normals (all of them, as in the run's
-  final evaluation) and validation normals, computed with `scorer` (this
-  checkpoint's networks) on first use and cached in
-  `<workdir>/knn_reference/<kind>_<step>.npz` (about 4 bytes x features x
-  training normals: 240 MB for Fashion-MNIST's 59,500 with the MNIST
-  critic's 1,024 features); later calls read the cache.
+  The run's memory bank (the features of its training normals, or of the
+  `eval.knn_bank_size` of them `scoring.knn_bank` keeps, as in the run's
+  final evaluation) and its validation normals' features, in
+  `<workdir>/knn_reference/<kind>_<step>.npz`: written by the final
+  evaluation, else computed with `scorer` (this checkpoint's networks) on
+  first use and cached (4 bytes x features x bank rows: 40 MB for a bank of
+  10,000 with the MNIST critic's 1,024 features).
 
   Args:
     workdir, kind, meta: the checkpoint (see `open_model`).
@@ -719,8 +802,9 @@ def knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
               'fingerprint': _fingerprint(meta)}
     _write_knn_cache(path, cached)
   if not 1 <= k <= len(cached['train']):
-    raise ScoreError(f'--knn_k={k}: must be between 1 and the run\'s '
-                     f'{len(cached["train"])} training normal images.')
+    raise ScoreError(f'--knn_k={k}: must be between 1 and the '
+                     f'{len(cached["train"])} training normals of the run\'s '
+                     'memory bank.')
   index = scoring.KnnIndex(cached['train'], k)
   threshold = metrics.threshold_at_fpr(index(cached['val_normal']),
                                        float(config.eval.threshold_fpr))

@@ -257,6 +257,7 @@ class Trainer:
     self.pending: list[tuple[int, dict]] = []  # Metrics not yet read.
     self.compiled = False
     self.steps_timed = 0
+    self.last_meta: Optional[dict] = None  # Of the last save_latest.
 
   # -- training ---------------------------------------------------------
   def train_epoch(self, epoch: int) -> bool:
@@ -355,8 +356,9 @@ class Trainer:
 
   def save_latest(self, epoch: int) -> None:
     self.flush()  # Never save a state whose losses were not checked.
+    self.last_meta = self._meta(epoch)
     with self.timer('checkpoints'):
-      self.run.ckpts.save_latest(self.step, self.state, self._meta(epoch))
+      self.run.ckpts.save_latest(self.step, self.state, self.last_meta)
 
   # -- validation ---------------------------------------------------------
   def validate(self, epoch: int) -> None:
@@ -437,7 +439,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       best = (placement.replicate(best[0], run.devices), best[1])
     results = report.final_evaluation(
         config, run.workdir, run.data, trainer.state, best,
-        *run.eval_models, run.local_devices, run.writer, trainer.step)
+        *run.eval_models, run.local_devices, run.writer, trainer.step,
+        last_meta=trainer.last_meta)
   if run.is_chief and config.log.figures:
     with timer('figures'):
       figures.training_curves(

@@ -10,7 +10,7 @@ Only numpy and scikit-learn are imported so that the module can be used on
 host-side arrays by any program (training, scoring, baselines).
 """
 import math
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from sklearn import metrics as sk_metrics
@@ -177,9 +177,11 @@ def score_chosen_on_validation(results: dict[str, Any]) -> str:
   return max(aurocs, key=aurocs.get) if aurocs else 'calibrated'
 
 
-def run_score_metrics(results: dict[str, Any], score: str) -> dict[str, Any]:
-  """Test metrics of a run's selected state under `score` (`RUN_SCORES`):
-  its `auroc`, `auprc_*`, `fpr*` are that score's.
+def run_score_metrics(results: dict[str, Any], score: str,
+                      state: Optional[str] = None) -> dict[str, Any]:
+  """Test metrics of a run's `state` ('best' / 'last'; None: the selected
+  one) under `score` (`RUN_SCORES`): its `auroc`, `auprc_*`, `fpr*` are
+  that score's.
 
   Raises:
     ValueError: an unknown score, or one the run did not record.
@@ -187,7 +189,7 @@ def run_score_metrics(results: dict[str, Any], score: str) -> dict[str, Any]:
   if score not in RUN_SCORES:
     raise ValueError(f'Unknown score {score!r}; expected one of '
                      f'{tuple(RUN_SCORES)}.')
-  test = results['test'][selected_state(results)]
+  test = results['test'][state or selected_state(results)]
   prefix = RUN_SCORES[score]
   if f'{prefix}auroc' not in test:
     raise ValueError(f'The run has no {score} score (trained with '

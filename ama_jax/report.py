@@ -65,13 +65,44 @@ def calibrate(scorer, data, config: ml_collections.ConfigDict, *,
   return calibration, r_train, r_val, feats
 
 
+# results.json's state names -> checkpoint kinds (`checkpoint_files`).
+CHECKPOINTS = {'best': 'best', 'last': 'latest'}
+# The scores a detector can use (`ama_jax.tools.score`, the export).
+DETECTOR_SCORES = ('calibrated', 'knn')
+
+
+def _knn_scores(config, data, f_train: np.ndarray, f_val: np.ndarray,
+                f_test: np.ndarray):
+  """Feature kNN distances of validation and test against the memory bank
+  (`scoring.knn_bank`), the threshold on the validation normals, and
+  (bank, validation normals' features): what is stored beside the
+  checkpoint for `ama_jax.tools.score` and the export."""
+  rows = scoring.knn_bank(f_train, config.eval.get('knn_bank_size'),
+                          config.seed)
+  bank = f_train[rows]
+  # One index: the bank goes to the device once.
+  knn = scoring.KnnIndex(bank, config.eval.knn_k)(
+      np.concatenate([f_val, f_test]))
+  knn_val, knn_test = knn[:len(f_val)], knn[len(f_val):]
+  val_normal = data.val.labels == 0
+  threshold = (float(metrics.threshold_at_fpr(
+      knn_val[val_normal], float(config.eval.threshold_fpr)))
+               if val_normal.any() else float('nan'))
+  logging.info('Feature kNN memory bank: %d of %d training normals.',
+               len(bank), len(f_train))
+  return knn_val, knn_test, threshold, (bank, f_val[val_normal])
+
+
 def final_evaluation(config, workdir: pathlib.Path, data, state, best,
-                     eval_ae, eval_critic, devices, writer, step: int
-                     ) -> dict[str, Any]:
-  """Test metrics for the best-validation state and for the last state.
+                     eval_ae, eval_critic, devices, writer, step: int,
+                     last_meta: Optional[dict] = None) -> dict[str, Any]:
+  """Test metrics for the best-validation state and for the last state,
+  and the detector the run chose (`choose`).
 
   Args:
     best: (state, meta) of the best-validation checkpoint, or None.
+    last_meta: the meta of the last state's checkpoint (its memory bank is
+      stored for it), or None.
     Others: as the training loop holds them.
 
   Returns:
@@ -80,14 +111,14 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
   results = {'config': json_safe.config_to_dict(config),
              'seed': config.seed, 'counts': data.counts, 'test': {},
              'model_selection': scoring.model_selection(data.val.labels)}
-  candidates = [('last', state)]
+  candidates = [('last', state, last_meta)]
   if best is not None:
-    candidates.insert(0, ('best', best[0]))
+    candidates.insert(0, ('best', best[0], best[1]))
     results['best_step'] = best[1]['step']
     results['best_val_auroc'] = best[1]['val_auroc']
-  done = {}  # step -> (calibration, val, test metrics): the last state is
-  # often the best one; it is scored once.
-  for name, st in candidates:
+  done = {}  # step -> (calibration, val, test metrics, kNN threshold): the
+  # last state is often the best one; it is scored once.
+  for name, st, meta in candidates:
     at = int(jax.device_get(st.step))
     if at not in done:
       scorer = scoring.scorer_from_state(st, eval_ae, eval_critic,
@@ -95,14 +126,12 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
       k = config.eval.knn_k
       calibration, r_train, r_val, feats = calibrate(scorer, data, config,
                                                      features=k > 0)
-      knn_val = knn_test = None
-      if feats is not None:  # The feature kNN score (scoring.knn_distances).
+      knn_val = knn_test = knn_threshold = reference = None
+      if feats is not None:  # The feature kNN score.
         f_train, f_val = feats
         r_test, f_test = scorer.with_features(data.test.images)
-        # One call: the training features go to the device once.
-        knn = scoring.knn_distances(np.concatenate([f_val, f_test]), f_train,
-                                    k)
-        knn_val, knn_test = knn[:len(f_val)], knn[len(f_val):]
+        knn_val, knn_test, knn_threshold, reference = _knn_scores(
+            config, data, f_train, f_val, f_test)
         del feats, f_train, f_test  # [training normals, features]: freed.
       else:
         r_test = scorer(data.test.images)
@@ -110,15 +139,25 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
                   scoring.evaluate(r_val, data.val.labels, calibration,
                                    knn_val),
                   scoring.evaluate(r_test, data.test.labels, calibration,
-                                   knn_test))
+                                   knn_test), knn_threshold, reference)
       if name == candidates[0][0] and config.log.figures and (
           jax.process_index() == 0):
         draw(workdir, data, st, eval_ae, calibration, r_train[:10000],
              r_test, config)
-    calibration, val_metrics, test_metrics = done[at]
+    calibration, val_metrics, test_metrics, knn_threshold, reference = (
+        done[at])
+    if reference is not None and meta is not None and (
+        jax.process_index() == 0):
+      from ama_jax import inference  # pylint: disable=g-import-not-at-top
+      inference.write_knn_reference(workdir, CHECKPOINTS[name], meta,
+                                    *reference)
     results['test'][name] = test_metrics
     results.setdefault('val', {})[name] = val_metrics
     results.setdefault('calibration', {})[name] = calibration.to_dict()
+    results.setdefault('steps_of', {})[name] = at
+    results.setdefault('thresholds', {})[name] = {
+        'calibrated': calibration.threshold,
+        **({'knn': knn_threshold} if knn_threshold is not None else {})}
     metric_writers.write_scalars(writer, step, f'test_{name}', test_metrics)
     logging.info('test (%s state, step %d, %s score): AUROC %.4f AUPRC %.4f '
                  'FPR80 %.4f (raw R AUROC %.4f)%s', name, at,
@@ -132,7 +171,58 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
   if results['model_selection']['criterion'] == scoring.SELECTION_AUROC:
     # (A validation split without anomalies has no AUROC to choose by.)
     results['score_chosen_on_validation'] = chosen_score(results)
+  results['selection'] = {rule: detector(results, rule, *pick(results, rule))
+                          for rule in scoring.SELECTIONS
+                          if pick(results, rule) is not None}
+  rule = config.eval.get('selection', scoring.VAL_AUROC)
+  if rule not in results['selection']:
+    rule = scoring.LABEL_FREE  # No validation anomalies: no AUROC.
+  results['chosen'] = {'rule': rule, **results['selection'][rule]}
   return results
+
+
+def pick(results: dict[str, Any], rule: str) -> Optional[tuple[str, str]]:
+  """(state, score) of a selection rule (`scoring.SELECTIONS`), or None
+  when the run cannot apply it (no validation anomalies for 'val_auroc').
+
+  'label_free': the last state and the feature kNN score (the calibrated
+  one when the run has none): nothing labelled is looked at.
+  'val_auroc': the best-validation state and, of the calibrated and kNN
+  scores, the one with the higher validation AUROC there (ties: calibrated).
+  """
+  has_knn = 'knn_auroc' in results['test']['last']
+  if rule == scoring.LABEL_FREE:
+    return 'last', 'knn' if has_knn else 'calibrated'
+  if rule != scoring.VAL_AUROC:
+    raise ValueError(f'Unknown selection {rule!r}; expected one of '
+                     f'{scoring.SELECTIONS}.')
+  if results['model_selection']['criterion'] != scoring.SELECTION_AUROC:
+    return None
+  state = metrics.selected_state(results)
+  val = results['val'][state]
+  aurocs = {'calibrated': val['auroc'],
+            **({'knn': val['knn_auroc']} if has_knn else {})}
+  return state, max(aurocs, key=lambda s: (aurocs[s], s == 'calibrated'))
+
+
+def detector(results: dict[str, Any], rule: str, state: str,
+             score: str) -> dict[str, Any]:
+  """What a selection rule chose and its metrics: results.json['chosen']
+  (with the rule) and ['selection'][rule]."""
+  test = metrics.run_score_metrics(results, score, state)
+  val = results['val'][state]
+  val_auroc = val['knn_auroc' if score == 'knn' else 'auroc']
+  out = {'state': state, 'checkpoint': CHECKPOINTS[state],
+         'step': results['steps_of'][state], 'score': score,
+         'threshold': results['thresholds'][state][score],
+         'val_auroc': val_auroc,
+         **{k: test[k] for k in ('auroc', 'auprc_anomaly', 'auprc_normal',
+                                 'fpr80')}}
+  if score == 'calibrated':
+    out['calibration'] = results['calibration'][state]
+  else:
+    out['knn_k'] = results['config']['eval']['knn_k']
+  return out
 
 
 # How `ama_jax.tools.score` writes each run score (`--score`, CSV column).
@@ -246,8 +336,34 @@ def summary(workdir: str) -> str:
         f"{chosen['val_auroc']:.4f}): test AUROC {chosen['auroc']:.4f}  "
         f"FPR80 {chosen['fpr80']:.4f}  [{chosen['state']} state; new images: "
         f"ama_jax.tools.score {SCORE_CLI[chosen['score']]}]")
+  chosen = results.get('chosen')
+  if chosen:
+    lines.append(detector_line(chosen, results.get('selection', {}),
+                               workdir))
   lines.append(f'results: {pathlib.Path(workdir) / "results.json"}')
   return '\n'.join(lines)
+
+
+RULE_NAMES = {scoring.LABEL_FREE: 'label-free (no labelled anomalies)',
+              scoring.VAL_AUROC: 'by validation AUROC'}
+
+
+def detector_line(chosen: dict[str, Any], selection: dict[str, Any],
+                  workdir: str) -> str:
+  """The summary's lines on the detector the run chose."""
+  score = {'knn': f"feature kNN (k={chosen.get('knn_k')})",
+           'calibrated': 'calibrated'}[chosen['score']]
+  line = (f"detector, chosen {RULE_NAMES[chosen['rule']]}: {score} score of "
+          f"the {chosen['state']} state (step {chosen['step']}): test AUROC "
+          f"{chosen['auroc']:.4f}  FPR80 {chosen['fpr80']:.4f}; threshold "
+          f"{chosen['threshold']:.4g}")
+  other = [r for r in selection if r != chosen['rule']]
+  for rule in other:
+    o = selection[rule]
+    line += (f"\n  ({RULE_NAMES[rule]} it would be the {o['score']} score of "
+             f"the {o['state']} state: test AUROC {o['auroc']:.4f})")
+  return line + (f'\n  score new images with it: python -m ama_jax.tools.score '
+                 f'--workdir={workdir} --input=IMAGES --output=scores.csv')
 
 
 def write_json(path: pathlib.Path, obj: Any) -> None:

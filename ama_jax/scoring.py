@@ -236,12 +236,24 @@ def choose_score(r_val: np.ndarray, labels: np.ndarray, mu: float,
   return max(SCORES, key=lambda s: (aurocs[s], s == 'two_sided'))
 
 
-@functools.partial(jax.jit, static_argnames='k')
-def _kth_sq_distance(queries: jax.Array, bank: jax.Array,
-                     bank_sq: jax.Array, k: int) -> jax.Array:
+def kth_sq_distance(queries: jax.Array, bank: jax.Array,
+                    bank_sq: jax.Array, k: int,
+                    portable: bool = False) -> jax.Array:
+  """Squared Euclidean distance of each query to its k-th nearest bank row.
+
+  `portable`: without `lax.top_k` (whose StableHLO composite TensorFlow's
+  SavedModel loader may not know), by a sort: the same value.
+  """
   d = (jnp.sum(queries * queries, axis=1, keepdims=True)
        - 2.0 * queries @ bank.T + bank_sq[None])
+  if k == 1:
+    return jnp.min(d, axis=1)
+  if portable:
+    return jnp.sort(d, axis=1)[:, k - 1]
   return -jax.lax.top_k(-d, k)[0][:, k - 1]
+
+
+_kth_sq_distance = jax.jit(kth_sq_distance, static_argnames='k')
 
 
 class KnnIndex:
@@ -264,6 +276,7 @@ class KnnIndex:
     # each lower a program per shape): see tests/compile_count_test.py.
     self._bank_sq = jax.device_put(np.einsum('ij,ij->i', bank, bank))
     self._bank = jax.device_put(bank)
+    self.bank = bank  # [M, D] float32, on the host.
 
   def __call__(self, queries: np.ndarray) -> np.ndarray:
     """[N, D] -> [N] float32; higher = farther from the training normals."""
@@ -284,6 +297,47 @@ def knn_distances(queries: np.ndarray, bank: np.ndarray, k: int,
   """Euclidean distance from each query row [N, D] to its k-th nearest row
   of `bank` [M, D] (`KnnIndex` for one set of queries): [N] float32."""
   return KnnIndex(bank, k, chunk)(queries)
+
+
+BANK_PROJECTION = 32  # Dimensions the bank's farthest-point search runs in.
+
+
+@functools.partial(jax.jit, static_argnames='size')
+def _farthest_points(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
+  """Greedy k-center: each new row is the one farthest from those chosen."""
+  def body(i, carry):
+    rows, dist = carry
+    d = jnp.sum(jnp.square(x - x[rows[i - 1]]), axis=1)
+    dist = jnp.minimum(dist, d)
+    return rows.at[i].set(jnp.argmax(dist).astype(jnp.int32)), dist
+
+  rows = jnp.zeros((size,), jnp.int32).at[0].set(start)
+  dist = jnp.full((x.shape[0],), jnp.inf, jnp.float32)
+  return jax.lax.fori_loop(1, size, body, (rows, dist))[0]
+
+
+def knn_bank(features: np.ndarray, size: Optional[int],
+             seed: int = 0) -> np.ndarray:
+  """Sorted row indices of the feature kNN score's memory bank.
+
+  All rows when there are at most `size` (or `size` is None / 0): the kNN
+  score is then exact. Otherwise a coreset of `size` rows, the greedy
+  k-center (farthest-point) selection run on a seeded random projection to
+  `BANK_PROJECTION` dimensions: it keeps the rows that cover the training
+  features, so that a normal image's nearest bank row stays near (a random
+  subsample would leave sparse regions uncovered). Deterministic for the
+  same features and seed.
+  """
+  m = len(features)
+  if not size or m <= size:
+    return np.arange(m)
+  rng = np.random.default_rng(seed)
+  d = features.shape[1]
+  proj = (rng.standard_normal((d, min(d, BANK_PROJECTION))) / np.sqrt(
+      min(d, BANK_PROJECTION))).astype(np.float32)
+  low = jax.device_put(np.asarray(features, np.float32) @ proj)
+  start = jax.device_put(np.int32(rng.integers(m)))
+  return np.sort(np.asarray(_farthest_points(low, start, int(size))))
 
 
 def _metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -325,6 +379,10 @@ def evaluate(r: np.ndarray, labels: np.ndarray, calibration: Calibration,
 # nothing about anomalies. The full schedule (learning-rate decay, the
 # negatives' ramp) is what the paper trains for.
 SELECTION_AUROC, SELECTION_LAST = 'best_val_auroc', 'last_state'
+# How a run picks its detector at the end (`eval.selection`,
+# `report.choose`): from normal images alone, or by validation AUROC.
+LABEL_FREE, VAL_AUROC = 'label_free', 'val_auroc'
+SELECTIONS = (LABEL_FREE, VAL_AUROC)
 
 
 def model_selection(val_labels: np.ndarray) -> dict[str, str]:

@@ -293,10 +293,27 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # Not in the paper: also report the feature kNN score (metrics prefixed
   # `knn_`): the distance from f(x, G(E(x))), the critic's penultimate
   # features of the reconstruction pair, to the k-th nearest training
-  # normal's (ama_jax/scoring.py). Computed at the final evaluation, for the
-  # selected and the last state, on all training normals; it does not take
-  # part in model selection, calibration or `ama_jax.tools.score`. 0: off.
+  # normal's in a memory bank (ama_jax/scoring.py). Computed at the final
+  # evaluation, for the best-validation and the last state; it does not take
+  # part in the per-epoch model selection or calibration. 0: off.
   evaluation.knn_k = 1
+  # The memory bank: the features of all training normals when there are at
+  # most this many, else a coreset of this many (greedy k-center,
+  # `scoring.knn_bank`); stored with the checkpoints and baked into an
+  # export. None: all of them.
+  evaluation.knn_bank_size = 10000
+  # How the run picks its detector (state and score) at the end, which
+  # `main`'s summary, `ama_jax.tools.score` and the export then use
+  # (results.json['chosen']):
+  # 'label_free' (default): no labelled anomalies needed. The last state
+  #   (the full training schedule) with the feature kNN score (with
+  #   eval.knn_k=0: the calibrated score).
+  # 'val_auroc' (the paper's, and `:paper`): the best-validation state and
+  #   whichever of the calibrated and feature kNN scores has the higher
+  #   validation AUROC there; needs anomalies in the validation split
+  #   (without any, 'label_free' is used and the summary says so).
+  # Both are reported in results.json['selection'].
+  evaluation.selection = 'label_free'
 
   # --- Logging and checkpoints. ---
   config.log = log = ml_collections.ConfigDict()
@@ -343,6 +360,7 @@ def apply_paper(config: ml_collections.ConfigDict) -> None:
   config.loss.gp_inter = False
   config.loss.inter_anchors = 'all'  # The official code's three anchors.
   config.eval.score = 'two_sided'  # A(x), eq. 7.
+  config.eval.selection = 'val_auroc'  # Best validation AUROC.
 
 
 def apply_quick(config: ml_collections.ConfigDict) -> None:

@@ -65,7 +65,7 @@ class ConfigsTest(parameterized.TestCase):
       levers = {'train.batch_size', 'optim.schedule', 'optim.ema_decay',
                 'sampling.start_fraction', 'sampling.earliest_start_epoch',
                 'loss.inter_anchors',
-                'eval.score'}
+                'eval.score', 'eval.selection'}
       if name == 'mnist_oneclass':  # Validation anomalies: 1000, paper 10.
         levers |= {'data.num_val_anomaly', 'sampling.style'}
       self.assertEqual(changed, levers, name)

@@ -122,7 +122,12 @@ class OwnFolderEndToEndTest(absltest.TestCase):
         timeout=600, check=False)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     got = np.loadtxt(loaded, delimiter=',', skiprows=1)
-    r, scores = cli['r'].astype(float), cli['score'].astype(float)
+    # Both score with the run's chosen detector (label-free: the kNN score,
+    # its memory bank baked into the export).
+    column = 'knn' if 'knn' in cli else 'score'
+    self.assertEqual(column, self.results['chosen']['score'].replace(
+        'calibrated', 'score'))
+    r, scores = cli['r'].astype(float), cli[column].astype(float)
     np.testing.assert_allclose(got[:, 0], r, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got[:, 1], scores, rtol=1e-5, atol=1e-5)
     agree = got[:, 2].astype(int) == cli['is_anomaly'].astype(int)
@@ -135,12 +140,15 @@ class OwnFolderEndToEndTest(absltest.TestCase):
     exported = _read_csv(via_export)
     np.testing.assert_allclose(exported['r'].astype(float), r, rtol=1e-5,
                                atol=1e-5)
-    np.testing.assert_allclose(exported['score'].astype(float), scores,
+    np.testing.assert_allclose(exported[column].astype(float), scores,
                                rtol=1e-5, atol=1e-5)
-    # It holds no training features: the feature kNN score is refused.
+    # An export of the calibrated score holds no training features: the
+    # feature kNN score is refused there.
+    calibrated = self.root / 'export_calibrated'
+    export.run(self.workdir, calibrated, score='calibrated', platforms=['cpu'])
     with self.assertRaisesRegex(inference.ScoreError,
                                 'exported scorer.*no training features'):
-      score.run(self.exported, self.npy, self.root / 'knn.csv', score='knn')
+      score.run(calibrated, self.npy, self.root / 'knn.csv', score='knn')
     self.assertFalse((self.root / 'knn.csv').exists())
 
   def test_savedmodel_scores_with_tensorflow_alone(self):
@@ -169,8 +177,9 @@ class OwnFolderEndToEndTest(absltest.TestCase):
     want = _read_csv(want)
     np.testing.assert_allclose(got[:, 0], want['r'].astype(float), rtol=1e-5,
                                atol=1e-5)
-    np.testing.assert_allclose(got[:, 1], want['score'].astype(float),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got[:, 1], want['knn' if 'knn' in want else 'score'].astype(float),
+        rtol=1e-5, atol=1e-5)
 
   def test_score_converts_images_as_training_did(self):
     # The run brought its images to 28x28 (data.image_size): larger colour

@@ -74,6 +74,9 @@ class MainTest(parameterized.TestCase):
     self.assertRegex(out.stdout, r'score chosen on validation: '
                      r'(calibrated|raw|knn) \(validation AUROC 0\.\d+\): '
                      r'test AUROC 0\.\d+')
+    self.assertRegex(out.stdout, r'detector, chosen label-free \(no labelled '
+                     r'anomalies\): feature kNN \(k=1\) score of the last '
+                     r'state \(step \d+\): test AUROC 0\.\d+')
     results = _check_outputs(self, workdir)
     self.assertEqual(results['config']['eval']['threshold_fpr'], 0.1)
     self.assertEqual(results['counts']['test']['total'], 64)
@@ -89,7 +92,10 @@ class MainTest(parameterized.TestCase):
         cwd=_REPO, capture_output=True, text=True, timeout=600)
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])
     rows = csv.read_text().strip().splitlines()
-    self.assertEqual(rows[0], 'id,r,score,is_anomaly')
+    # By default the detector the run chose (label-free: the kNN score).
+    self.assertEqual(results['chosen']['rule'], 'label_free')
+    self.assertEqual(results['chosen']['score'], 'knn')
+    self.assertEqual(rows[0], 'id,r,knn,is_anomaly')
     self.assertLen(rows, 6)
 
     # --score=knn on the run's own test split gives the feature kNN AUROC
@@ -112,9 +118,36 @@ class MainTest(parameterized.TestCase):
       self.assertAlmostEqual(
           metrics.compute_metrics(data.test.labels, knn)['auroc'],
           results['test']['best']['knn_auroc'], places=4, msg=attempt)
-    cached = list((workdir / 'knn_reference').iterdir())
-    self.assertLen(cached, 1)
-    self.assertEqual(cached[0].name, f'best_{results["best_step"]}.npz')
+    # The final evaluation stored both checkpoints' memory banks.
+    self.assertCountEqual(
+        [p.name for p in (workdir / 'knn_reference').iterdir()],
+        [f'best_{results["best_step"]}.npz', f'latest_{results["steps"]}.npz'])
+
+    # The default score (the chosen detector) and its export score the test
+    # split with the AUROC results.json gives the chosen detector.
+    export_dir = workdir / 'export'
+    out = subprocess.run(
+        [sys.executable, '-m', 'ama_jax.tools.export', f'--workdir={workdir}',
+         f'--output={export_dir}', '--platforms=cpu'],
+        cwd=_REPO, capture_output=True, text=True, timeout=600)
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    self.assertIn('exported the knn score of the latest checkpoint', out.stdout)
+    for source in (workdir, export_dir):
+      chosen_csv = workdir / 'chosen.csv'
+      out = subprocess.run(
+          [sys.executable, '-m', 'ama_jax.tools.score', f'--workdir={source}',
+           f'--input={test_npy}', f'--output={chosen_csv}'],
+          cwd=_REPO, capture_output=True, text=True, timeout=600)
+      self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+      with open(chosen_csv, newline='') as f:
+        rows = list(csv_lib.DictReader(f))
+      scores = np.array([float(row['knn']) for row in rows])
+      self.assertAlmostEqual(
+          metrics.compute_metrics(data.test.labels, scores)['auroc'],
+          results['chosen']['auroc'], places=4, msg=str(source))
+      flagged = np.array([row['is_anomaly'] == '1' for row in rows])
+      np.testing.assert_array_equal(
+          flagged, scores > results['chosen']['threshold'])
 
   @parameterized.named_parameters(
       ('mnist_oneclass', mnist_oneclass, '3,runlocal', False),

@@ -186,6 +186,32 @@ class ScoreTest(absltest.TestCase):
     results['val']['best']['knn_auroc'] = 0.85  # Ties: raw before knn.
     self.assertEqual(reproduce.pick_score(results, 'val')[1], 'raw')
 
+  def test_selection_rules(self):
+    knn = lambda a: {f'knn_{k}': v for k, v in _metrics(a).items()}
+    results = {
+        'config': {'eval': {'selection': 'label_free'}},
+        'model_selection': {'criterion': 'best_val_auroc'},
+        'test': {'best': {**_metrics(0.7), **knn(0.8)},
+                 'last': {**_metrics(0.75), **knn(0.85)}},
+        'val': {'best': {'auroc': 0.9, 'knn_auroc': 0.8},
+                'last': {'auroc': 0.6, 'knn_auroc': 0.7}}}
+    # Label-free: the last state's kNN score, whatever validation says.
+    test, kind = reproduce.pick_score(results, 'label_free')
+    self.assertEqual((test['auroc'], kind), (0.85, 'last/knn'))
+    self.assertEqual(reproduce.val_auroc(results, 'label_free'), 0.7)
+    # Labelled: the best state, the score with the higher validation AUROC.
+    test, kind = reproduce.pick_score(results, 'val_auroc')
+    self.assertEqual((test['auroc'], kind), (0.7, 'best/calibrated'))
+    # 'chosen': the run's own rule (from its config for older results).
+    self.assertEqual(reproduce.pick_score(results, 'chosen')[1], 'last/knn')
+    results['chosen'] = {'state': 'best', 'score': 'knn'}
+    test, kind = reproduce.pick_score(results, 'chosen')
+    self.assertEqual((test['auroc'], kind), (0.8, 'best/knn'))
+    # Without validation anomalies there is no AUROC: label-free.
+    results['model_selection']['criterion'] = 'last_state'
+    self.assertEqual(reproduce.pick_score(results, 'val_auroc')[1],
+                     'last/knn')
+
 
 class ShardTest(absltest.TestCase):
 

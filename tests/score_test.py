@@ -315,7 +315,8 @@ class ScoreTest(parameterized.TestCase):
               'be read.*--score=calibrated')
     if case == 'knn_k_too_large':
       return ({**base, 'score': 'knn', 'knn_k': 100000},
-              r'--knn_k=100000: must be between 1 and the run\'s \d+ training')
+              r'--knn_k=100000: must be between 1 and the \d+ training normals of '
+              r'the run\'s memory bank')
     raise ValueError(case)
 
   @parameterized.parameters(

@@ -121,5 +121,27 @@ class ScoringTest(absltest.TestCase):
     self.assertNotIn('knn_num_normal', m)
 
 
+class KnnBankTest(absltest.TestCase):
+
+  def test_small_sets_keep_every_row(self):
+    x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    np.testing.assert_array_equal(scoring.knn_bank(x, 50), np.arange(50))
+    np.testing.assert_array_equal(scoring.knn_bank(x, None), np.arange(50))
+
+  def test_coreset_is_seeded_distinct_and_covers_outliers(self):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    x[7] += 50.0  # A far-out row: k-center keeps it, a subsample may not.
+    rows = scoring.knn_bank(x, 40, seed=3)
+    self.assertLen(set(rows.tolist()), 40)
+    self.assertTrue(np.all(np.diff(rows) > 0))
+    self.assertIn(7, rows)
+    np.testing.assert_array_equal(rows, scoring.knn_bank(x, 40, seed=3))
+    # The far-out row is covered exactly; the rest within the bulk's scale.
+    bank_d = scoring.knn_distances(x, x[rows], 1)
+    self.assertEqual(bank_d[7], 0.0)
+    self.assertLess(bank_d.max(), 10.0)
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -1,10 +1,12 @@
 r"""Writes a trained model as a self-contained scorer: StableHLO via jax.export.
 
   python -m ama_jax.tools.export --workdir=W --output=DIR \
-      [--kind=best|latest] [--step=N] [--platforms=cpu,cuda,tpu] \
-      [--savedmodel]
+      [--score=chosen|calibrated|knn] [--kind=best|latest] [--step=N] \
+      [--platforms=cpu,cuda,tpu] [--savedmodel]
 
-writes checkpoint W's scorer into the folder DIR: `scorer.jaxexport`
+writes the detector run W chose (`--score=chosen`, the default: its
+checkpoint, score and threshold from `results.json`; `ama_jax.tools.score`
+scores with the same), or the given score of a checkpoint, as a scorer into the folder DIR: `scorer.jaxexport`
 (StableHLO of images -> (r, score, is_anomaly), symbolic batch, lowered for
 every platform in `--platforms`), `scorer.json`, a loader that needs only
 jax and numpy, and with `--savedmodel` a TensorFlow SavedModel; what each
@@ -35,6 +37,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=flag_values)
   flags.DEFINE_list('platforms', list(export.PLATFORMS), 'Platforms to '
                     'lower for.', flag_values=flag_values)
+  flags.DEFINE_enum('score', 'chosen', list(export.SCORES), 'chosen: the '
+                    "detector the run chose (results.json's 'chosen': "
+                    'checkpoint, score, threshold); calibrated or knn: that '
+                    'score of --kind / --step.', flag_values=flag_values)
   flags.DEFINE_bool('savedmodel', False, 'Also write a TensorFlow '
                     'SavedModel (savedmodel/; needs TensorFlow).',
                     flag_values=flag_values)
@@ -50,11 +56,13 @@ def main(argv: Sequence[str],
   fv = flag_values
   try:
     meta = export.run(fv.workdir, fv.output, kind=fv.kind, step=fv.step,
-                      platforms=fv.platforms, savedmodel=fv.savedmodel)
+                      platforms=fv.platforms, savedmodel=fv.savedmodel,
+                      score=fv.score)
   except errors.UserError as e:  # ExportError, ScoreError, DataError, ...
     return cli.report(e, flag_values=fv)  # One line, whatever the cause.
   source = meta['source']
-  print(f'exported {source["kind"]} step {source["step"]} of '
+  print(f'exported the {meta["detector"]["score"]} score of the '
+        f'{source["kind"]} checkpoint, step {source["step"]}, of '
         f'{source["workdir"]} to {pathlib.Path(fv.output)}: '
         f'{export.FUNCTION_FILE} ({", ".join(meta["platforms"])}), '
         f'{export.META_FILE}, score_exported.py'

@@ -115,7 +115,13 @@ PAPER_TABLE5 = {  # AUROC, Table 5 (a) fmnist_mnist, (b) cifar_svhn.
 # kNN score, or ('val'), per run, whichever of the three has the highest
 # validation AUROC at the selected checkpoint (a choice on validation only;
 # `metrics.score_chosen_on_validation`, which every run also reports).
-SCORES = (*metrics.RUN_SCORES, 'val')
+# Or the detector a selection rule picks (`report.pick`): 'label_free' (the
+# last state's feature kNN score: nothing labelled looked at), 'val_auroc'
+# (the best-validation state and, of the calibrated and kNN scores, the
+# one with the higher validation AUROC there), or 'chosen' (the run's own
+# `eval.selection`, results.json['chosen']).
+SELECTION_SCORES = ('label_free', 'val_auroc', 'chosen')
+SCORES = (*metrics.RUN_SCORES, 'val', *SELECTION_SCORES)
 BASE_TABLES = ('mnist_oneclass', 'fmnist_oneclass', 'cifar_oneclass',
                'fmnist_mnist', 'cifar_svhn')
 TABLE_VARIANTS = {'ablation': ('full', 'no_inter', 'no_neg', 'neither'),
@@ -300,9 +306,27 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
 def val_auroc(results: Mapping[str, Any], score: str) -> float:
   """Validation AUROC of the run's selected checkpoint, of the score that
   `pick_score(results, score)` reports (-1 where not recorded)."""
+  if score in SELECTION_SCORES:
+    state, kind = selection(results, score)
+    val = (results.get('val') or {}).get(state) or {}
+    return val.get(f'{metrics.RUN_SCORES[kind]}auroc', -1.0)
   if score == 'val':
     score = metrics.score_chosen_on_validation(results)
   return metrics.val_aurocs(results)[score]
+
+
+def selection(results: Mapping[str, Any], rule: str) -> tuple[str, str]:
+  """(state, score) of a selection rule (`SELECTION_SCORES`) for a run;
+  runs stored before results.json recorded it are judged the same way."""
+  from ama_jax import report  # pylint: disable=g-import-not-at-top
+  if rule == 'chosen':
+    if 'chosen' in results:
+      return results['chosen']['state'], results['chosen']['score']
+    rule = results['config']['eval'].get('selection', 'val_auroc')
+  picked = report.pick(results, rule)
+  if picked is None:  # No validation anomalies: no AUROC to choose by.
+    picked = report.pick(results, 'label_free')
+  return picked
 
 
 def load_results(workdir: pathlib.Path,
@@ -434,6 +458,9 @@ def pick_score(results: Mapping[str, Any],
   """
   if score not in SCORES:
     raise ValueError(f'Unknown score {score!r}; expected one of {SCORES}.')
+  if score in SELECTION_SCORES:
+    state, kind = selection(results, score)
+    return metrics.run_score_metrics(results, kind, state), f'{state}/{kind}'
   kind = (metrics.score_chosen_on_validation(results) if score == 'val'
           else score)
   try:
@@ -466,7 +493,18 @@ def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
       'val': ' AMA\'s score: per run, the calibrated, the raw R(x) or the '
              'feature kNN score, whichever has the highest validation AUROC '
              f'(chosen: {kinds.count("raw")} raw, {kinds.count("knn")} '
-             f'feature kNN, {kinds.count("calibrated")} calibrated).'}[score]
+             f'feature kNN, {kinds.count("calibrated")} calibrated).',
+      'label_free': ' AMA\'s detector chosen without labelled anomalies: '
+                    'the last state\'s feature kNN score.',
+      'val_auroc': ' AMA\'s detector chosen by validation AUROC: the '
+                   'best-validation state and, of the calibrated and '
+                   'feature kNN scores, the one with the higher validation '
+                   'AUROC there.',
+      'chosen': ' AMA\'s detector: the one each run chose '
+                '(`eval.selection`, results.json["chosen"]).'}[score]
+  if score in SELECTION_SCORES:
+    score_note += ' Picked: ' + ', '.join(
+        f'{kinds.count(k)} {k}' for k in dict.fromkeys(kinds)) + '.'
   rows = list(dict.fromkeys(r for r, _ in summary))
   methods = list(dict.fromkeys(m for _, m in summary))
   # AMA's variants first (in table order), then the baselines.
@@ -707,7 +745,9 @@ _RUNLOCAL = flags.DEFINE_bool('runlocal', False,
 _SCORE = flags.DEFINE_enum(
     'score', 'calibrated', SCORES, "AMA's reported score: the paper's "
     "'calibrated' one, 'raw' R(x), 'knn' (the feature kNN score, not in the "
-    "paper), or 'val': per run, the one with the highest validation AUROC.")
+    "paper), 'val': per run, the one with the highest validation AUROC; or "
+    "a selection rule's detector: 'label_free' (last state, kNN score), "
+    "'val_auroc' (labelled validation), 'chosen' (the run's eval.selection).")
 _GRID = flags.DEFINE_multi_string(
     'grid', [], 'field=v1,v2,...: train each value for every run and report'
     ' the one with the best validation AUROC (repeat for a product grid).')

@@ -2,7 +2,7 @@ r"""Scores new images with a trained AMA model and writes a CSV.
 
   python -m ama_jax.tools.score --workdir=/tmp/ama --input=images.npy \
       --output=scores.csv [--kind=best|latest] [--step=N] [--batch_size=500]
-      [--progress=auto|on|off] [--score=calibrated|knn [--knn_k=K]]
+      [--progress=auto|on|off] [--score=chosen|calibrated|knn [--knn_k=K]]
 
 `--workdir` is a training run's workdir, or a folder written by
 `python -m ama_jax.tools.export` (then only its `scorer.jaxexport` and
@@ -46,17 +46,27 @@ input order, written atomically (a temporary file in the same folder, then
 renamed). For an exported scorer, `r` comes from the exported function and
 `score`, `is_anomaly` are computed from it here as for a checkpoint.
 
+`--score=chosen` (the default) scores with the detector the run chose at
+its end (`results.json['chosen']`, see `eval.selection`): its checkpoint
+(best or latest), its score (calibrated or feature kNN) and its threshold,
+so that the run's own test split scores with the AUROC that results.json
+and the run's summary give. The output then has the chosen score's column
+(`score` or `knn`). A run without results.json (not finished) scores with
+`--score=calibrated`, and a warning says so; an exported folder holds one
+detector, which `chosen` uses. `--kind` / `--step` pick a checkpoint
+themselves: give them with `--score=calibrated` or `--score=knn`.
+
 `--score=knn` (a checkpoint only; not in the paper) writes the feature kNN
 score instead of `score`: column `knn`, the Euclidean distance from
 f(x, G(E(x))) to the `--knn_k`-th nearest training normal's features (the
 `knn_*` metrics of the run's final evaluation), and `is_anomaly` from a
 threshold set, as the calibrated one, on the validation normals at the
-run's `eval.threshold_fpr`. It needs the run's training data, read again
-from the checkpoint's config (same rows, same seed): the first call computes
-the training and validation normals' features and caches them in
-`<workdir>/knn_reference/<kind>_<step>.npz` (4 bytes x features x images:
-about 240 MB for Fashion-MNIST with the MNIST critic); later calls read the
-cache.
+run's `eval.threshold_fpr`. The training normals' features are the run's
+memory bank (`eval.knn_bank_size`), stored by its final evaluation in
+`<workdir>/knn_reference/<kind>_<step>.npz` for the best and latest
+checkpoints; for another checkpoint the run's training data are read again
+from its config (same rows, same seed), and the bank is computed and cached
+there on first use.
 
 Progress: with `--progress=auto` (default) inputs of at least 10,000 images
 show a progress line on stderr (updated in place on a terminal, every 10%
@@ -87,7 +97,7 @@ from ama_jax import scoring
 from ama_jax.tools import cli
 
 PROGRESS_MIN_IMAGES = 10000  # --progress=auto shows it from this many.
-SCORES = ('calibrated', 'knn')  # --score.
+SCORES = ('chosen', 'calibrated', 'knn')  # --score.
 
 
 # ----------------------------------------------------------------------------
@@ -147,7 +157,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum('progress', 'auto', ['auto', 'on', 'off'], 'Progress on '
                     f'stderr (auto: from {PROGRESS_MIN_IMAGES} images).',
                     flag_values=flag_values)
-  flags.DEFINE_enum('score', 'calibrated', list(SCORES), 'calibrated: the '
+  flags.DEFINE_enum('score', 'chosen', list(SCORES), 'chosen: the score, '
+                    "checkpoint and threshold the run chose (results.json's "
+                    "'chosen'); calibrated: the "
                     "run's calibrated score of R(x) (the paper's); knn: the "
                     'distance of f(x, G(E(x))) to the k-th nearest training '
                     "normal's (not in the paper; needs the run's training "
@@ -161,13 +173,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
         output: os.PathLike | str, *, kind: Optional[str] = None,
         step: Optional[int] = None, batch_size: int = 500,
-        progress: str = 'auto', score: str = 'calibrated',
+        progress: str = 'auto', score: str = 'chosen',
         knn_k: Optional[int] = None) -> dict:
   """Scores `input_path` with a checkpoint (or export) of `workdir`.
 
   Args:
-    score: 'calibrated' (columns r, score) or 'knn' (r, knn: the feature kNN
-      distance; a checkpoint only, see `inference.knn_reference`).
+    score: 'chosen' (the run's detector, `inference.chosen_detector`),
+      'calibrated' (columns r, score) or 'knn' (r, knn: the feature kNN
+      distance, see `inference.knn_reference`).
     knn_k: with 'knn', which neighbour (None: the run's `eval.knn_k`).
     Others: as the command's flags.
 
@@ -190,34 +203,41 @@ def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
     raise inference.ScoreError('--knn_k applies to --score=knn only.')
   output = inference.check_output(output)
   # Cheap checks first: metadata, then the images, then the model.
-  model = inference.open_model(workdir, kind=kind, step=step,
-                               batch_size=batch_size)
-  if score == 'knn' and model.knn_reference is None:
+  model, score = inference.open_detector(workdir, score, kind=kind,
+                                         step=step, batch_size=batch_size)
+  if score == 'knn' and model.knn_reference is None and (
+      model.detector_score != 'knn'):
     raise inference.ScoreError(
-        f'{workdir} is an exported scorer: it holds no training features '
-        'for --score=knn; score with the training workdir, or with '
-        '--score=calibrated.')
+        f'{workdir} is an exported scorer of the calibrated score: it holds '
+        'no training features for --score=knn; score with the training '
+        'workdir, or with --score=calibrated.')
   inputs = inference.open_inputs(input_path, model.image_shape,
                                  model.conversion, chunk=batch_size)
   raw_scores = model.build()
-  knn = (model.knn_reference(raw_scores, knn_k) if score == 'knn' else None)
+  knn = (model.knn_reference(raw_scores, knn_k)
+         if score == 'knn' and model.kind != 'exported' else None)
   bar = Progress(len(inputs), progress == 'on' or (
       progress == 'auto' and len(inputs) >= PROGRESS_MIN_IMAGES))
   r, distances = [], []
   for images in inputs.chunks(batch_size):
     if knn is None:
-      r.append(np.asarray(raw_scores(images), np.float32))
+      out = raw_scores(images)
+      if isinstance(out, tuple):  # An exported kNN detector: (r, score).
+        distances.append(np.asarray(out[1], np.float32))
+        out = out[0]
+      r.append(np.asarray(out, np.float32))
     else:
       chunk_r, features = raw_scores.with_features(images)
       r.append(np.asarray(chunk_r, np.float32))
       distances.append(knn.index(features))
     bar.update(len(images))
   r = np.concatenate(r)
-  if knn is None:
+  if score == 'calibrated':
     scores = scoring.calibrated_scores(r, model.mu, model.sigma, model.score)
     threshold, column = model.threshold, 'score'
   else:
-    scores, threshold, column = np.concatenate(distances), knn.threshold, 'knn'
+    scores, column = np.concatenate(distances), 'knn'
+    threshold = model.threshold if knn is None else knn.threshold
   is_anomaly = scores > threshold
   inference.write_csv(output, inputs.ids, r, scores, is_anomaly, column)
   summary = {'kind': model.kind, 'step': model.step, 'score': score,
