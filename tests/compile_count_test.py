@@ -58,7 +58,7 @@ class CompileCountTest(absltest.TestCase):
     # scorer, once each.
     self.assertEqual(counts['jit(_fun)'], 2, (dict(counts), dict(traces)))
     # The feature kNN distances: one program for the best and last states.
-    self.assertEqual(counts['jit(_kth_sq_distance)'], 1, dict(counts))
+    self.assertEqual(counts['jit(kth_sq_distance)'], 1, dict(counts))
     self.assertLessEqual(sum(counts.values()), MAX_LOWERINGS, dict(counts))
 
 
