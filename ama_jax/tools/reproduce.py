@@ -512,8 +512,10 @@ def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
   lines = [f'### {table}' + (f' (base: {base})' if table != base else ''),
            '',
            f'{epochs} epochs (paper: {PAPER_EPOCHS}), seeds {list(seeds)}; '
-           'mean ± std over seeds; AMA: the checkpoint with the best '
-           'validation AUROC; baselines: hyper-parameter chosen on '
+           'mean ± std over seeds; AMA: '
+           + ('the detector below' if score in SELECTION_SCORES else
+              'the checkpoint with the best validation AUROC')
+           + '; baselines: hyper-parameter chosen on '
            'validation. "paper" is the AMA paper\'s number'
            + (' (Table 5; Figs. 6 and 9 give no numbers).'
               if table in TABLE_VARIANTS else '.') + score_note
