@@ -69,17 +69,22 @@ class History:
   Appended to `<workdir>/history.jsonl` (process 0 only), one record per
   line: {"kind": "train" | "val", "step": N, ...values}. A resumed run first
   drops the records after the step it resumes from (written after the last
-  checkpoint by the run that stopped), so the file describes one history.
+  checkpoint by the run that stopped), so the file describes one history;
+  with `keep_val_at_resume=False` also the validation at that step, which
+  the resumed run does again.
   """
 
   def __init__(self, workdir: pathlib.Path, is_chief: bool,
-               resume_step: int):
+               resume_step: int, keep_val_at_resume: bool = True):
     self.path = workdir / 'history.jsonl'
     self._enabled = is_chief
     self._buffer: list[str] = []
     if is_chief and self.path.exists():
-      kept = [line for line in _parsable_lines(self.path)
-              if json.loads(line)['step'] <= resume_step]
+      records = [(line, json.loads(line))
+                 for line in _parsable_lines(self.path)]
+      kept = [line for line, r in records if r['step'] < resume_step or (
+          r['step'] == resume_step
+          and (keep_val_at_resume or r.get('kind') != 'val'))]
       tmp = self.path.with_suffix('.jsonl.tmp')
       tmp.write_text(''.join(line + '\n' for line in kept))
       os.replace(tmp, self.path)

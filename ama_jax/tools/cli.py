@@ -10,7 +10,10 @@
   stderr and exit status 1;
 - an `app.UsageError`, a flag that does not parse and a `--config.<field>`
   override that the config rejects into one line too (status 1);
-- Ctrl-C into `error: interrupted` (status 130),
+- Ctrl-C outside training into `error: interrupted` (status 130);
+- a stopped training run (`stops.Stopped`: SIGTERM, SIGINT, a preemption
+  notice or its time limit) into one line `stopped: <where, how to
+  resume>` (status `stops.EXIT_STOPPED`, 75),
 
 without a traceback. `--verbose` (or the environment variable
 AMA_JAX_VERBOSE=1) prints the traceback before the line. Any other exception
@@ -29,9 +32,11 @@ from absl import flags
 from absl import logging
 
 from ama_jax import errors
+from ama_jax import stops
 
 VERBOSE_ENV = 'AMA_JAX_VERBOSE'
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+EXIT_STOPPED = stops.EXIT_STOPPED
 
 
 def define_verbose(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -68,14 +73,15 @@ def verbose(flag_values: flags.FlagValues = flags.FLAGS) -> bool:
 
 
 def report(error, *, flag_values: flags.FlagValues = flags.FLAGS,
-           status: int = EXIT_ERROR) -> int:
-  """Prints `error: <message>` (one line) on stderr; returns `status`.
+           status: int = EXIT_ERROR, prefix: str = 'error') -> int:
+  """Prints `<prefix>: <message>` (one line) on stderr; returns `status`.
 
   Args:
     error: an exception (its traceback is printed first with --verbose) or a
       message.
     flag_values: where `--verbose` is defined.
     status: the exit status to return.
+    prefix: the line's first word.
   """
   for stream in (sys.stdout, sys.stderr):
     stream.flush()
@@ -88,7 +94,7 @@ def report(error, *, flag_values: flags.FlagValues = flags.FLAGS,
     message = errors.one_line(error)
   else:
     message = ' '.join(str(error).split())
-  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.write(f'{prefix}: {message}\n')
   sys.stderr.flush()
   return status
 
@@ -105,6 +111,8 @@ def guarded(main: Callable[[Sequence[str]], Optional[int]]
       return report(e)
     except app.UsageError as e:
       return report(f'{errors.one_line(e)} (see --helpshort)')
+    except stops.Stopped as e:
+      return report(e, status=EXIT_STOPPED, prefix='stopped')
     except KeyboardInterrupt:
       return report('interrupted', status=EXIT_INTERRUPTED)
 
