@@ -50,6 +50,7 @@ from ama_jax import stops
 from ama_jax import train
 from ama_jax import train_state
 from ama_jax import workdir_lock
+from ama_jax import write_failures
 
 PRNGKey = jax.Array
 NonFiniteLossError = errors.NonFiniteLossError  # Raised by the loop.
@@ -388,16 +389,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       DataError, CheckpointError (all checkpoints damaged, or written for
       another model), WorkdirError (e.g. locked by another run),
       NonFiniteLossError.
+    write_failures.WriteFailedError (a WorkdirError): a full disk, quota or
+      read-only workdir; the last good checkpoint is left intact.
     stops.Stopped: a stop request (SIGTERM, SIGINT, a preemption notice,
       train.time_limit_s) ended the run before its end, resumably.
   """
   config_checks.validate(config, num_devices=jax.device_count(),
                          num_processes=jax.process_count())
-  with stops.StopRequests(config.train.get('time_limit_s')) as requests, \
-      stops.naming_the_resume(workdir), \
-      workdir_lock.hold_for_job(workdir), contextlib.ExitStack() as cleanup:
-    checkpoint_files.check_resumable(workdir)
-    return _train_and_evaluate(config, workdir, cleanup, requests)
+  with write_failures.guard(workdir), stops.StopRequests(
+      config.train.get('time_limit_s')) as requests:
+    with stops.naming_the_resume(workdir), workdir_lock.hold_for_job(
+        workdir), contextlib.ExitStack() as cleanup:
+      checkpoint_files.check_resumable(workdir)
+      return _train_and_evaluate(config, workdir, cleanup, requests)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
