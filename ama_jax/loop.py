@@ -6,7 +6,11 @@ wait for the checkpoints -> final evaluation of the best and last states ->
 results.json and figures. Model selection uses the validation split only;
 the test split is scored once, at the end. Every phase is timed; the end of
 the run logs (and results.json keeps) the seconds of each and the share of
-the wall time spent in training steps.
+the wall time spent in training steps. A stop request (SIGTERM, SIGINT, a
+preemption notice, `train.time_limit_s`: `stops`) ends the run at the next
+step boundary with a checkpoint of it; a run resumed at the end of an epoch
+whose validation was not done yet does it first. A write that fails for
+want of space or permission ends the run in one line (`write_failures`).
 
 Several processes (multi-host) run this same function: the training step is
 one pmap over the devices of all of them (`placement.mesh_devices`), each

@@ -52,6 +52,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 LOCAL, PREEMPTION, GATHER = 'local', 'preemption', 'gather'
 
 
+_EARLY: list[str] = []  # Signals caught before a run's StopRequests.
+
+
 class Stopped(Exception):
   """The run stopped before its end, resumably (exit status EXIT_STOPPED).
 
@@ -105,6 +108,10 @@ class StopRequests:
       self.mode = PREEMPTION  # JAX's service owns SIGTERM.
     elif jax.process_count() > 1:
       self.mode = GATHER
+    if _EARLY:
+      self.reason = _EARLY[0]
+      _EARLY.clear()
+      self._notify_others()
     if threading.current_thread() is threading.main_thread():
       for signum in SIGNALS:
         if signum == signal.SIGTERM and self.mode == PREEMPTION:
@@ -189,6 +196,31 @@ class StopRequests:
       if not stopping:
         raise Stopped(f'{name} received twice: stopped at once after a '
                       'checkpoint write', at_once=True)
+
+
+def catch_early() -> None:
+  """Catches SIGTERM and SIGINT from the program's start on (main thread).
+
+  One received before training starts stops the run at its first step
+  boundary (`StopRequests` takes it over); a second one stops at once.
+  After the run they are noted and ignored: the program is finishing.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    return
+
+  def note(signum: int, frame) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if _EARLY:
+      raise Stopped(f'{name} received twice: stopped at once, outside '
+                    'training; the same command starts or resumes the run',
+                    at_once=True)
+    _EARLY.append(name)
+    logging.warning('%s received outside training: a run stops before its '
+                    'first step (a second signal stops at once).', name)
+
+  for signum in SIGNALS:
+    signal.signal(signum, note)
 
 
 def message(reason: str, step: int, checkpoint: Optional[str],

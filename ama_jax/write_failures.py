@@ -178,11 +178,14 @@ def error_for(error: BaseException, workdir) -> Optional[WriteFailedError]:
 
 
 class _OneLineTracebacks(std_logging.Filter):
-  """Logs a failed write that another thread reports as one line."""
+  """Logs a failed write that another thread reports as one line (and
+  drops asyncio's reports of the same failure for each abandoned array)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if record.exc_info and record.exc_info[1] is not None and cause(
         record.exc_info[1]) is not None:
+      if record.name == 'asyncio':  # The same failure, once per array.
+        return False
       record.msg = f'{record.getMessage()} ({record.exc_info[0].__name__})'
       record.args = None
       record.exc_info = None
@@ -216,12 +219,17 @@ def guard(workdir) -> Iterator[None]:
   Also shortens the tracebacks that other threads log for such failures,
   unless --verbose.
   """
-  logger = std_logging.getLogger('absl')
+  # orbax logs through absl, asyncio ("Task exception was never
+  # retrieved") through its own logger: both reach the root's handlers.
+  handlers = [h for name in ('', 'absl', 'asyncio')
+              for h in std_logging.getLogger(name).handlers]
   quiet = not _verbose()
   one_line, hook = _OneLineTracebacks(), sys.unraisablehook
   if quiet:
-    logger.addFilter(one_line)
+    for handler in handlers:
+      handler.addFilter(one_line)
     sys.unraisablehook = _quiet_abandoned_writes(hook)
+  failed = False
   try:
     yield
   except errors.UserError:
@@ -230,9 +238,10 @@ def guard(workdir) -> Iterator[None]:
     failure = error_for(e, workdir)
     if failure is None:
       raise
-    # Abandoned writes may still report after the program's last line.
-    hook = sys.unraisablehook
+    failed = True  # Abandoned writes may report after the last line.
     raise failure from e
   finally:
-    logger.removeFilter(one_line)
-    sys.unraisablehook = hook
+    if quiet and not failed:
+      for handler in handlers:
+        handler.removeFilter(one_line)
+      sys.unraisablehook = hook

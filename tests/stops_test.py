@@ -16,8 +16,10 @@ while the process waits at a chosen step.
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,10 +42,11 @@ _ENV = dict(os.environ, PYTHONPATH=str(REPO))
 #   SIGNAL_AT=N (+ SIGNAL=SIGINT): signals itself in the call ending at N;
 #   WAIT_AT=N: prints 'waiting at N' after that call, waits for a signal;
 #   TIME_PASSES_AT=N: its wall clock jumps by a day in that call;
+#   READ_ONLY_AT=N: remounts READ_ONLY_MOUNT read-only in that call;
 #   SIGNALS_IN_VALIDATION=K: signals itself K times in the first validation;
 #   SIGNAL_IN_STOP_SAVE=1: signals itself again while the stop is saved.
 _PROGRAM = textwrap.dedent("""
-    import os, signal, sys, time
+    import os, signal, subprocess, sys, time
     from ama_jax import checkpointing, loop
     from ama_jax.tools import cli
     from ama_jax import main as program
@@ -57,6 +60,9 @@ _PROGRAM = textwrap.dedent("""
       end = str(self.step + n)
       if env.get('SIGNAL_AT') == end:
         os.kill(os.getpid(), kind)
+      if env.get('READ_ONLY_AT') == end:
+        subprocess.run(['mount', '-o', 'remount,ro', env['READ_ONLY_MOUNT']],
+                       check=True)
       if env.get('TIME_PASSES_AT') == end:
         self.requests._t0 -= 86400
       if env.get('WAIT_AT') == end:
@@ -201,17 +207,8 @@ class StopsTest(absltest.TestCase):
   # --- Full disk. ---
 
   def test_full_disk_ends_in_one_line_keeping_the_last_good_checkpoint(self):
-    if os.geteuid() != 0 or not shutil.which('mount'):
-      self.skipTest('needs root to mount a small tmpfs')
-    mount = self.workdir.parent / 'disk'
-    mount.mkdir()
     # A checkpoint takes about 4 MB: the second (best or latest) does not fit.
-    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=6m', 'tmpfs',
-                       str(mount)], capture_output=True,
-                      check=False).returncode:
-      self.skipTest('cannot mount a tmpfs here')
-    self.addCleanup(subprocess.run, ['umount', '-l', str(mount)],
-                    check=False)
+    mount = self._tmpfs('6m')
     self.workdir = mount / 'run'
     proc = _run(self.workdir)
     # Usually the checkpoint of step 8 or the best one of step 4.
@@ -226,18 +223,110 @@ class StopsTest(absltest.TestCase):
     self.assertIsNone(checkpoint_files.step_problem(
         self.workdir / 'checkpoints' / '4'))
     self.assertFalse((self.workdir / 'results.json').exists())
-    # The scoring program reads the last good checkpoint.
+    # The scoring program reads committed checkpoints only: the best one if
+    # it was written, else it says in one line that there is none (the
+    # latest step 4 predates the first calibration).
     images = mount.parent / 'images.npy'
     np.save(images, np.zeros((3, 28, 28), np.uint8))
     score = subprocess.run(
         [sys.executable, '-m', 'ama_jax.tools.score',
-         f'--workdir={self.workdir}', '--kind=latest', f'--input={images}',
+         f'--workdir={self.workdir}', f'--input={images}',
          f'--output={mount.parent / "scores.csv"}'], cwd=REPO, env=_ENV,
         capture_output=True, text=True, timeout=600, check=False)
-    self.assertEqual(score.returncode, 0, score.stderr[-3000:])
+    if checkpoint_files.step_dirs(self.workdir / 'best'):
+      self.assertEqual(score.returncode, 0, score.stderr[-3000:])
+    else:
+      self.assertLastLine(score, 1, r'^error: .*step 4 .* has no '
+                          'calibration')
     subprocess.run(['mount', '-o', 'remount,size=64m', str(mount)],
                    check=True)
     self.assertFinishesAsUninterrupted(resumed_from=4)
+
+  def test_workdir_made_read_only_mid_run_ends_in_one_line(self):
+    mount = self._tmpfs('64m')
+    self.workdir = mount / 'run'
+    proc = _run(self.workdir, env={'READ_ONLY_AT': '7',
+                                   'READ_ONLY_MOUNT': str(mount)})
+    self.assertLastLine(
+        proc, 1, rf'^error: Cannot write .* \({self.workdir}/\S*\): the '
+        'filesystem is read-only; the last good checkpoint, step 4 in '
+        rf'{self.workdir}/checkpoints, and the earlier outputs are intact\. '
+        rf'On the filesystem of {self.workdir}, make it writable, then run '
+        r'the same command to resume from step 4\.$')
+    self.assertIsNone(checkpoint_files.step_problem(
+        self.workdir / 'checkpoints' / '4'))
+    self.assertFalse((self.workdir / 'results.json').exists())
+
+  def _tmpfs(self, size: str) -> pathlib.Path:
+    """A fresh tmpfs of `size` (the test is skipped without root)."""
+    if os.geteuid() != 0 or not shutil.which('mount'):
+      self.skipTest('needs root to mount a small tmpfs')
+    mount = self.workdir.parent / 'disk'
+    mount.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs',
+                       str(mount)], capture_output=True,
+                      check=False).returncode:
+      self.skipTest('cannot mount a tmpfs here')
+    self.addCleanup(subprocess.run, ['umount', '-l', str(mount)],
+                    check=False)
+    return mount
+
+
+def _gloo_missing() -> str:
+  """Why CPU cross-process collectives are unavailable ('' if they are)."""
+  try:
+    from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    return f'jaxlib internals not importable: {e}'
+  return ('' if hasattr(_jax, 'make_gloo_tcp_collectives')
+          else 'this jaxlib has no gloo CPU collectives')
+
+
+class MultiHostStopTest(absltest.TestCase):
+
+  @absltest.skipIf(_gloo_missing(), _gloo_missing() or 'gloo available')
+  def test_sigterm_to_one_process_stops_both_at_the_same_step(self):
+    tmp = pathlib.Path(self.create_tempdir().full_path)
+    workdir = tmp / 'run'
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', 0))
+      port = s.getsockname()[1]
+    rest = re.sub(r'--xla_force_host_platform_device_count=\S+', '',
+                  os.environ.get('XLA_FLAGS', ''))
+    env = dict(_ENV, JAX_PLATFORMS='cpu', CUDA_VISIBLE_DEVICES='',
+               XLA_FLAGS=f'--xla_force_host_platform_device_count=1 {rest}')
+    procs = [subprocess.Popen(
+        [sys.executable, '-c', _PROGRAM, *FLAGS, f'--workdir={workdir}',
+         '--multihost', f'--coordinator_address=127.0.0.1:{port}',
+         '--num_processes=2', f'--process_id={i}'], cwd=REPO,
+        env=dict(env, **({'SIGNAL_AT': '3'} if i else {})),
+        stdout=subprocess.DEVNULL, stderr=(tmp / f'p{i}.log').open('w'))
+             for i in range(2)]
+    try:
+      for proc in procs:
+        proc.wait(timeout=600)
+    finally:
+      for proc in procs:
+        if proc.poll() is None:
+          proc.kill()
+          proc.wait()
+    lines = []
+    for i, proc in enumerate(procs):
+      log = (tmp / f'p{i}.log').read_text()
+      self.assertEqual(proc.returncode, EXIT_STOPPED, log[-3000:])
+      self.assertNotIn('Traceback', log)
+      lines.append(log.strip().splitlines()[-1])
+    # Only process 1 got SIGTERM; JAX's preemption service stops both.
+    step = re.match(r'^stopped: a preemption notice \(SIGTERM\) at step '
+                    r'(\d+) ', lines[0])
+    self.assertIsNotNone(step, lines)
+    self.assertEqual(lines[0], lines[1])
+    step = int(step.group(1))
+    self.assertGreaterEqual(step, 3)
+    self.assertEqual(checkpoint_reading.read_meta(
+        str(workdir), kind='latest')['step'], step)
+    self.assertIsNone(checkpoint_files.step_problem(
+        workdir / 'checkpoints' / str(step)))
 
 
 if __name__ == '__main__':
