@@ -435,16 +435,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     best = run.ckpts.restore_best(_host_target(trainer.state))
     if best is not None:  # Placed as the trained state is: same program.
       best = (placement.replicate(best[0], run.devices), best[1])
-    results = report.final_evaluation(
-        config, run.workdir, run.data, trainer.state, best,
-        *run.eval_models, run.local_devices, run.writer, trainer.step,
-        last_meta=trainer.last_meta)
+    with write_failures.naming(run.workdir, 'the final evaluation\'s '
+                               'figures and metrics'):
+      results = report.final_evaluation(
+          config, run.workdir, run.data, trainer.state, best,
+          *run.eval_models, run.local_devices, run.writer, trainer.step,
+          last_meta=trainer.last_meta)
   if run.is_chief and config.log.figures:
     with timer('figures'):
-      figures.training_curves(
-          run.workdir / 'training.png', run.history.read(),
-          shell=report.shell_radii(config),
-          title=f'{run.workdir.name}: training')
+      with write_failures.naming(run.workdir / 'training.png'):
+        figures.training_curves(
+            run.workdir / 'training.png', run.history.read(),
+            shell=report.shell_radii(config),
+            title=f'{run.workdir.name}: training')
   wall = time.time() - t_start
   steps_s = timer.seconds['training steps']
   results.update(
@@ -459,7 +462,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                ', '.join(f'{k} {v:.1f} s' for k, v in timer.seconds.items()),
                100 * steps_s / wall)
   if run.is_chief:
-    report.write_json(run.workdir / 'results.json', results)
+    with write_failures.naming(run.workdir / 'results.json'):
+      report.write_json(run.workdir / 'results.json', results)
   run.writer.flush()
   run.ckpts.close()
   return trainer.state

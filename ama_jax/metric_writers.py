@@ -18,6 +18,7 @@ from absl import logging
 import numpy as np
 
 from ama_jax import json_safe
+from ama_jax import write_failures
 
 
 class JsonlWriter:
@@ -86,7 +87,8 @@ class History:
           r['step'] == resume_step
           and (keep_val_at_resume or r.get('kind') != 'val'))]
       tmp = self.path.with_suffix('.jsonl.tmp')
-      tmp.write_text(''.join(line + '\n' for line in kept))
+      with write_failures.naming(tmp):
+        tmp.write_text(''.join(line + '\n' for line in kept))
       os.replace(tmp, self.path)
 
   def append(self, kind: str, step: int, values: dict) -> None:
@@ -97,7 +99,7 @@ class History:
 
   def flush(self) -> None:
     if self._buffer:
-      with self.path.open('a') as f:
+      with write_failures.naming(self.path), self.path.open('a') as f:
         f.write(''.join(line + '\n' for line in self._buffer))
       self._buffer.clear()
 

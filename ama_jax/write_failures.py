@@ -95,6 +95,20 @@ def cause(error: BaseException) -> Optional[int]:
   return None
 
 
+@contextlib.contextmanager
+def naming(path, what: Optional[str] = None) -> Iterator[None]:
+  """Names what a block writes in its failed writes: an OSError of a
+  write() call carries no file name."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is None:
+      e.filename = str(path)
+    if what and not hasattr(e, 'ama_writing'):
+      e.ama_writing = what
+    raise
+
+
 def _path(error: BaseException) -> Optional[str]:
   """The file a failed write names (the most specific one)."""
   for e in _chain(error):
@@ -156,6 +170,8 @@ def error_for(error: BaseException, workdir) -> Optional[WriteFailedError]:
   number = cause(error)
   if number is None:
     return None
+  what = next((e.ama_writing for e in _chain(error)
+               if hasattr(e, 'ama_writing')), None)
   workdir = pathlib.Path(workdir)
   why, fix = _CAUSES[number]
   path = _path(error)
@@ -172,7 +188,8 @@ def error_for(error: BaseException, workdir) -> Optional[WriteFailedError]:
   resume = (f'resume from step {good}' if good is not None
             else 'start the run')
   return WriteFailedError(
-      f'Cannot write {_what(path, workdir)} ({path or workdir}): {why}; '
+      f'Cannot write {what or _what(path, workdir)} ({path or workdir}): '
+      f'{why}; '
       f'{kept}. On the filesystem of {workdir}, {fix}, then run the same '
       f'command to {resume}.', path=path)
 

@@ -216,9 +216,10 @@ class StopsTest(absltest.TestCase):
     proc = _run(self.workdir)
     # Usually the checkpoint of step 8 or the best one of step 4.
     self.assertLastLine(
-        proc, 1, rf'^error: Cannot write .* \({self.workdir}/\S+\): no space '
-        rf'left on the device; the last good checkpoint, step 4 in {self.workdir}/checkpoints, and '
-        'the earlier outputs are intact. On the filesystem of '
+        proc, 1, rf'^error: Cannot write .* \({self.workdir}(/\S+)?\): no '
+        rf'space left on the device; the last good checkpoint, step 4 in '
+        rf'{self.workdir}/checkpoints, and the earlier outputs are intact\. '
+        'On the filesystem of '
         rf'{self.workdir}, free space, then run the same command to resume '
         r'from step 4\.$')
     self.assertEqual(sorted(checkpoint_files.step_dirs(
