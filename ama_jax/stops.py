@@ -165,13 +165,14 @@ class StopRequests:
       self._notify_others()
     if self.mode == LOCAL:
       return self.reason
+    # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils
+    import numpy as np
+    # pylint: enable=g-import-not-at-top
     if self.mode == PREEMPTION:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       if multihost_utils.reached_preemption_sync_point(self._checks):
         return self.reason or 'a preemption notice (SIGTERM)'
       return None
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     asked = np.asarray(multihost_utils.process_allgather(
         np.int32(self.reason is not None)))
     if asked.any():
