@@ -177,9 +177,10 @@ class CheckpointManagers:
       return
     try:  # Finish what was started (those states were checked) and close.
       self.close()
-    except Exception:  # pylint: disable=broad-except
-      logging.exception('Closing the checkpoint managers of %s failed while '
-                        'handling another error.', self.workdir)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Closing the checkpoint managers of %s failed while '
+                      'handling another error: %s', self.workdir,
+                      errors.one_line(e))
 
   # --- Sealing and setting steps aside. ---
 

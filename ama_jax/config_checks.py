@@ -370,6 +370,7 @@ FIELDS: dict[str, Rule] = {
     'train.n_critic': Int(min=1),
     'train.steps_per_call': Int(min=1),
     'train.halt_after_steps': Int(min=1, optional=True),
+    'train.time_limit_s': Float(min=0, min_open=True, optional=True),
     'train.allow_resume_changes': Bool(),
     'train.max_steps_per_epoch': Int(min=1, optional=True),
     # --- eval ---
@@ -733,7 +734,8 @@ def check_plan(config: ml_collections.ConfigDict, steps_per_epoch: int,
 # Fields a resumed run may set differently from the run it continues: none
 # of them changes the training (when to halt, steps fused per call, what is
 # evaluated and logged, where the data files are read from).
-RESUME_MAY_CHANGE = ('train.halt_after_steps', 'train.steps_per_call',
+RESUME_MAY_CHANGE = ('train.halt_after_steps', 'train.time_limit_s',
+                     'train.steps_per_call',
                      'train.allow_resume_changes',
                      'eval.', 'log.', 'data.data_dir', 'data.raw_dir',
                      'data.download')

@@ -6,7 +6,11 @@ wait for the checkpoints -> final evaluation of the best and last states ->
 results.json and figures. Model selection uses the validation split only;
 the test split is scored once, at the end. Every phase is timed; the end of
 the run logs (and results.json keeps) the seconds of each and the share of
-the wall time spent in training steps.
+the wall time spent in training steps. A stop request (SIGTERM, SIGINT, a
+preemption notice, `train.time_limit_s`: `stops`) ends the run at the next
+step boundary with a checkpoint of it; a run resumed at the end of an epoch
+whose validation was not done yet does it first. A write that fails for
+want of space or permission ends the run in one line (`write_failures`).
 
 Several processes (multi-host) run this same function: the training step is
 one pmap over the devices of all of them (`placement.mesh_devices`), each
@@ -43,50 +47,21 @@ from ama_jax import metric_writers
 from ama_jax import models
 from ama_jax import placement
 from ama_jax import report
+from ama_jax import run_plan
 from ama_jax import schedules
 from ama_jax import scoring
+from ama_jax import stops
 from ama_jax import train
 from ama_jax import train_state
 from ama_jax import workdir_lock
+from ama_jax import write_failures
 
 PRNGKey = jax.Array
 NonFiniteLossError = errors.NonFiniteLossError  # Raised by the loop.
 
 
-def plan(config: ml_collections.ConfigDict, num_train: int,
-         num_devices: int, num_processes: int = 1) -> tuple[int, int]:
-  """(per-device batch, steps per epoch), with clear errors.
-
-  Args:
-    config: the experiment config (train.batch_size is the global batch).
-    num_train: training images.
-    num_devices: devices of all processes together.
-    num_processes: processes (for the error message).
-  """
-  batch = config.train.batch_size
-  if batch % num_devices:
-    below = batch // num_devices * num_devices
-    fits = ' or '.join(str(b) for b in (below, below + num_devices) if b)
-    raise errors.ConfigError(
-        f'train.batch_size={batch} (the global batch) does not divide evenly '
-        f'over {num_devices} devices ({num_processes} process(es) x '
-        f'{num_devices // num_processes} device(s) each); set '
-        f'--config.train.batch_size to a multiple of {num_devices}, e.g. '
-        f'{fits}.')
-  steps = num_train // batch  # drop_last, as the official code.
-  if steps == 0:
-    raise errors.ConfigError(
-        f'train.batch_size={batch} is larger than the training set '
-        f'({num_train} images); lower it.')
-  if config.train.max_steps_per_epoch:
-    steps = min(steps, config.train.max_steps_per_epoch)
-  return batch // num_devices, steps
-
-
-def itstime(epoch: int, *, every: int, first: int, last: int) -> bool:
-  """Whether something done every `every` epochs from `first` on (and at
-  the `last` epoch) is due after 1-based `epoch`."""
-  return epoch >= first and (epoch % every == 0 or epoch == last)
+# Re-exported: the run's plan (`run_plan`).
+plan, itstime = run_plan.plan, run_plan.itstime
 
 
 class PhaseTimer:
@@ -216,8 +191,10 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                                  int(state.step))
     logging.info('Resumed from step %d of %s.', int(state.step), workdir)
   state = placement.replicate(state, devices)
-  history = metric_writers.History(workdir, is_chief,
-                                   int(jax.device_get(state.step)))
+  history = metric_writers.History(
+      workdir, is_chief, int(jax.device_get(state.step)),
+      keep_val_at_resume=not stops.validation_pending(config, meta,
+                                                      steps_per_epoch))
 
   ae_model, critic_model = models.create_models(
       config.model, image_shape, axis_name=placement.AXIS)
@@ -247,9 +224,12 @@ class Trainer:
   """The training phases of a run and the state they advance."""
 
   def __init__(self, run: Run, state: train_state.AMAState,
-               meta: Optional[dict], timer: PhaseTimer):
+               meta: Optional[dict], timer: PhaseTimer,
+               requests: Optional[stops.StopRequests] = None):
     self.run, self.state, self.timer = run, state, timer
+    self.requests = requests or stops.StopRequests()
     self.step = int(jax.device_get(state.step))
+    self.validated_step = (meta or {}).get('validated_step')
     self.calibration: Optional[scoring.Calibration] = None
     self.val_auroc = -np.inf
     best = (meta or {}).get('best_val_auroc')
@@ -296,6 +276,7 @@ class Trainer:
           logging.info('Halting at step %d (train.halt_after_steps).',
                        self.step)
           return False
+        stops.stop_if_due(self, epoch)
       jax.block_until_ready(self.state)
     self.steps_timed += self.step - s0
     return True
@@ -352,19 +333,23 @@ class Trainer:
             'image_shape': list(self.run.data.image_shape),
             'val_auroc': _finite(self.val_auroc),
             'best_val_auroc': _finite(self.best_val_auroc),
+            'validated_step': self.validated_step,
             **(self.calibration.to_dict() if self.calibration else {})}
 
-  def save_latest(self, epoch: int) -> None:
+  def save_latest(self, epoch: int, stopping: bool = False) -> None:
     self.flush()  # Never save a state whose losses were not checked.
     self.last_meta = self._meta(epoch)
-    with self.timer('checkpoints'):
+    with self.timer('checkpoints'), self.requests.protect(stopping):
       self.run.ckpts.save_latest(self.step, self.state, self.last_meta)
+      if stopping:
+        self.run.ckpts.wait_until_finished()
 
   # -- validation ---------------------------------------------------------
   def validate(self, epoch: int) -> None:
     """Calibrates, scores validation, keeps the best state (validation
     AUROC of the calibrated score)."""
     run, config = self.run, self.run.config
+    self.validated_step = self.step
     with self.timer('validation'):
       scorer = scoring.scorer_from_state(
           self.state, *run.eval_models, config.eval.batch_size,
@@ -388,7 +373,7 @@ class Trainer:
                  ' -- no anomalies in validation: the last state is kept')
     if self.val_auroc > self.best_val_auroc:
       self.best_val_auroc = self.val_auroc
-      with self.timer('checkpoints'):
+      with self.timer('checkpoints'), self.requests.protect():
         run.ckpts.save_best(self.step, self.state, self._meta(epoch))
 
 
@@ -408,28 +393,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       DataError, CheckpointError (all checkpoints damaged, or written for
       another model), WorkdirError (e.g. locked by another run),
       NonFiniteLossError.
+    write_failures.WriteFailedError (a WorkdirError): a full disk, quota or
+      read-only workdir; the last good checkpoint is left intact.
+    stops.Stopped: a stop request (SIGTERM, SIGINT, a preemption notice,
+      train.time_limit_s) ended the run before its end, resumably.
   """
   config_checks.validate(config, num_devices=jax.device_count(),
                          num_processes=jax.process_count())
-  with workdir_lock.hold_for_job(workdir), contextlib.ExitStack() as cleanup:
-    checkpoint_files.check_resumable(workdir)
-    return _train_and_evaluate(config, workdir, cleanup)
+  with write_failures.guard(workdir), stops.StopRequests(
+      config.train.get('time_limit_s')) as requests:
+    with stops.naming_the_resume(workdir), workdir_lock.hold_for_job(
+        workdir), contextlib.ExitStack() as cleanup:
+      checkpoint_files.check_resumable(workdir)
+      return _train_and_evaluate(config, workdir, cleanup, requests)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        cleanup: contextlib.ExitStack) -> train_state.AMAState:
+                        cleanup: contextlib.ExitStack,
+                        requests: stops.StopRequests) -> train_state.AMAState:
   """`train_and_evaluate` once the config and workdir are checked."""
   t_start = time.time()
   timer = PhaseTimer()
   with timer('set-up'):
     run, state, meta = set_up(config, pathlib.Path(workdir), cleanup)
-  trainer = Trainer(run, state, meta, timer)
-  for epoch in range(trainer.step // run.steps_per_epoch, run.num_epochs):
+  trainer = Trainer(run, state, meta, timer, requests)
+  first = trainer.step // run.steps_per_epoch
+  if stops.validation_pending(config, meta, run.steps_per_epoch):
+    trainer.validate(first - 1)  # Stopped between training and validation.
+  stops.stop_if_due(trainer, max(first - 1, 0))
+  for epoch in range(first, run.num_epochs):
     if not trainer.train_epoch(epoch):
       return trainer.state
     if itstime(epoch + 1, every=config.eval.every_epochs,
                first=config.eval.first_epoch, last=run.num_epochs):
       trainer.validate(epoch)
+      stops.stop_if_due(trainer, epoch)
   trainer.save_latest(run.num_epochs - 1)
   with timer('checkpoints'):
     run.ckpts.wait_until_finished()
@@ -437,16 +435,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     best = run.ckpts.restore_best(_host_target(trainer.state))
     if best is not None:  # Placed as the trained state is: same program.
       best = (placement.replicate(best[0], run.devices), best[1])
-    results = report.final_evaluation(
-        config, run.workdir, run.data, trainer.state, best,
-        *run.eval_models, run.local_devices, run.writer, trainer.step,
-        last_meta=trainer.last_meta)
+    with write_failures.naming(run.workdir, 'the final evaluation\'s '
+                               'figures and metrics'):
+      results = report.final_evaluation(
+          config, run.workdir, run.data, trainer.state, best,
+          *run.eval_models, run.local_devices, run.writer, trainer.step,
+          last_meta=trainer.last_meta)
   if run.is_chief and config.log.figures:
     with timer('figures'):
-      figures.training_curves(
-          run.workdir / 'training.png', run.history.read(),
-          shell=report.shell_radii(config),
-          title=f'{run.workdir.name}: training')
+      with write_failures.naming(run.workdir / 'training.png'):
+        figures.training_curves(
+            run.workdir / 'training.png', run.history.read(),
+            shell=report.shell_radii(config),
+            title=f'{run.workdir.name}: training')
   wall = time.time() - t_start
   steps_s = timer.seconds['training steps']
   results.update(
@@ -461,7 +462,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                ', '.join(f'{k} {v:.1f} s' for k, v in timer.seconds.items()),
                100 * steps_s / wall)
   if run.is_chief:
-    report.write_json(run.workdir / 'results.json', results)
+    with write_failures.naming(run.workdir / 'results.json'):
+      report.write_json(run.workdir / 'results.json', results)
   run.writer.flush()
   run.ckpts.close()
   return trainer.state

@@ -8,9 +8,13 @@ Config fields are overridden with `--config.<field>=<value>`; a `:arg` suffix
 selects a variant (`:runlocal` for a tiny smoke run). A workdir that holds a
 checkpoint is resumed.
 
-Known problems (a bad config value, missing data, a workdir in use by
-another run, no readable checkpoint, a diverging loss) end in one line
-`error: ...` on stderr and exit status 1; `--verbose` adds the traceback.
+Known problems (a bad config value, a config file that does not load,
+missing data, a workdir in use by another run, no readable checkpoint, a
+diverging loss, a full disk) end in one line `error: ...` on stderr and
+exit status 1; `--verbose` adds the traceback. SIGTERM, Ctrl-C, a
+preemption notice or `train.time_limit_s` stop training at the next step
+with a checkpoint of it, one line `stopped: ...` and exit status 75
+(`stops.EXIT_STOPPED`); the same command resumes (ama_jax/stops.py).
 
 Multi-host: every process runs the same command (launch/, README).
 `jax.distributed.initialize()` is called under `--multihost`; without the
@@ -33,6 +37,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ama_jax import stops
 from ama_jax.tools import cli
 
 FLAGS = flags.FLAGS
@@ -76,6 +81,7 @@ def multihost() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  stops.catch_early()  # SIGTERM / SIGINT before training: stop at step 0.
   from ama_jax import runtime  # pylint: disable=g-import-not-at-top
   # Before JAX computes: malloc, compilation cache, TF off the GPU.
   runtime.setup(FLAGS.compilation_cache)

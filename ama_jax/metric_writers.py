@@ -18,6 +18,7 @@ from absl import logging
 import numpy as np
 
 from ama_jax import json_safe
+from ama_jax import write_failures
 
 
 class JsonlWriter:
@@ -69,19 +70,25 @@ class History:
   Appended to `<workdir>/history.jsonl` (process 0 only), one record per
   line: {"kind": "train" | "val", "step": N, ...values}. A resumed run first
   drops the records after the step it resumes from (written after the last
-  checkpoint by the run that stopped), so the file describes one history.
+  checkpoint by the run that stopped), so the file describes one history;
+  with `keep_val_at_resume=False` also the validation at that step, which
+  the resumed run does again.
   """
 
   def __init__(self, workdir: pathlib.Path, is_chief: bool,
-               resume_step: int):
+               resume_step: int, keep_val_at_resume: bool = True):
     self.path = workdir / 'history.jsonl'
     self._enabled = is_chief
     self._buffer: list[str] = []
     if is_chief and self.path.exists():
-      kept = [line for line in _parsable_lines(self.path)
-              if json.loads(line)['step'] <= resume_step]
+      records = [(line, json.loads(line))
+                 for line in _parsable_lines(self.path)]
+      kept = [line for line, r in records if r['step'] < resume_step or (
+          r['step'] == resume_step
+          and (keep_val_at_resume or r.get('kind') != 'val'))]
       tmp = self.path.with_suffix('.jsonl.tmp')
-      tmp.write_text(''.join(line + '\n' for line in kept))
+      with write_failures.naming(tmp):
+        tmp.write_text(''.join(line + '\n' for line in kept))
       os.replace(tmp, self.path)
 
   def append(self, kind: str, step: int, values: dict) -> None:
@@ -92,7 +99,7 @@ class History:
 
   def flush(self) -> None:
     if self._buffer:
-      with self.path.open('a') as f:
+      with write_failures.naming(self.path), self.path.open('a') as f:
         f.write(''.join(line + '\n' for line in self._buffer))
       self._buffer.clear()
 

@@ -269,6 +269,13 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # Stop (after saving a checkpoint) once this step is reached; None: never.
   # For time-boxed jobs and resume tests: the same command resumes.
   train.halt_after_steps = placeholder(int)
+  # Stop cleanly once this many seconds of wall time have passed since
+  # training started (set-up included): at the next step boundary, with a
+  # checkpoint of that step and exit status 75 (ama_jax/stops.py), as on
+  # SIGTERM; the same command resumes. For schedulers with hard limits: set
+  # it below the limit by the time of a validation and a checkpoint write.
+  # None: no limit.
+  train.time_limit_s = placeholder(float)
   # Resuming a workdir whose checkpoint was trained with other values of
   # fields that change the training (config_checks.RESUME_MAY_CHANGE lists
   # those that may differ) is an error; True continues it anyway, with the

@@ -14,6 +14,10 @@
 #SBATCH --ntasks-per-node=8
 #SBATCH --time=08:00:00
 #SBATCH --output=ama_jax-%j.out
+# SIGTERM 2 minutes before the time limit: the run stops at its next step
+# with a checkpoint and exit status 75; the job is then requeued and resumes.
+#SBATCH --signal=TERM@120
+#SBATCH --requeue
 set -euo pipefail
 usage="usage: sbatch [--nodes=N --gpus-per-node=G --ntasks-per-node=G] launch/slurm.sh CONFIG WORKDIR [flags...]"
 cd "${SLURM_SUBMIT_DIR:?$usage (from the repository root)}"
@@ -29,5 +33,10 @@ if [[ "$tasks" != "$gpus" ]]; then
 fi
 bash scripts/setup.sh  # Once, here: the nodes share the filesystem.
 # Every task sees all GPUs of its node; JAX gives task SLURM_LOCALID its own.
+status=0
 srun --kill-on-bad-exit=1 .venv/bin/python -m ama_jax.main \
-  --config="$config" --workdir="$workdir" --multihost "$@"
+  --config="$config" --workdir="$workdir" --multihost "$@" || status=$?
+if [[ $status -eq 75 ]]; then  # Stopped, resumable (ama_jax/stops.py).
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$status"

@@ -10,10 +10,17 @@
   stderr and exit status 1;
 - an `app.UsageError`, a flag that does not parse and a `--config.<field>`
   override that the config rejects into one line too (status 1);
-- Ctrl-C into `error: interrupted` (status 130),
+- a config file that does not load (missing, a syntax error, an exception
+  on import or in its get_config, no get_config, an unknown `:arg` token)
+  into one line naming the file, the line and the fix (`config_files`);
+- Ctrl-C outside training into `error: interrupted` (status 130);
+- a stopped training run (`stops.Stopped`: SIGTERM, SIGINT, a preemption
+  notice or its time limit) into one line `stopped: <where, how to
+  resume>` (status `stops.EXIT_STOPPED`, 75),
 
 without a traceback. `--verbose` (or the environment variable
-AMA_JAX_VERBOSE=1) prints the traceback before the line. Any other exception
+AMA_JAX_VERBOSE=1, or absl's `--verbosity=1`) prints the traceback before
+the line. Any other exception
 is a bug: absl prints its traceback as usual. `main` must release what it
 holds (checkpoint managers, locks) on its way out, so that nothing prints
 after the line; `loop.train_and_evaluate` and `score.run` do.
@@ -28,10 +35,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ama_jax import config_files
 from ama_jax import errors
+from ama_jax import stops
 
 VERBOSE_ENV = 'AMA_JAX_VERBOSE'
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+EXIT_STOPPED = stops.EXIT_STOPPED
 
 
 def define_verbose(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -58,9 +68,16 @@ def define_checkpoint_flags(workdir_help: str,
 
 
 def verbose(flag_values: flags.FlagValues = flags.FLAGS) -> bool:
-  """Whether tracebacks of known errors are wanted."""
+  """Whether tracebacks of known errors are wanted: --verbose,
+  AMA_JAX_VERBOSE=1 or absl's --verbosity=1 (debug logging) or more."""
   if os.environ.get(VERBOSE_ENV, '').strip().lower() in ('1', 'true', 'yes'):
     return True
+  try:
+    if (flag_values['verbosity'].present
+        and int(flag_values['verbosity'].value) >= 1):
+      return True
+  except (KeyError, flags.Error, TypeError, ValueError):
+    pass
   try:
     return bool(flag_values['verbose'].value)
   except (KeyError, flags.Error):
@@ -68,14 +85,15 @@ def verbose(flag_values: flags.FlagValues = flags.FLAGS) -> bool:
 
 
 def report(error, *, flag_values: flags.FlagValues = flags.FLAGS,
-           status: int = EXIT_ERROR) -> int:
-  """Prints `error: <message>` (one line) on stderr; returns `status`.
+           status: int = EXIT_ERROR, prefix: str = 'error') -> int:
+  """Prints `<prefix>: <message>` (one line) on stderr; returns `status`.
 
   Args:
     error: an exception (its traceback is printed first with --verbose) or a
       message.
     flag_values: where `--verbose` is defined.
     status: the exit status to return.
+    prefix: the line's first word.
   """
   for stream in (sys.stdout, sys.stderr):
     stream.flush()
@@ -88,7 +106,7 @@ def report(error, *, flag_values: flags.FlagValues = flags.FLAGS,
     message = errors.one_line(error)
   else:
     message = ' '.join(str(error).split())
-  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.write(f'{prefix}: {message}\n')
   sys.stderr.flush()
   return status
 
@@ -105,6 +123,8 @@ def guarded(main: Callable[[Sequence[str]], Optional[int]]
       return report(e)
     except app.UsageError as e:
       return report(f'{errors.one_line(e)} (see --helpshort)')
+    except stops.Stopped as e:
+      return report(e, status=EXIT_STOPPED, prefix='stopped')
     except KeyboardInterrupt:
       return report('interrupted', status=EXIT_INTERRUPTED)
 
@@ -122,31 +142,61 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   define_verbose()
   try:
     rest = flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(report(f'{_without_traceback(str(e))} (see --helpshort)'))
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    if verbose():
-      traceback.print_exc()
-    overrides = [a for a in argv[1:] if a.startswith('--config.')]
-    name = str(e).strip('"\'')
-    culprits = [a for a in overrides
-                if f'.{name}' in a.split('=', 1)[0] + '.']
-    if isinstance(e, (AttributeError, KeyError)) and culprits:
-      sys.exit(report(f'{culprits[0]}: the config has no field {name!r} '
-                      'there; every field is listed in configs/default.py.'))
-    sys.exit(report(f'cannot apply the command line ({type(e).__name__}: '
-                    f'{errors.one_line(e)}); check --config and its '
-                    f'overrides {" ".join(overrides)}'.rstrip()))
+  except Exception as e:  # pylint: disable=broad-except
+    line = config_files.load_failure(e)
+    if line is None:
+      line = config_files.returned_none(flags.FLAGS, list(argv))
+    if line is None:
+      if isinstance(e, (flags.Error, AttributeError, KeyError, TypeError,
+                        ValueError)):
+        _parse_error(e, argv)
+      raise
+    if verbose() or _asks_traceback(argv):
+      traceback.print_exception(config_files.original_error(e),
+                                file=sys.stderr)
+    sys.exit(report(line))
   # A config file that fails to load does not fail the parse: ml_collections
   # leaves a placeholder that raises on first use. Fail here instead.
   for name in flags.FLAGS:
-    value = flags.FLAGS[name].value
-    if type(value).__name__ == '_ErrorConfig':
-      try:
-        getattr(value, 'keys')
-      except OSError as e:
-        sys.exit(report(f'--{name}: {errors.one_line(e)}'))
+    line = config_files.unavailable(name, flags.FLAGS[name].value,
+                                    list(argv))
+    if line is not None:
+      sys.exit(report(line))
+  line = config_files.check_loaded(flags.FLAGS)
+  if line is not None:
+    sys.exit(report(line))
   return rest
+
+
+def _asks_traceback(argv: Sequence[str]) -> bool:
+  """Whether the command line asks for tracebacks (when the parse failed
+  before reaching --verbose or --verbosity)."""
+  for a in argv[1:]:
+    name, _, value = a.lstrip('-').partition('=')
+    if name == 'verbose' and value.lower() in ('', 'true', '1'):
+      return True
+    if name in ('verbosity', 'v') and value.lstrip('-').isdigit():
+      if int(value) >= 1:
+        return True
+  return False
+
+
+def _parse_error(e: Exception, argv: Sequence[str]) -> None:
+  """Exits with one line for a flag or override that does not parse."""
+  if isinstance(e, flags.Error):
+    sys.exit(report(f'{_without_traceback(str(e))} (see --helpshort)'))
+  if verbose() or _asks_traceback(argv):
+    traceback.print_exception(e, file=sys.stderr)
+  overrides = [a for a in argv[1:] if a.startswith('--config.')]
+  name = str(e).strip('"\'')
+  culprits = [a for a in overrides
+              if f'.{name}' in a.split('=', 1)[0] + '.']
+  if isinstance(e, (AttributeError, KeyError)) and culprits:
+    sys.exit(report(f'{culprits[0]}: the config has no field {name!r} '
+                    'there; every field is listed in configs/default.py.'))
+  sys.exit(report(f'cannot apply the command line ({type(e).__name__}: '
+                  f'{errors.one_line(e)}); check --config and its '
+                  f'overrides {" ".join(overrides)}'.rstrip()))
 
 
 def _without_traceback(message: str) -> str:
