@@ -582,6 +582,9 @@ def open_detector(workdir: os.PathLike | str, score: str, *,
     return model, score
   chosen = chosen_detector(workdir)
   if chosen is None:
+    if not pathlib.Path(workdir).is_dir():  # open_model names the problem.
+      return open_model(workdir, kind=kind, step=step,
+                        batch_size=batch_size), 'calibrated'
     logging.warning('%s has no results.json (the run has not finished): '
                     'scoring with the calibrated score.', workdir)
     return open_model(workdir, kind=kind, step=step,

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Idempotent set-up: .venv with requirements.txt, then the offline data.
+# Idempotent set-up: .venv with requirements.txt (the exact versions), this
+# checkout installed into it in editable mode (the `ama-jax` command), then
+# the offline data.
 #   bash scripts/setup.sh
-# A second run only checks a stamp and the data files' md5s (a few seconds).
+# A second run only checks stamps and the data files' md5s (a few seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -15,5 +17,14 @@ if [[ ! -x .venv/bin/python ]] || [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]
   echo "$want" > "$stamp"
 else
   echo "setup: .venv is up to date"
+fi
+# The package itself (pyproject.toml), its dependencies being those above.
+pkg_stamp=.venv/.package.sha256
+pkg_want=$( (cat pyproject.toml; pwd) | sha256sum | cut -d' ' -f1)
+if [[ ! -x .venv/bin/ama-jax ]] || [[ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]]; then
+  echo "setup: installing this checkout into .venv (pip install -e .)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    --no-deps --no-build-isolation -e .
+  echo "$pkg_want" > "$pkg_stamp"
 fi
 .venv/bin/python scripts/fetch_data.py
