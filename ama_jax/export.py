@@ -28,7 +28,7 @@ then holds
   the run applied to its training images, calibration, where it came from,
   jax version, platforms).
 * `README.md` and `score_exported.py`: a loader that needs only jax and
-  numpy (the README of the repository shows the same code).
+  numpy.
 * with `savedmodel=True`, `savedmodel/`: a TensorFlow SavedModel of the same
   function (jax2tf, native serialization: the StableHLO inside an
   XlaCallModule op) for TF Serving or `tf.saved_model.load`; signature

@@ -18,7 +18,7 @@ from configs import default
 from ama_jax import loop
 from ama_jax import train
 
-# The README ("Compilation") quotes this number; change both together.
+# docs/REFERENCE.md ("Compilation") quotes this number; change both together.
 MAX_LOWERINGS = 11  # 10 before the feature kNN score (eval.knn_k) added one.
 
 

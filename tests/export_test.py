@@ -1,7 +1,7 @@
 """Your own images end to end: a folder of real MNIST PNGs is trained on
 (`configs/folder.py:runlocal`), scored by `ama_jax.tools.score`, exported
-by `ama_jax.tools.export` and scored again by the README's loader in a fresh
-process that imports neither ama_jax nor flax; and a 200,000-image .npy is
+by `ama_jax.tools.export` and scored again by the loader the export writes
+(`score_exported.py`) in a fresh process that imports neither ama_jax nor flax; and a 200,000-image .npy is
 scored with bounded memory.
 """
 import csv
@@ -9,7 +9,6 @@ import io
 import json
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -42,15 +41,6 @@ def _read_csv(path: pathlib.Path) -> dict[str, np.ndarray]:
   with open(path, newline='') as f:
     rows = list(csv.DictReader(f))
   return {k: np.array([row[k] for row in rows]) for k in rows[0]}
-
-
-def _readme_loader() -> str:
-  """The loader code block of README.md's "Your own data" section."""
-  text = (REPO / 'README.md').read_text()
-  match = re.search(r'<!-- exported-scorer-loader -->\s*```python\n(.*?)```',
-                    text, re.S)
-  assert match, 'README.md lacks the exported scorer loader block.'
-  return match.group(1)
 
 
 def _train(config, workdir: pathlib.Path) -> dict:
@@ -106,10 +96,11 @@ class OwnFolderEndToEndTest(absltest.TestCase):
     self.assertEqual(list(cli['id']), sorted(p.name for p in
                                              self.pngs.iterdir()))
 
-    # The README's loader, in a fresh process: jax and numpy only.
+    # The export's own loader, in a fresh process: jax and numpy only.
     work = pathlib.Path(self.create_tempdir().full_path)
     script = work / 'loader.py'
-    script.write_text(_readme_loader() + textwrap.dedent('''
+    script.write_text((self.exported / 'score_exported.py').read_text()
+                      + textwrap.dedent('''
         assert 'ama_jax' not in sys.modules and 'flax' not in sys.modules, (
             sorted(m for m in sys.modules if m.split('.')[0] in
                    ('ama_jax', 'flax')))
@@ -207,7 +198,6 @@ class OwnFolderEndToEndTest(absltest.TestCase):
     self.assertEqual(meta['platforms'], ['cpu', 'cuda', 'tpu'])
     self.assertEqual((self.exported / 'score_exported.py').read_text(),
                      export.LOADER)
-    self.assertEqual(_readme_loader(), export.LOADER)
 
   def test_export_errors_are_one_line(self):
     stderr = io.StringIO()
