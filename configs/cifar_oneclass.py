@@ -5,6 +5,10 @@ r"""One-class CIFAR-10: one class normal, the other nine anomalous (Table 1).
   tiny CPU smoke run. Needs CIFAR-10 through TFDS (network) and, for the
   paper's 100 epochs, an accelerator.
 
+Result: not measured yet (paper, Table 1: mean AUROC 0.669 over the ten
+classes). Time: ~6 s per training step at batch 64
+on 2 CPU cores; use an accelerator.
+
 Paper hyper-parameters (appendix Table 3): SNGAN ResNet generator and
 spectral-normalized ResNet critic, latent 128, lr 3e-4, batch 256, 100
 epochs, lambda_inter 0.5, lambda_neg 5, lambda_reg 1, delta 0.5, atypical

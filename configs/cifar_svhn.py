@@ -3,6 +3,10 @@ r"""OOD detection: CIFAR-10 is normal, SVHN the anomalies (Table 2b).
   python -m ama_jax.main --config=configs/cifar_svhn.py --workdir=/tmp/ama
   Append `:runlocal` to the config path for a tiny CPU smoke run.
 
+Result: not measured yet (paper: AUROC 0.935 on CIFAR-10 vs SVHN). Time:
+one training step at batch 64 takes ~6 s on 2 CPU cores, so the paper's 100
+epochs need an accelerator; `:runlocal` takes about a minute.
+
 Needs `cifar10` and `svhn_cropped` through TFDS (network) and, for the
 paper's 100 epochs, an accelerator. Paper hyper-parameters (appendix
 Table 3): SNGAN ResNet generator, spectral-normalized ResNet critic, latent

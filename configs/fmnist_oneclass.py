@@ -4,6 +4,11 @@ r"""One-class Fashion-MNIST: one class normal, the other nine anomalous.
   The `:arg` is the normal class (index 0-9 or name, e.g. `:trouser`);
   add `,runlocal` for a tiny CPU smoke run (`:0,runlocal`).
 
+Result (`--config.train.num_epochs=10`, 2-core AMD EPYC VM, two runs at a
+time): mean test AUROC over the ten classes 0.931 with the label-free
+detector (default), 0.933 chosen on labelled validation; best raw-pixel
+baselines (kNN, OC-SVM) 0.924; 13-25 min a class.
+
 Not in the paper (its one-class tables are MNIST and CIFAR-10); this uses the
 paper's MNIST settings (Table 4) and one-class protocol (validation 100
 normals + 1000 anomalies; the paper's 10 with `:paper`).

@@ -21,7 +21,12 @@ class ConfigsTest(parameterized.TestCase):
   @parameterized.parameters(*_CONFIGS.items())
   def test_config_builds_and_documents_its_command(self, name, arg):
     module = importlib.import_module(f'configs.{name}')
-    self.assertIn('python -m ama_jax.main', module.__doc__)
+    self.assertIn(f'python -m ama_jax.main --config=configs/{name}.py',
+                  ' '.join(module.__doc__.split()).replace('\\ ', ''))
+    # Its expected result and its time on 2 CPU cores, as the README table.
+    self.assertRegex(module.__doc__, r'Result')
+    self.assertRegex(module.__doc__, r'\d+ (min|h|s)\b')
+    self.assertRegex(' '.join(module.__doc__.split()), r'2(-core| CPU cores)')
     for variant in (arg, ','.join(filter(None, [arg, 'runlocal']))):
       config = module.get_config(variant or None)
       self.assertEqual(config.train.batch_size % 2, 0)
