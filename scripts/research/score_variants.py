@@ -1,6 +1,6 @@
 """Scores from one checkpoint: R(x) and variants, val and test AUROC.
 
-usage: python score_variants.py WORKDIR [best|latest]   (run from a snapshot dir)
+usage: PYTHONPATH=. python scripts/research/score_variants.py WORKDIR [best|latest] [OUT.json]
 """
 import json, pathlib, sys
 import jax, jax.numpy as jnp, numpy as np
