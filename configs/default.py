@@ -81,8 +81,7 @@ def set_one_class(config: ml_collections.ConfigDict,
   (the paper, and `:paper`: 10). The anomalies never enter training, so the
   training set is the paper's either way; with 10 of them the validation
   AUROC of one run varies by about +-0.05 from the draw alone and model
-  selection picked early states (RESULTS.md, "One-class MNIST ... selection
-  on 1,000 validation anomalies").
+  selection picked early states (RESULTS.md, "The tuned recipe").
   """
   flags, rest = parse_arg(arg)
   config.data.protocol = 'one_class'
@@ -200,7 +199,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # code: alpha * E(x) or E(x) / alpha), 'cube' (Sipple 2020), 'none'.
   # Tuned: 'outward' in the last third of the run only, and not in its
   # first two epochs (`start_fraction` 2/3, `earliest_start_epoch` 2;
-  # RESULTS.md, "Late negatives as the OOD default"): without them
+  # RESULTS.md, "The tuned recipe"): without them
   # Fashion-MNIST -> MNIST declines after two epochs, as the autoencoder
   # learns to reconstruct MNIST too; earlier negatives cost test AUROC.
   # One-class configs (`set_one_class`): 'none' (measured: late negatives
