@@ -383,6 +383,7 @@ FIELDS: dict[str, Rule] = {
     'eval.knn_k': Int(min=0),
     'eval.knn_bank_size': Int(min=1, optional=True),
     'eval.selection': Choice(lambda: scoring.SELECTIONS),
+    'eval.label_free_score': Choice(lambda: scoring.LABEL_FREE_SCORES),
     # --- log ---
     'log.every_steps': Int(min=1),
     'log.checkpoint_every_steps': Int(min=1),

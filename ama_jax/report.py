@@ -23,6 +23,7 @@ from ama_jax import json_safe
 from ama_jax import metric_writers
 from ama_jax import metrics
 from ama_jax import scoring
+from ama_jax import surrogates
 from ama_jax import train
 from ama_jax import train_state
 
@@ -72,25 +73,27 @@ DETECTOR_SCORES = ('calibrated', 'knn')
 
 
 def _knn_scores(config, data, f_train: np.ndarray, f_val: np.ndarray,
-                f_test: np.ndarray):
-  """Feature kNN distances of validation and test against the memory bank
-  (`scoring.knn_bank`), the threshold on the validation normals, and
-  (bank, validation normals' features): what is stored beside the
-  checkpoint for `ama_jax.tools.score` and the export."""
+                f_test: np.ndarray, f_surrogate: np.ndarray):
+  """Feature kNN distances of validation, test and the surrogate anomalies
+  against the memory bank (`scoring.knn_bank`), the threshold on the
+  validation normals, and (bank, validation normals' features): what is
+  stored beside the checkpoint for `ama_jax.tools.score` and the export."""
   rows = scoring.knn_bank(f_train, config.eval.get('knn_bank_size'),
                           config.seed)
   bank = f_train[rows]
   # One index: the bank goes to the device once.
   knn = scoring.KnnIndex(bank, config.eval.knn_k)(
-      np.concatenate([f_val, f_test]))
-  knn_val, knn_test = knn[:len(f_val)], knn[len(f_val):]
+      np.concatenate([f_val, f_test, f_surrogate]))
+  knn_val, knn_test, knn_surrogate = np.split(
+      knn, [len(f_val), len(f_val) + len(f_test)])
   val_normal = data.val.labels == 0
   threshold = (float(metrics.threshold_at_fpr(
       knn_val[val_normal], float(config.eval.threshold_fpr)))
                if val_normal.any() else float('nan'))
   logging.info('Feature kNN memory bank: %d of %d training normals.',
                len(bank), len(f_train))
-  return knn_val, knn_test, threshold, (bank, f_val[val_normal])
+  return (knn_val, knn_test, threshold, (bank, f_val[val_normal]),
+          knn_surrogate)
 
 
 def final_evaluation(config, workdir: pathlib.Path, data, state, best,
@@ -126,26 +129,41 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
       k = config.eval.knn_k
       calibration, r_train, r_val, feats = calibrate(scorer, data, config,
                                                      features=k > 0)
-      knn_val = knn_test = knn_threshold = reference = None
+      knn_val = knn_test = knn_threshold = reference = surrogate = None
       if feats is not None:  # The feature kNN score.
         f_train, f_val = feats
         r_test, f_test = scorer.with_features(data.test.images)
-        knn_val, knn_test, knn_threshold, reference = _knn_scores(
-            config, data, f_train, f_val, f_test)
+        val_normal = data.val.labels == 0
+        # Surrogate anomalies for the label-free rule (`pick`).
+        x_sur, names = surrogates.stacked(data.val.images[val_normal],
+                                          config.seed)
+        r_sur, f_sur = (scorer.with_features(x_sur) if len(x_sur)
+                        else (r_val[:0], f_val[:0]))
+        knn_val, knn_test, knn_threshold, reference, knn_sur = _knn_scores(
+            config, data, f_train, f_val, f_test, f_sur)
         del feats, f_train, f_test  # [training normals, features]: freed.
+        if len(x_sur):
+          surrogate = {
+              'calibrated': surrogates.aurocs(
+                  calibration.scores(r_val[val_normal]),
+                  calibration.scores(r_sur), names),
+              'knn': surrogates.aurocs(knn_val[val_normal], knn_sur, names)}
       else:
         r_test = scorer(data.test.images)
       done[at] = (calibration,
                   scoring.evaluate(r_val, data.val.labels, calibration,
                                    knn_val),
                   scoring.evaluate(r_test, data.test.labels, calibration,
-                                   knn_test), knn_threshold, reference)
+                                   knn_test), knn_threshold, reference,
+                  surrogate)
       if name == candidates[0][0] and config.log.figures and (
           jax.process_index() == 0):
         draw(workdir, data, st, eval_ae, calibration, r_train[:10000],
              r_test, config)
-    calibration, val_metrics, test_metrics, knn_threshold, reference = (
-        done[at])
+    (calibration, val_metrics, test_metrics, knn_threshold, reference,
+     surrogate) = done[at]
+    if surrogate is not None:
+      results.setdefault('surrogate', {})[name] = surrogate
     if reference is not None and meta is not None and (
         jax.process_index() == 0):
       from ama_jax import inference  # pylint: disable=g-import-not-at-top
@@ -185,14 +203,27 @@ def pick(results: dict[str, Any], rule: str) -> Optional[tuple[str, str]]:
   """(state, score) of a selection rule (`scoring.SELECTIONS`), or None
   when the run cannot apply it (no validation anomalies for 'val_auroc').
 
-  'label_free': the last state and the feature kNN score (the calibrated
-  one when the run has none): nothing labelled is looked at.
+  'label_free': the last state and, by `eval.label_free_score`, the score
+  with the higher mean surrogate AUROC there ('surrogate', the default:
+  held-out normals against their transforms, `surrogates`; ties: kNN), or
+  always 'knn' / 'calibrated' (the calibrated score when the run has no
+  kNN score): nothing labelled is looked at. Runs stored before the field
+  existed used 'knn'.
   'val_auroc': the best-validation state and, of the calibrated and kNN
   scores, the one with the higher validation AUROC there (ties: calibrated).
   """
   has_knn = 'knn_auroc' in results['test']['last']
   if rule == scoring.LABEL_FREE:
-    return 'last', 'knn' if has_knn else 'calibrated'
+    if not has_knn:
+      return 'last', 'calibrated'
+    how = results['config']['eval'].get('label_free_score', 'knn')
+    if how != scoring.SURROGATE:
+      return 'last', how
+    sur = (results.get('surrogate') or {}).get('last')
+    if sur is None:  # No validation normals to transform.
+      return 'last', 'knn'
+    better = sur['calibrated']['mean'] > sur['knn']['mean']
+    return 'last', 'calibrated' if better else 'knn'
   if rule != scoring.VAL_AUROC:
     raise ValueError(f'Unknown selection {rule!r}; expected one of '
                      f'{scoring.SELECTIONS}.')
@@ -218,6 +249,9 @@ def detector(results: dict[str, Any], rule: str, state: str,
          'val_auroc': val_auroc,
          **{k: test[k] for k in ('auroc', 'auprc_anomaly', 'auprc_normal',
                                  'fpr80')}}
+  sur = (results.get('surrogate') or {}).get(state)
+  if rule == scoring.LABEL_FREE and sur is not None:
+    out['surrogate_auroc'] = {s: sur[s]['mean'] for s in sur}
   if score == 'calibrated':
     out['calibration'] = results['calibration'][state]
   else:
@@ -357,6 +391,11 @@ def detector_line(chosen: dict[str, Any], selection: dict[str, Any],
           f"the {chosen['state']} state (step {chosen['step']}): test AUROC "
           f"{chosen['auroc']:.4f}  FPR80 {chosen['fpr80']:.4f}; threshold "
           f"{chosen['threshold']:.4g}")
+  if 'surrogate_auroc' in chosen:  # How the label-free rule chose it.
+    sur = chosen['surrogate_auroc']
+    line += ('\n  (chosen by surrogate AUROC, validation normals against '
+             f"their transforms: calibrated {sur['calibrated']:.4f}, "
+             f"feature kNN {sur['knn']:.4f})")
   other = [r for r in selection if r != chosen['rule']]
   for rule in other:
     o = selection[rule]

@@ -383,6 +383,9 @@ SELECTION_AUROC, SELECTION_LAST = 'best_val_auroc', 'last_state'
 # `report.choose`): from normal images alone, or by validation AUROC.
 LABEL_FREE, VAL_AUROC = 'label_free', 'val_auroc'
 SELECTIONS = (LABEL_FREE, VAL_AUROC)
+# How the label-free rule picks its score (`eval.label_free_score`).
+SURROGATE = 'surrogate'
+LABEL_FREE_SCORES = (SURROGATE, 'knn', 'calibrated')
 
 
 def model_selection(val_labels: np.ndarray) -> dict[str, str]:

@@ -323,6 +323,13 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   #   (without any, 'label_free' is used and the summary says so).
   # Both are reported in results.json['selection'].
   evaluation.selection = 'label_free'
+  # The label-free rule's score: 'surrogate' (default): of the calibrated
+  # and the feature kNN scores, the one that better tells the validation
+  # normals from the same images turned, flipped and partly blanked out
+  # (mean surrogate AUROC, ama_jax/surrogates.py; results.json['surrogate'];
+  # RESULTS.md, "Detector selection without labelled anomalies"); or
+  # always 'knn' or 'calibrated'. Nothing labelled is looked at.
+  evaluation.label_free_score = 'surrogate'
 
   # --- Logging and checkpoints. ---
   config.log = log = ml_collections.ConfigDict()

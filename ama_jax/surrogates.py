@@ -1,0 +1,85 @@
+"""Surrogate anomalies: held-out normal images, transformed.
+
+A run that has no labelled anomalies still has to choose between its two
+scores (the paper's calibrated R(x) and the feature kNN score). It can ask
+which score better tells its held-out normal images from the same images
+turned, flipped or partly blanked out: the score's surrogate AUROC. Each
+transform keeps an image's pixels and statistics but breaks the layout the
+normal class has (as the transformations of GEOM, Golan and El-Yaniv 2018,
+and of CSI's shifted instances); a score that is more sensitive to such
+departures from the normal structure ranks real anomalies better, and
+nothing labelled is looked at. `report.pick` uses it for
+`eval.selection='label_free'` (`eval.label_free_score='surrogate'`).
+
+Transforms (`TRANSFORMS`), on images [N, H, W, C]:
+  rot90, rot180: quarter and half turns (rot90 for square images only);
+  vflip, hflip: mirror images top-bottom, left-right;
+  cutout: a square of side H // 3 set to the darkest value (-1) at a place
+    drawn per image from `seed`.
+A class that is symmetric under a transform gives both scores a surrogate
+AUROC near 0.5 for it, which does not favour either.
+"""
+from typing import Sequence
+
+import numpy as np
+
+from ama_jax import metrics
+
+TRANSFORMS = ('rot90', 'rot180', 'vflip', 'hflip', 'cutout')
+
+
+def transform(images: np.ndarray, seed: int,
+              names: Sequence[str] = TRANSFORMS) -> dict[str, np.ndarray]:
+  """{name: transformed images} for each of `names` (float arrays in
+  [-1, 1], [N, H, W, C]); rot90 is left out for non-square images."""
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f'Expected images [N, H, W, C], got {images.shape}.')
+  n, h, w, _ = images.shape
+  out = {}
+  for name in names:
+    if name == 'rot90':
+      if h == w:
+        out[name] = np.rot90(images, 1, axes=(1, 2))
+    elif name == 'rot180':
+      out[name] = images[:, ::-1, ::-1]
+    elif name == 'vflip':
+      out[name] = images[:, ::-1]
+    elif name == 'hflip':
+      out[name] = images[:, :, ::-1]
+    elif name == 'cutout':
+      side = max(1, h // 3)
+      rng = np.random.default_rng(seed)
+      tops = rng.integers(0, h - side + 1, n)
+      lefts = rng.integers(0, w - side + 1, n)
+      cut = images.copy()
+      for i, (t, l) in enumerate(zip(tops, lefts)):
+        cut[i, t:t + side, l:l + side] = -1.0
+      out[name] = cut
+    else:
+      raise ValueError(f'Unknown transform {name!r}; expected one of '
+                       f'{TRANSFORMS}.')
+  return {k: np.ascontiguousarray(v, dtype=np.float32)
+          for k, v in out.items()}
+
+
+def stacked(images: np.ndarray, seed: int) -> tuple[np.ndarray, list[str]]:
+  """All transforms of `images` in one array (one scoring pass), and the
+  transform name of each block of len(images) rows."""
+  parts = transform(images, seed)
+  return np.concatenate(list(parts.values())), list(parts)
+
+
+def aurocs(normal_scores: np.ndarray, surrogate_scores: np.ndarray,
+           names: Sequence[str]) -> dict[str, float]:
+  """Surrogate AUROC per transform (normals 0, their transforms 1) and
+  their mean ('mean'), for one score; higher = more anomalous."""
+  normal_scores = np.asarray(normal_scores, np.float64)
+  blocks = np.split(np.asarray(surrogate_scores, np.float64), len(names))
+  labels = np.r_[np.zeros(len(normal_scores)),
+                 np.ones(len(normal_scores))]
+  out = {name: float(metrics.compute_metrics(
+      labels, np.r_[normal_scores, block])['auroc'])
+         for name, block in zip(names, blocks)}
+  out['mean'] = float(np.mean(list(out.values())))
+  return out
