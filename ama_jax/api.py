@@ -84,7 +84,8 @@ def _base_config(config: Union[str, ml_collections.ConfigDict]
                         f'of {_config_names()} (optionally with its :arg, '
                         "e.g. 'fmnist_oneclass:runlocal') or a ConfigDict.")
   module = importlib.import_module(f'configs.{name}')
-  return module.get_config(arg or None)
+  with errors.reraise_as(DetectorError, ValueError):
+    return module.get_config(arg or None)
 
 
 def _apply_overrides(config: ml_collections.ConfigDict,
@@ -115,11 +116,11 @@ def _check_train_array(x: Any) -> np.ndarray:
   x = np.asarray(x)
   if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
     raise DetectorError(
-        f'X: expected images [N, H, W] or [N, H, W, C] with C = 1 or 3, got '
+        f'x: expected images [N, H, W] or [N, H, W, C] with C = 1 or 3, got '
         f'shape {x.shape}; pass a batch of images (x[None] for one image).')
   shape = x.shape[1:] + ((1,) if x.ndim == 3 else ())
   try:
-    inference.array_inputs(x, shape, source='X')
+    inference.array_inputs(x, shape, source='x')
   except inference.ScoreError as e:
     raise DetectorError(str(e)) from e
   return x
@@ -142,7 +143,8 @@ def _load_array_file(path: pathlib.Path) -> np.ndarray:
 
 def _link_flat(folder, images: pathlib.Path) -> None:
   """A flat folder of normals as `images/[<split>/]normal/` (symlinks)."""
-  from ama_jax.datasets import image_folder  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from ama_jax.datasets import image_folder
   for split in folder.files:
     source = folder.root if split == image_folder.ALL else folder.root / split
     target = (images if split == image_folder.ALL else images / split)
@@ -188,7 +190,7 @@ def _training_data(x: ImagesLike, workdir: pathlib.Path
       return f'folder:{path}', (image_folder.NORMAL,), shape
   x = _check_train_array(x)
   with errors.reraise_as(DetectorError, ValueError):
-    pixels = data_sources.to_uint8(x, 'X')
+    pixels = data_sources.to_uint8(x, 'x')
   image_folder.write_pngs(images / image_folder.NORMAL, pixels)
   return (f'folder:{images}', (image_folder.NORMAL,),
           x.shape[1:] + ((1,) if x.ndim == 3 else ()))
@@ -283,11 +285,11 @@ class AMADetector:
           "('<folder name>',)}, or put the images in one folder.")
     return config
 
-  def fit(self, X: ImagesLike, y: None = None) -> 'AMADetector':  # pylint: disable=invalid-name
-    """Trains on normal images `X` (see the module); returns self.
+  def fit(self, x: ImagesLike, y: None = None) -> 'AMADetector':
+    """Trains on normal images `x` (see the module); returns self.
 
     Args:
-      X: the normal images: an array, a .npy/.npz file or a folder.
+      x: the normal images: an array, a .npy/.npz file or a folder.
       y: ignored (every image is normal); for scikit-learn's signature.
     """
     del y  # Unused.
@@ -305,7 +307,7 @@ class AMADetector:
       if (workdir / IMAGES_DIR).exists():  # Last fit's images: replaced.
         shutil.rmtree(workdir / IMAGES_DIR)
     with _quiet(self.verbose):
-      dataset, classes, shape = _training_data(X, workdir)
+      dataset, classes, shape = _training_data(x, workdir)
       config = self._make_config(dataset, classes, shape, workdir)
       runtime.use_compilation_cache()
       loop.train_and_evaluate(config, str(workdir))
@@ -338,31 +340,31 @@ class AMADetector:
   def _check_fitted(self, what: str) -> None:
     if self._detector is None:
       raise NotFittedError(f'AMADetector.{what}: the detector is not fitted; '
-                           'call fit(X) with normal images first, or '
+                           'call fit(x) with normal images first, or '
                            'AMADetector.load(path).')
 
-  def score_samples(self, X: ImagesLike) -> np.ndarray:  # pylint: disable=invalid-name
+  def score_samples(self, x: ImagesLike) -> np.ndarray:
     """The chosen detector's score of each image, in input order (float32
     [N]); higher = more anomalous."""
     from ama_jax import inference  # pylint: disable=g-import-not-at-top
     self._check_fitted('score_samples')
     model = self._detector.model
-    if isinstance(X, (str, os.PathLike)):
-      inputs = inference.open_inputs(X, model.image_shape, model.conversion,
+    if isinstance(x, (str, os.PathLike)):
+      inputs = inference.open_inputs(x, model.image_shape, model.conversion,
                                      chunk=self.batch_size)
     else:
-      inputs = inference.array_inputs(np.asarray(X), model.image_shape,
-                                      model.conversion, source='X',
+      inputs = inference.array_inputs(np.asarray(x), model.image_shape,
+                                      model.conversion, source='x',
                                       chunk=self.batch_size)
     return self._detector.scores(inputs, self.batch_size)[1]
 
-  def decision_function(self, X: ImagesLike) -> np.ndarray:  # pylint: disable=invalid-name
-    """score_samples(X) - threshold_: positive = anomaly."""
-    return self.score_samples(X) - self.threshold_
+  def decision_function(self, x: ImagesLike) -> np.ndarray:
+    """score_samples(x) - threshold_: positive = anomaly."""
+    return self.score_samples(x) - self.threshold_
 
-  def predict(self, X: ImagesLike) -> np.ndarray:  # pylint: disable=invalid-name
+  def predict(self, x: ImagesLike) -> np.ndarray:
     """1 for an anomaly (score above threshold_), else 0; int64 [N]."""
-    return (self.score_samples(X) > self.threshold_).astype(np.int64)
+    return (self.score_samples(x) > self.threshold_).astype(np.int64)
 
   def save(self, path: Union[str, os.PathLike]) -> pathlib.Path:
     """Copies what scoring needs (checkpoints, the kNN reference,
@@ -395,7 +397,9 @@ class AMADetector:
                           'its end first).')
     params = {}
     if (path / DETECTOR_FILE).is_file():
-      params = json.loads((path / DETECTOR_FILE).read_text())
+      saved = json.loads((path / DETECTOR_FILE).read_text())
+      params = {k: saved[k] for k in ('config', 'epochs', 'seed', 'overrides')
+                if k in saved}
     detector = cls(**params, batch_size=batch_size, verbose=verbose)
     detector._open(path)  # pylint: disable=protected-access
     return detector
