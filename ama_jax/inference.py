@@ -388,6 +388,19 @@ def open_inputs(path: os.PathLike | str, image_shape: Sequence[int],
   return _array_inputs(array, image_shape, conv, str(path), chunk)
 
 
+def array_inputs(array: np.ndarray, image_shape: Sequence[int], conv=None,
+                 source: str = 'array', chunk: int = 500) -> Inputs:
+  """An array in memory, validated and read as `open_inputs` reads a
+  .npy file's (`source` names it in the messages).
+
+  Raises:
+    ScoreError: empty or ill-shaped, bad dtype, NaN/Inf or out-of-range
+      pixels.
+  """
+  return _array_inputs(array, tuple(int(d) for d in image_shape), conv,
+                       source, chunk)
+
+
 def load_images(path: os.PathLike | str, image_shape: Sequence[int],
                 conv=None) -> Images:
   """All of `--input` in memory (see `open_inputs`)."""

@@ -81,10 +81,11 @@ its traceback). A damaged checkpoint is never read: `--kind=latest` without
 one); the best step, or an explicit `--step`, is an error. Logs are quiet
 (warnings only) unless `--verbosity=0` is passed.
 """
+import dataclasses
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -170,6 +171,79 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=1, flag_values=flag_values)
 
 
+def check_score(model: inference.Model, score: str,
+                workdir: os.PathLike | str) -> None:
+  """Refuses `score` where `model` cannot give it (before any restore)."""
+  if score == 'knn' and model.knn_reference is None and (
+      model.detector_score != 'knn'):
+    raise inference.ScoreError(
+        f'{workdir} is an exported scorer of the calibrated score: it holds '
+        'no training features for --score=knn; score with the training '
+        'workdir, or with --score=calibrated.')
+
+
+@dataclasses.dataclass
+class Detector:
+  """A checkpoint's (or export's) scorer, restored once, and its threshold.
+
+  Attributes:
+    model: what `inference.open_detector` opened.
+    score: 'calibrated' or 'knn'.
+    raw_scores: R(x) of a chunk (`model.build()`).
+    knn: the feature kNN reference for 'knn' from a checkpoint, else None.
+  """
+  model: inference.Model
+  score: str
+  raw_scores: Callable[[np.ndarray], Any]
+  knn: Optional[inference.KnnReference]
+
+  @classmethod
+  def build(cls, model: inference.Model, score: str,
+            knn_k: Optional[int] = None) -> 'Detector':
+    """Restores the networks (seconds) and, for 'knn', the reference."""
+    raw_scores = model.build()
+    knn = (model.knn_reference(raw_scores, knn_k)
+           if score == 'knn' and model.kind != 'exported' else None)
+    return cls(model, score, raw_scores, knn)
+
+  @property
+  def column(self) -> str:
+    """The score's CSV column: 'score' (calibrated) or 'knn'."""
+    return 'score' if self.score == 'calibrated' else 'knn'
+
+  @property
+  def threshold(self) -> float:
+    """Above it, an image is an anomaly."""
+    if self.knn is not None:
+      return self.knn.threshold
+    return self.model.threshold
+
+  def scores(self, inputs: inference.Inputs, batch_size: int,
+             bar: Optional[Progress] = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(raw R, the detector's score) of every input, in input order."""
+    r, distances = [], []
+    for images in inputs.chunks(batch_size):
+      if self.knn is None:
+        out = self.raw_scores(images)
+        if isinstance(out, tuple):  # An exported kNN detector: (r, score).
+          distances.append(np.asarray(out[1], np.float32))
+          out = out[0]
+        r.append(np.asarray(out, np.float32))
+      else:
+        chunk_r, features = self.raw_scores.with_features(images)
+        r.append(np.asarray(chunk_r, np.float32))
+        distances.append(self.knn.index(features))
+      if bar is not None:
+        bar.update(len(images))
+    r = np.concatenate(r)
+    if self.score == 'calibrated':
+      model = self.model
+      return r, scoring.calibrated_scores(r, model.mu, model.sigma,
+                                          model.score)
+    return r, np.concatenate(distances)
+
+
 def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
         output: os.PathLike | str, *, kind: Optional[str] = None,
         step: Optional[int] = None, batch_size: int = 500,
@@ -205,39 +279,14 @@ def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
   # Cheap checks first: metadata, then the images, then the model.
   model, score = inference.open_detector(workdir, score, kind=kind,
                                          step=step, batch_size=batch_size)
-  if score == 'knn' and model.knn_reference is None and (
-      model.detector_score != 'knn'):
-    raise inference.ScoreError(
-        f'{workdir} is an exported scorer of the calibrated score: it holds '
-        'no training features for --score=knn; score with the training '
-        'workdir, or with --score=calibrated.')
+  check_score(model, score, workdir)
   inputs = inference.open_inputs(input_path, model.image_shape,
                                  model.conversion, chunk=batch_size)
-  raw_scores = model.build()
-  knn = (model.knn_reference(raw_scores, knn_k)
-         if score == 'knn' and model.kind != 'exported' else None)
+  detector = Detector.build(model, score, knn_k)
   bar = Progress(len(inputs), progress == 'on' or (
       progress == 'auto' and len(inputs) >= PROGRESS_MIN_IMAGES))
-  r, distances = [], []
-  for images in inputs.chunks(batch_size):
-    if knn is None:
-      out = raw_scores(images)
-      if isinstance(out, tuple):  # An exported kNN detector: (r, score).
-        distances.append(np.asarray(out[1], np.float32))
-        out = out[0]
-      r.append(np.asarray(out, np.float32))
-    else:
-      chunk_r, features = raw_scores.with_features(images)
-      r.append(np.asarray(chunk_r, np.float32))
-      distances.append(knn.index(features))
-    bar.update(len(images))
-  r = np.concatenate(r)
-  if score == 'calibrated':
-    scores = scoring.calibrated_scores(r, model.mu, model.sigma, model.score)
-    threshold, column = model.threshold, 'score'
-  else:
-    scores, column = np.concatenate(distances), 'knn'
-    threshold = model.threshold if knn is None else knn.threshold
+  r, scores = detector.scores(inputs, batch_size, bar)
+  threshold, column, knn = detector.threshold, detector.column, detector.knn
   is_anomaly = scores > threshold
   inference.write_csv(output, inputs.ids, r, scores, is_anomaly, column)
   summary = {'kind': model.kind, 'step': model.step, 'score': score,
