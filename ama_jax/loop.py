@@ -267,7 +267,9 @@ class Trainer:
           # steps. Called every step, they counted dispatched ones (which
           # run ahead up to the next sync): "0.7 steps/s" then "0.0".
           run.report_progress(self.step)
-        if self.step % config.log.checkpoint_every_steps < n:
+        # The last step is saved after its validation (with its calibration).
+        if (self.step % config.log.checkpoint_every_steps < n
+            and self.step < run.num_epochs * run.steps_per_epoch):
           self.save_latest(epoch)
         halt = config.train.halt_after_steps
         if halt and self.step >= halt:
