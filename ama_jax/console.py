@@ -12,13 +12,13 @@ workdir.
 validation figures of an epoch): logged at INFO (so in log.txt, and on a
 console at INFO) and printed as plain text on stderr when the console is
 quiet. `training_bar` is the loop's progress line on stderr (`progress`),
-shown as `configure(progress=...)` says (`--progress`; off by default, so
+shown as `configure(progress_mode)` says (`--progress`; off by default, so
 that other programs running the loop show none).
 """
 import contextlib
 import logging as std_logging
-import math
 from logging import handlers as std_handlers
+import math
 import os
 import sys
 from typing import Iterator, Optional

@@ -21,7 +21,8 @@ per-process slices and gathered (`scoring.Scorer`), so every process sees
 the same metrics and takes the same decisions (best checkpoint, halting,
 errors).
 All processes join checkpoint saves and restores (orbax writes from process
-0); only process 0 writes metrics, figures and results.json.
+0); only process 0 writes metrics, figures, results.json and log.txt
+(`console.log_file`).
 """
 import collections
 import contextlib
