@@ -21,7 +21,8 @@ per-process slices and gathered (`scoring.Scorer`), so every process sees
 the same metrics and takes the same decisions (best checkpoint, halting,
 errors).
 All processes join checkpoint saves and restores (orbax writes from process
-0); only process 0 writes metrics, figures and results.json.
+0); only process 0 writes metrics, figures, results.json and log.txt
+(`console.log_file`).
 """
 import collections
 import contextlib
@@ -39,6 +40,7 @@ import numpy as np
 from ama_jax import checkpoint_files
 from ama_jax import checkpointing
 from ama_jax import config_checks
+from ama_jax import console
 from ama_jax import errors
 from ama_jax import figures
 from ama_jax import input_pipeline
@@ -156,6 +158,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     (run, the replicated state, the meta of the checkpoint resumed from).
   """
   workdir.mkdir(parents=True, exist_ok=True)
+  if cleanup is not None:  # <workdir>/log.txt, process 0.
+    cleanup.enter_context(console.log_file(workdir, jax.process_index() == 0))
   data = _load_data(config)
   image_shape = tuple(data.image_shape)
   devices, local_devices = placement.mesh_devices(), jax.local_devices()
@@ -169,12 +173,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   writer, report_progress = metric_writers.create_writer(workdir, is_chief,
                                                          total_steps)
   writer.write_hparams(json_safe.flat_hparams(config))
-  logging.info('Global batch %d = %d per device x %d devices (%d local '
-               'device(s) x %d process(es)); %d training images, %d '
-               'steps/epoch, %d epochs.', config.train.batch_size,
-               local_batch, len(devices), len(local_devices),
-               jax.process_count(), num_train, steps_per_epoch,
-               config.train.num_epochs)
+  console.plan(config, local_batch, len(devices), len(local_devices),
+               num_train, steps_per_epoch)
 
   init_rng, train_rng, data_rng = jax.random.split(
       jax.random.key(config.seed), 3)
@@ -189,7 +189,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     if meta.get('config') is not None:
       config_checks.check_resume(meta['config'], config, workdir,
                                  int(state.step))
-    logging.info('Resumed from step %d of %s.', int(state.step), workdir)
+    console.say('Resumed from step %d of %s.', int(state.step), workdir)
   state = placement.replicate(state, devices)
   history = metric_writers.History(
       workdir, is_chief, int(jax.device_get(state.step)),
@@ -238,6 +238,7 @@ class Trainer:
     self.compiled = False
     self.steps_timed = 0
     self.last_meta: Optional[dict] = None  # Of the last save_latest.
+    self.bar = console.training_bar(run, self.step)
 
   # -- training ---------------------------------------------------------
   def train_epoch(self, epoch: int) -> bool:
@@ -267,6 +268,7 @@ class Trainer:
           # steps. Called every step, they counted dispatched ones (which
           # run ahead up to the next sync): "0.7 steps/s" then "0.0".
           run.report_progress(self.step)
+          self.bar.show(self.step, f'epoch {epoch + 1}/{run.num_epochs}')
         # The last step is saved after its validation (with its calibration).
         if (self.step % config.log.checkpoint_every_steps < n
             and self.step < run.num_epochs * run.steps_per_epoch):
@@ -368,11 +370,8 @@ class Trainer:
         'sigma': self.calibration.sigma,
         'one_sided': float(self.calibration.score == 'one_sided')})
     run.history.flush()
-    logging.info('epoch %d step %d: val AUROC %.4f (%s score; raw R %.4f)%s',
-                 epoch + 1, self.step, self.val_auroc, self.calibration.score,
-                 val_metrics['raw_auroc'],
-                 '' if np.isfinite(self.val_auroc) else
-                 ' -- no anomalies in validation: the last state is kept')
+    console.validation(epoch + 1, self.step, val_metrics,
+                       self.calibration.score)
     if self.val_auroc > self.best_val_auroc:
       self.best_val_auroc = self.val_auroc
       with self.timer('checkpoints'), self.requests.protect():

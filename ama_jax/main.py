@@ -16,6 +16,11 @@ preemption notice or `train.time_limit_s` stop training at the next step
 with a checkpoint of it, one line `stopped: ...` and exit status 75
 (`stops.EXIT_STOPPED`); the same command resumes (ama_jax/stops.py).
 
+Console: warnings, a progress line on stderr (`--progress=auto|on|off`),
+the plan, one line per validation and the summary (stdout). The full log
+(INFO, libraries' included) is appended to `<workdir>/log.txt` by process
+0; `--verbosity=0` shows it on the console too (`console`).
+
 Multi-host: every process runs the same command (launch/, README).
 `jax.distributed.initialize()` is called under `--multihost`; without the
 flag (`--nomultihost`: never) when the environment shows several processes:
@@ -37,6 +42,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ama_jax import console
+from ama_jax import progress
 from ama_jax import stops
 from ama_jax.tools import cli
 
@@ -52,6 +59,10 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes; default: '
                      'detected.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index; default: '
                      'detected.')
+flags.DEFINE_enum('progress', 'auto', list(console.PROGRESS_MODES),
+                  'Training progress line on stderr (in place on a '
+                  'terminal, a line per tenth of the run otherwise); auto: '
+                  'unless --verbosity shows INFO logs.')
 flags.DEFINE_string('compilation_cache', None, 'Folder of JAX\'s persistent '
                     'compilation cache; default: a per-user folder '
                     '(ama_jax/runtime.py); "off": none.')
@@ -81,6 +92,10 @@ def multihost() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  console.quiet(keep=True)  # Until the loop opens <workdir>/log.txt.
+  console.configure(FLAGS.progress)
+  if console.is_quiet():  # TensorFlow's C++ INFO lines too.
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   stops.catch_early()  # SIGTERM / SIGINT before training: stop at step 0.
   from ama_jax import runtime  # pylint: disable=g-import-not-at-top
   # Before JAX computes: malloc, compilation cache, TF off the GPU.
@@ -104,6 +119,7 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   state = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
+    progress.end_lines()
     step = int(jax.device_get(state.step))
     if _finished_at(FLAGS.workdir) == step:
       print(report.summary(FLAGS.workdir), flush=True)

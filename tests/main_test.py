@@ -149,6 +149,52 @@ class MainTest(parameterized.TestCase):
       np.testing.assert_array_equal(
           flagged, scores > results['chosen']['threshold'])
 
+  def test_console_is_quiet_and_log_file_keeps_the_info_log(self):
+    tmp = pathlib.Path(self.create_tempdir().full_path)
+
+    def train(workdir: pathlib.Path, *flags: str):
+      out = subprocess.run(
+          [sys.executable, '-m', 'ama_jax.main',
+           '--config=configs/default.py:runlocal', f'--workdir={workdir}',
+           *flags], cwd=_REPO, capture_output=True, text=True, timeout=900)
+      self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+      return out
+
+    # A Python log line: `I1206 19:55:33.192811 1396763 loop.py:370] ...`.
+    info = r'(?m)^I\d{4} [\d:.]+ +\d+ \S+\.py:\d+\] '
+    quiet = train(tmp / 'quiet')
+    self.assertNotRegex(quiet.stdout + quiet.stderr, info)
+    self.assertNotIn('[process=0]', quiet.stderr)  # Orbax's INFO lines.
+    # The plan, progress (not a terminal: no redraws), one line per
+    # validation on stderr; the summary on stdout.
+    self.assertNotIn('\r', quiet.stderr)
+    self.assertRegex(quiet.stderr, r'(?m)^Global batch 16 = ')
+    self.assertRegex(quiet.stderr, r'(?m)^epoch 2/2 \[#{30}\] 8/8 steps '
+                     r'\(100%\), [\d.]+ steps/s, ETA 0s$')
+    for epoch, step in ((1, 4), (2, 8)):
+      self.assertRegex(quiet.stderr, rf'(?m)^epoch {epoch} step {step}: val '
+                       r'AUROC \d\.\d{4} \((one|two)_sided score; raw R ')
+    self.assertRegex(quiet.stdout, r'(?m)^best validation AUROC 0\.\d+ at '
+                     r'step \d+$')
+    self.assertRegex(quiet.stdout, r'test \(best state\): AUROC 0\.\d+')
+    # The whole INFO log is in <workdir>/log.txt, from the program's start.
+    log = (tmp / 'quiet' / 'log.txt').read_text()
+    self.assertRegex(log, info + r'JAX process 0/1')
+    self.assertRegex(log, info + r'Training step .* compiled and ran once')
+    self.assertRegex(log, r'(?m)^I.* loop\.py:\d+\] epoch 2 step 8: val AUROC')
+    self.assertIn('[process=0]', log)
+
+    # --verbosity=0: the INFO log on the console too, and no progress line.
+    loud = train(tmp / 'loud', '--verbosity=0')
+    self.assertRegex(loud.stderr, r'(?m)^I.* loop\.py:\d+\] epoch 1 step 4: '
+                     r'val AUROC')
+    self.assertIn('[process=0]', loud.stderr)
+    self.assertNotRegex(loud.stderr, r'(?m)^epoch 1 step 4')  # Not twice.
+    self.assertNotIn('8/8 steps', loud.stderr)
+    self.assertRegex(loud.stdout, r'test \(best state\): AUROC 0\.\d+')
+    self.assertIn('compiled and ran once',
+                  (tmp / 'loud' / 'log.txt').read_text())
+
   @parameterized.named_parameters(
       ('mnist_oneclass', mnist_oneclass, '3,runlocal', False),
       ('fmnist_oneclass', fmnist_oneclass, 'trouser,runlocal', False),

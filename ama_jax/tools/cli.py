@@ -36,7 +36,9 @@ from absl import flags
 from absl import logging
 
 from ama_jax import config_files
+from ama_jax import console
 from ama_jax import errors
+from ama_jax import progress
 from ama_jax import stops
 
 VERBOSE_ENV = 'AMA_JAX_VERBOSE'
@@ -95,6 +97,7 @@ def report(error, *, flag_values: flags.FlagValues = flags.FLAGS,
     status: the exit status to return.
     prefix: the line's first word.
   """
+  progress.end_lines()  # The line starts a line of its own.
   for stream in (sys.stdout, sys.stderr):
     stream.flush()
   for handler in logging.get_absl_logger().handlers + [
@@ -221,13 +224,13 @@ def quiet_logging(main: Callable[[Sequence[str]], Optional[int]]
   """`main` with absl logging at WARNING unless --verbosity is given.
 
   Orbax logs dozens of INFO lines per restore; a program that restores a
-  checkpoint shows them (and its own progress) only with --verbosity=0.
+  checkpoint shows them (and its own progress) only with --verbosity=0
+  (`console.quiet`).
   """
 
   @functools.wraps(main)
   def quiet_main(argv: Sequence[str]) -> Optional[int]:
-    if not flags.FLAGS['verbosity'].present:
-      logging.set_verbosity(logging.WARNING)
+    console.quiet()
     return main(argv)
 
   return quiet_main

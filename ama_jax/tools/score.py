@@ -70,7 +70,7 @@ there on first use.
 
 Progress: with `--progress=auto` (default) inputs of at least 10,000 images
 show a progress line on stderr (updated in place on a terminal, every 10%
-otherwise).
+otherwise; `ama_jax/progress.py`).
 
 Problems with the inputs (missing workdir or checkpoint, a damaged
 checkpoint, unreadable or non-image files, wrong image size or channels,
@@ -83,8 +83,6 @@ one); the best step, or an explicit `--step`, is an error. Logs are quiet
 """
 import dataclasses
 import os
-import sys
-import time
 from typing import Any, Callable, Optional, Sequence
 
 from absl import app
@@ -94,45 +92,12 @@ import numpy as np
 
 from ama_jax import errors
 from ama_jax import inference
+from ama_jax import progress as progress_lib
 from ama_jax import scoring
 from ama_jax.tools import cli
 
 PROGRESS_MIN_IMAGES = 10000  # --progress=auto shows it from this many.
 SCORES = ('chosen', 'calibrated', 'knn')  # --score.
-
-
-# ----------------------------------------------------------------------------
-# Progress.
-# ----------------------------------------------------------------------------
-class Progress:
-  """A progress line on stderr: in place on a terminal, every 10% else."""
-
-  def __init__(self, total: int, enabled: bool, stream=None):
-    self.total, self.enabled = total, enabled
-    self.stream = stream or sys.stderr
-    self.done, self.start, self.shown = 0, time.time(), -1
-    self.tty = bool(getattr(self.stream, 'isatty', lambda: False)())
-
-  def update(self, n: int) -> None:
-    self.done += n
-    if not self.enabled:
-      return
-    percent = int(100 * self.done / max(1, self.total))
-    if not self.tty and percent // 10 == self.shown // 10 and (
-        self.done < self.total):
-      return
-    elapsed = max(time.time() - self.start, 1e-9)
-    rate = self.done / elapsed
-    left = (self.total - self.done) / rate if rate else 0.0
-    width = 30
-    bar = '#' * (width * self.done // max(1, self.total))
-    line = (f'scoring [{bar:<{width}}] {self.done}/{self.total} images '
-            f'({percent}%), {rate:.0f} images/s, {left:.0f} s left')
-    self.stream.write(('\r' + line) if self.tty else line + '\n')
-    if self.tty and self.done >= self.total:
-      self.stream.write('\n')
-    self.stream.flush()
-    self.shown = percent
 
 
 # ----------------------------------------------------------------------------
@@ -283,7 +248,7 @@ def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
   inputs = inference.open_inputs(input_path, model.image_shape,
                                  model.conversion, chunk=batch_size)
   detector = Detector.build(model, score, knn_k)
-  bar = Progress(len(inputs), progress == 'on' or (
+  bar = progress_lib.Progress(len(inputs), progress == 'on' or (
       progress == 'auto' and len(inputs) >= PROGRESS_MIN_IMAGES))
   r, scores = detector.scores(inputs, batch_size, bar)
   threshold, column, knn = detector.threshold, detector.column, detector.knn
