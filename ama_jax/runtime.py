@@ -127,6 +127,9 @@ def setup(compilation_cache: Optional[str] = None) -> None:
       `default_cache_dir()`; 'off' (or ''): no persistent cache.
   """
   cpu_tuning()  # Before JAX's first computation (CPU speed).
+  # TensorFlow's C++ INFO lines (oneDNN notices) off the console; its
+  # warnings and errors stay. A value already set is kept.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   import jax  # pylint: disable=g-import-not-at-top
   if compilation_cache in ('off', ''):
     jax.config.update('jax_enable_compilation_cache', False)

@@ -184,7 +184,7 @@ class Detector:
     return self.model.threshold
 
   def scores(self, inputs: inference.Inputs, batch_size: int,
-             bar: Optional[Progress] = None
+             bar: Optional[progress_lib.Progress] = None
              ) -> tuple[np.ndarray, np.ndarray]:
     """(raw R, the detector's score) of every input, in input order."""
     r, distances = [], []
