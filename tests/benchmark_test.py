@@ -1,6 +1,6 @@
 """Tests of `ama_jax.tools.benchmark`: its usage lines, the peak table, its
 settings, the figures of a tiny run (float32, the PyTorch comparison with a
-stand-in; `accel_session_test` runs one in bfloat16)."""
+stand-in; `accelerator_benchmark_test` runs one in bfloat16)."""
 import json
 import os
 import pathlib

@@ -1,5 +1,5 @@
 """The command lines under faults and misuse: one owner per workdir, damaged
-checkpoints, kills mid-write, divergence, bad configs (issue #20).
+checkpoints, kills mid-write, divergence, bad configs.
 
 Every test drives `python -m ama_jax.<command>` in a subprocess, as a user
 would, on `configs/fmnist_mnist.py:runlocal` (seconds of training). A known

@@ -15,7 +15,7 @@ program pays), XLA's cost-analysis FLOPs per step and the share of the
 chip's peak they make at the measured speed, peak memory, device kind and
 count.
 
-With `--torch_python`, the PyTorch reference (`../shared/bench/torch_ref.py`,
+With `--torch_python` and `--torch_ref`, the PyTorch reference script (`torch_ref.py`,
 `--mode lean` by default) runs in a subprocess alternating with this
 benchmark, in the same run, and the line also holds its figures and the
 ratio ours / reference.
@@ -59,7 +59,6 @@ Fields of the JSON line (times in seconds unless named otherwise):
 """
 import json
 import os
-import pathlib
 import resource
 import statistics
 import subprocess
@@ -112,8 +111,10 @@ flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s of one device for the '
 flags.DEFINE_string('json_out', None, 'File to append the JSON line to.')
 flags.DEFINE_string('torch_python', None, 'Python with torch to run the '
                     'reference beside this benchmark.')
-flags.DEFINE_string('torch_ref', None, 'Path of torch_ref.py (default: '
-                    '../shared/bench/torch_ref.py next to the repo).')
+flags.DEFINE_string('torch_ref', os.environ.get('AMA_JAX_TORCH_REF'),
+                    'Path of the PyTorch reference script torch_ref.py '
+                    '(default: $AMA_JAX_TORCH_REF); needed with '
+                    '--torch_python.')
 flags.DEFINE_string('torch_args', '--mode lean --threads 2',
                     'Extra arguments for the reference.')
 flags.DEFINE_integer('rounds', 1, 'Alternating rounds (ours, reference).')
@@ -340,9 +341,12 @@ def run_ours(measure_warm: bool) -> dict:
 
 def run_torch() -> dict:
   """Runs the PyTorch reference once with the same settings."""
-  ref = FLAGS.torch_ref or str(
-      pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'bench' /
-      'torch_ref.py')
+  ref = FLAGS.torch_ref
+  if not ref or not os.path.isfile(ref):
+    raise errors.UserError(
+        f'--torch_python needs the PyTorch reference script: pass '
+        f'--torch_ref=PATH/torch_ref.py (or set AMA_JAX_TORCH_REF); got '
+        f'{ref!r}.')
   cmd = [FLAGS.torch_python, ref, '--arch', FLAGS.arch, '--batch',
          str(FLAGS.batch), '--n-critic', str(FLAGS.n_critic), '--steps',
          str(FLAGS.steps), '--warmup', str(max(1, FLAGS.warmup)),

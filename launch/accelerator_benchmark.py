@@ -1,14 +1,13 @@
-r"""One time-boxed session on an offline accelerator: benchmarks, then training.
+r"""Accelerator benchmark in a time box: compile time, img/s, dtypes; then training.
 
-  BUDGET_S=540 python3 launch/accel_session.py OUT_DIR
-  python3 launch/accel_session.py OUT_DIR --smoke --budget_s=900   # CPU check
-  python3 launch/accel_session.py OUT_DIR --dry_run      # prints the plan
+  BUDGET_S=540 python3 launch/accelerator_benchmark.py OUT_DIR
+  python3 launch/accelerator_benchmark.py OUT_DIR --smoke --budget_s=900   # CPU check
+  python3 launch/accelerator_benchmark.py OUT_DIR --dry_run      # prints the plan
 
-For a lent machine with no network whose `python3` has jax with its
-accelerator plugin, flax, optax, orbax, scikit-learn and matplotlib (as the
-H200 lease has); run it from the repository root with that Python. What such
+For an offline machine (no network) whose `python3` has jax with its
+accelerator plugin, flax, optax, orbax, scikit-learn and matplotlib; run it from the repository root with that Python. What such
 a machine lacks travels beside the repo, untracked, as for
-`launch/device_session.sh` (whose header lists it): `.whl/` (wheels,
+`launch/accelerator_reproduce.sh` (whose header lists it): `.whl/` (wheels,
 installed into /tmp/site) and `.gpu/idx.tar.xz` (the MNIST and
 Fashion-MNIST IDX files, unpacked into data/). Everything below happens
 within BUDGET_S seconds (`--budget_s`, else $BUDGET_S, else 540) counted
@@ -40,7 +39,7 @@ from the start:
    checkpoints) and OUT/summary.json (each phase's seconds, each
    benchmark's outcome and figures, each run's last step and whether it
    finished). OUT holds at most 6 files, all small:
-   session.log, bench.jsonl, bench.log, launcher.log, runs.tgz,
+   run.log, bench.jsonl, bench.log, launcher.log, runs.tgz,
    summary.json.
 
 `--smoke` shrinks everything for a CPU check of the script itself: tiny
@@ -201,10 +200,10 @@ def setup(args: argparse.Namespace, env: dict, log: pathlib.Path,
 
 
 def say(out: pathlib.Path, record: dict) -> None:
-  """Prints one JSON line and appends it to OUT/session.log."""
+  """Prints one JSON line and appends it to OUT/run.log."""
   line = json.dumps(record)
   print(line, flush=True)
-  with (out / 'session.log').open('a') as f:
+  with (out / 'run.log').open('a') as f:
     f.write(line + '\n')
 
 
@@ -370,7 +369,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='Seconds kept for stopping the training workers.')
   parser.add_argument('--work', default=None,
                       help='Folder of the training runs (default: '
-                      '<repo>/runs/accel_session).')
+                      '<repo>/runs/accelerator_benchmark).')
   parser.add_argument('--smoke', action='store_true',
                       help='Tiny settings: a CPU check of this script.')
   parser.add_argument('--dry_run', action='store_true',
@@ -399,7 +398,7 @@ def main(argv=None) -> dict:
   clock = Clock(args.budget_s)
   out = pathlib.Path(args.out).resolve()
   out.mkdir(parents=True, exist_ok=True)
-  work = pathlib.Path(args.work or REPO / 'runs' / 'accel_session').resolve()
+  work = pathlib.Path(args.work or REPO / 'runs' / 'accelerator_benchmark').resolve()
   plan = benchmarks(args.archs.split(','),
                     [int(b) for b in str(args.batches).split(',')],
                     args.dtypes.split(','), tuple(args.variant))
@@ -418,7 +417,7 @@ def main(argv=None) -> dict:
     (out / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
     return summary
   env = dict(os.environ, PYTHONUNBUFFERED='1')
-  summary['setup'] = setup(args, env, out / 'session.log', clock)
+  summary['setup'] = setup(args, env, out / 'run.log', clock)
   summary['setup']['elapsed_s'] = round(clock.elapsed(), 1)
   say(out, {'setup': summary['setup']})
   if 'failed' not in summary['setup']:

@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
-# One time-boxed accelerator session for the reproduction tables.
+# The reproduction tables on an offline accelerator, in a time box.
 #
-#   BUDGET_S=540 bash launch/device_session.sh OUT_DIR [LAUNCHER FLAGS...]
+#   BUDGET_S=540 bash launch/accelerator_reproduce.sh OUT_DIR [LAUNCHER FLAGS...]
 #   e.g. ... OUT_DIR --oneclass_epochs=100      (the ten one-class digits)
 #        ... OUT_DIR --oneclass_epochs=0         (Fashion-MNIST seeds only)
 #
-# For a lent machine with no network whose Python already has jax (with its
-# accelerator plugin), flax, optax, orbax, scikit-learn and matplotlib, as
-# this project's GPU lease has. Run from the repo root. What it needs that
+# For an offline machine (no network) whose Python already has jax (with its
+# accelerator plugin), flax, optax, orbax, scikit-learn and matplotlib. Run from the repo root. What it needs that
 # such a machine lacks travels beside the repo, untracked:
 #   .whl/             wheels (cp312, manylinux) of what the machine lacks,
-#                     installed into /tmp/site. For the H200 lease of
-#                     2026-11-30: ml-collections 1.1.0, clu 0.0.12,
+#                     installed into /tmp/site. For example: ml-collections 1.1.0, clu 0.0.12,
 #                     tensorflow-datasets 4.9.10, array-record 0.8.1, dm-tree,
 #                     immutabledict, promise (no wheel on PyPI: `pip wheel`),
 #                     simple-parsing, docstring-parser, tensorflow-metadata,
@@ -29,7 +27,7 @@
 # .md/.json and the workers' logs (no checkpoints), for
 # `python -m ama_jax.tools.reproduce --report_only` on any machine.
 set -uo pipefail
-out=${1:?usage: BUDGET_S=540 bash launch/device_session.sh OUT_DIR}
+out=${1:?usage: BUDGET_S=540 bash launch/accelerator_reproduce.sh OUT_DIR}
 budget=${BUDGET_S:-540}
 start=$SECONDS
 mkdir -p "$out"

@@ -1,4 +1,4 @@
-"""Tests of `launch/accel_session.py`: the plan, the budget, a smoke run."""
+"""Tests of `launch/accelerator_benchmark.py`: the plan, the budget, a smoke run."""
 import importlib.util
 import json
 import os
@@ -12,9 +12,9 @@ from absl.testing import absltest
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / 'launch'
 _SPEC = importlib.util.spec_from_file_location(
-    'accel_session', _PATH / 'accel_session.py')
-session = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(session)
+    'accelerator_benchmark', _PATH / 'accelerator_benchmark.py')
+bench_run = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench_run)
 
 
 class PlanTest(absltest.TestCase):
@@ -22,7 +22,7 @@ class PlanTest(absltest.TestCase):
   def test_dry_run_plans_every_benchmark_then_the_three_seeds(self):
     with tempfile.TemporaryDirectory() as d, mock.patch.dict(
         os.environ, {'BUDGET_S': '500'}):
-      summary = session.main([d, '--dry_run'])
+      summary = bench_run.main([d, '--dry_run'])
       self.assertEqual(json.loads((pathlib.Path(d) / 'summary.json')
                                   .read_text()), summary)
     plan = summary['plan']
@@ -44,7 +44,7 @@ class PlanTest(absltest.TestCase):
     self.assertTrue(train[1].endswith('launch/parallel_reproduce.py'))
 
   def test_variants_follow_the_first_benchmark(self):
-    plan = session.benchmarks(['cifar', 'mnist'], [64, 256], ['bfloat16'],
+    plan = bench_run.benchmarks(['cifar', 'mnist'], [64, 256], ['bfloat16'],
                               ('--xla_a=1', '--xla_b=2'))
     self.assertEqual([b.name for b in plan], [
         'cifar_b256_bfloat16', 'cifar_b256_bfloat16_variant1',
@@ -53,22 +53,22 @@ class PlanTest(absltest.TestCase):
     self.assertEqual(plan[2].xla_flags, '--xla_b=2')
 
   def test_smoke_settings_and_phases(self):
-    args = session.parse_args(['out', '--smoke', '--phases=train',
+    args = bench_run.parse_args(['out', '--smoke', '--phases=train',
                                '--budget_s=300'])
     self.assertEqual((args.batches, args.bench_steps, args.train_epochs),
                      ('16,8', 1, 2))
     self.assertEqual(args.phases, ['train'])
     self.assertIn('--worker_flag=--runlocal',
-                  session.train_command(args, 100, pathlib.Path('r')))
+                  bench_run.train_command(args, 100, pathlib.Path('r')))
     with self.assertRaises(SystemExit):
-      session.parse_args(['out', '--phases=bench,fly'])
+      bench_run.parse_args(['out', '--phases=bench,fly'])
 
   def test_benchmarks_get_what_is_left_and_then_are_skipped(self):
-    args = session.parse_args(['out', '--bench_timeout_s=100',
+    args = bench_run.parse_args(['out', '--bench_timeout_s=100',
                                '--bench_min_s=30'])
     # mnist_b64_float32, then a variant of it with more XLA flags.
-    plan = session.benchmarks(['mnist'], [64], ['float32'], ('--xla_x=1',))
-    clock = session.Clock(540)
+    plan = bench_run.benchmarks(['mnist'], [64], ['float32'], ('--xla_x=1',))
+    clock = bench_run.Clock(540)
     clock.start = time.time() - 100  # 100 s have passed.
     timeouts, xla_flags = [], []
 
@@ -80,8 +80,8 @@ class PlanTest(absltest.TestCase):
       return {'rc': 0, 'timed_out': False, 'wall_s': 45.0}
 
     with tempfile.TemporaryDirectory() as d, mock.patch.object(
-        session, 'run', fake_run):
-      outcomes = session.run_benchmarks(args, plan, pathlib.Path(d), {},
+        bench_run, 'run', fake_run):
+      outcomes = bench_run.run_benchmarks(args, plan, pathlib.Path(d), {},
                                         clock, until=180)
     # 80 s left: the first gets them (capped at 100); 35 s left for the
     # second; nothing after 30 s.
@@ -94,8 +94,8 @@ class PlanTest(absltest.TestCase):
     self.assertEqual(outcomes[1]['xla_flags'], '--xla_x=1')
     clock.start -= 100
     with tempfile.TemporaryDirectory() as d, mock.patch.object(
-        session, 'run', fake_run):
-      outcomes = session.run_benchmarks(args, plan, pathlib.Path(d), {},
+        bench_run, 'run', fake_run):
+      outcomes = bench_run.run_benchmarks(args, plan, pathlib.Path(d), {},
                                         clock, until=180)
     self.assertEqual([o['skipped'] for o in outcomes], [True, True])
 
@@ -111,7 +111,7 @@ class PlanTest(absltest.TestCase):
             + ('' if finished else '{"kind": "tra'))  # Cut by the stop.
         if finished:
           (run / 'results.json').write_text('{}')
-      self.assertEqual(session._runs(folder), [  # pylint: disable=protected-access
+      self.assertEqual(bench_run._runs(folder), [  # pylint: disable=protected-access
           {'run': 'fmnist_mnist/full/e100_s0', 'last_step': 232,
            'finished': True},
           {'run': 'fmnist_mnist/full/e100_s1', 'last_step': 232,
@@ -127,12 +127,12 @@ class SmokeTest(absltest.TestCase):
       out, work = pathlib.Path(d) / 'out', pathlib.Path(d) / 'work'
       env = {'JAX_PLATFORMS': 'cpu'}
       with mock.patch.dict(os.environ, env):
-        summary = session.main([
+        summary = bench_run.main([
             str(out), '--smoke', '--phases=bench', '--archs=mnist',
             '--batches=8', '--dtypes=bfloat16', '--budget_s=400',
             f'--work={work}'])
       self.assertEqual(sorted(p.name for p in out.iterdir()), [
-          'bench.jsonl', 'bench.log', 'runs.tgz', 'session.log',
+          'bench.jsonl', 'bench.log', 'runs.tgz', 'run.log',
           'summary.json'])
       line = json.loads((out / 'bench.jsonl').read_text())
       with tarfile.open(out / 'runs.tgz') as tar:
