@@ -132,7 +132,7 @@ class SmokeTest(absltest.TestCase):
             '--batches=8', '--dtypes=bfloat16', '--budget_s=400',
             f'--work={work}'])
       self.assertEqual(sorted(p.name for p in out.iterdir()), [
-          'bench.jsonl', 'bench.log', 'runs.tgz', 'run.log',
+          'bench.jsonl', 'bench.log', 'run.log', 'runs.tgz',
           'summary.json'])
       line = json.loads((out / 'bench.jsonl').read_text())
       with tarfile.open(out / 'runs.tgz') as tar:

@@ -58,7 +58,7 @@ class BenchmarkTest(absltest.TestCase):
       proc = subprocess.run(
           [sys.executable, '-m', 'ama_jax.tools.benchmark', '--arch=mnist',
            '--batch=4', '--tiny', '--steps=1', '--warmup=0',
-           '--score_batches=1', '--rounds=2', f'--torch_python={fake}',
+           '--score_batches=1', '--rounds=2', f'--torch_python={fake}', f'--torch_ref={fake}',
            '--peak_flops=1e12', f'--json_out={out}'],
           cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
       self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
