@@ -7,7 +7,7 @@ what is allowed, e.g.
 
   Invalid config (2 problems): train.batch_size=-4: must be an integer >= 1;
   sampling.style='sideways': must be one of 'inward', 'outward', 'radial',
-  'cube', 'none'.
+  'cube', 'rotate', 'none'.
 
 Two tables, one entry per rule:
 

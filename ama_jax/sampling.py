@@ -16,7 +16,10 @@ import numpy as np
 Array = jax.Array
 PRNGKey = jax.Array
 
-NEGATIVE_STYLES = ('inward', 'outward', 'radial', 'cube', 'none')
+NEGATIVE_STYLES = ('inward', 'outward', 'radial', 'cube', 'rotate', 'none')
+# Styles whose negatives are made from the batch's images themselves, not
+# decoded from latents.
+IMAGE_STYLES = ('rotate',)
 RADIAL_DIRECTIONS = ('inward', 'outward')
 # 'radial' outward divides by alpha ~ U[0, delta]; alpha = 0 is possible in
 # float32, so it is floored (the official code has no guard).
@@ -64,7 +67,8 @@ def negative_latents(
       `torch.rand(n, d) * torch.min(torch.abs(netE(imgs)))`. Sipple (2020)
       itself samples a cube centred at the origin; the official version is
       the positive orthant of a tiny cube, i.e. latents near 0.
-    'none': z unchanged.
+    'none', 'rotate': z unchanged ('rotate' negatives are images:
+      `turned_images`).
 
   Args:
     rngs: [B] typed keys, one per row (or one key, split into B).
@@ -94,7 +98,7 @@ def negative_latents(
         f'Unknown radial_direction {radial_direction!r}; choose one of'
         f' {RADIAL_DIRECTIONS}.'
     )
-  if style == 'none':
+  if style in ('none',) + IMAGE_STYLES:
     return z
   batch, d = z.shape
   rngs = _row_keys(rngs, batch)
@@ -115,6 +119,28 @@ def negative_latents(
     scale = jnp.min(jnp.abs(z)) if cube_scale is None else cube_scale
     draw = lambda rng, _: jax.random.uniform(rng, (d,)) * scale
   return jax.vmap(draw)(rngs, z).astype(z.dtype)
+
+
+def turned_images(rngs: PRNGKey, x: Array) -> Array:
+  """Each row of x [B, H, W, C] turned by 90, 180 or 270 degrees.
+
+  The turn of a row is drawn from its own key (uniform over the three, or
+  180 degrees only when H != W). Not in the paper: the 'rotate' negatives
+  of `sampling.style` (a normal image turned keeps its pixels but not the
+  layout of its class; cf. the rotation pretext task of GEOM, Golan and
+  El-Yaniv 2018, and the shifted negatives of CSI, Tack et al. 2020).
+  """
+  batch = x.shape[0]
+  rngs = _row_keys(rngs, batch)
+  turns = [jnp.rot90(x, 2, axes=(1, 2))]
+  if x.shape[1] == x.shape[2]:
+    turns = [jnp.rot90(x, 1, axes=(1, 2))] + turns + [
+        jnp.rot90(x, 3, axes=(1, 2))]
+  pick = jax.vmap(lambda k: jax.random.randint(k, (), 0, len(turns)))(rngs)
+  out = turns[0]
+  for i, turned in enumerate(turns[1:], start=1):
+    out = jnp.where((pick == i)[:, None, None, None], turned, out)
+  return out
 
 
 def simplex_weights(rngs: PRNGKey, m: int) -> Array:

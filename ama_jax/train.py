@@ -129,7 +129,8 @@ def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
                         radius: Optional[jax.Array] = None,
                         axis_name: Optional[str] = None,
                         return_latents: bool = False):
-  """G(z_neg) for the rows of x, E and G in eval mode (paper Fig. 3).
+  """G(z_neg) for the rows of x, E and G in eval mode (paper Fig. 3); for
+  style 'rotate', the rows turned (z_neg: their encodings).
 
   Args:
     ae_model, ae_vars: the autoencoder and its variables.
@@ -144,6 +145,12 @@ def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
   Returns:
     [n, H, W, C] synthetic negatives (and z_neg [n, latent] if asked).
   """
+  if style in sampling.IMAGE_STYLES:  # The rows themselves, turned.
+    x_neg = sampling.turned_images(keys, x)
+    if not return_latents:
+      return x_neg
+    return x_neg, ae_model.apply(ae_vars, x_neg, train=False,
+                                 method='encode')
   z = ae_model.apply(ae_vars, x, train=False, method='encode')
   scale = jnp.min(jnp.abs(z))  # 'cube': min |z| over the (global) batch.
   if axis_name is not None:

@@ -196,7 +196,9 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # --- Atypical selection: synthetic negatives (eq. 5). ---
   config.sampling = sampling = ml_collections.ConfigDict()
   # 'outward' | 'inward' (paper: shell sqrt(d) +- delta), 'radial' (official
-  # code: alpha * E(x) or E(x) / alpha), 'cube' (Sipple 2020), 'none'.
+  # code: alpha * E(x) or E(x) / alpha), 'cube' (Sipple 2020), 'rotate'
+  # (not in the paper: the batch's own images turned by 90/180/270 degrees,
+  # `sampling.turned_images`), 'none'.
   # Tuned: 'outward' in the last third of the run only, and not in its
   # first two epochs (`start_fraction` 2/3, `earliest_start_epoch` 2;
   # RESULTS.md, "The tuned recipe"): without them

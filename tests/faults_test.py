@@ -242,7 +242,7 @@ class FaultsTest(parameterized.TestCase):
   @parameterized.named_parameters(
       ('unknown_sampling_style', ['--config.sampling.style=sideways'],
        r"Invalid config \(1 problem\): sampling\.style='sideways': must be "
-       r"one of 'inward', 'outward', 'radial', 'cube', 'none'\.$"),
+       r"one of 'inward', 'outward', 'radial', 'cube', 'rotate', 'none'\.$"),
       ('negative_batch', ['--config.train.batch_size=-1'],
        r'train\.batch_size=-1: must be an integer >= 1'),
       ('nothing_to_train', ['--config.train.num_epochs=0'],

@@ -100,6 +100,35 @@ class NegativeLatentsTest(parameterized.TestCase):
                                 radial_direction='up')
 
 
+class TurnedImagesTest(absltest.TestCase):
+
+  def test_each_row_is_a_quarter_half_or_three_quarter_turn_of_itself(self):
+    x = jax.random.uniform(jax.random.key(0), (_B, 6, 6, 2))
+    out = np.asarray(sampling.turned_images(_keys(), x))
+    seen = set()
+    for row, turned in zip(np.asarray(x), out):
+      k = [i for i in (1, 2, 3)
+           if np.array_equal(np.rot90(row, i, axes=(0, 1)), turned)]
+      self.assertLen(k, 1)
+      seen.add(k[0])
+    self.assertEqual(seen, {1, 2, 3})
+    np.testing.assert_array_equal(
+        out[5:9], sampling.turned_images(_keys()[5:9], x[5:9]))
+    self.assertFalse(np.array_equal(
+        out, sampling.turned_images(_keys(seed=2), x)))
+
+  def test_non_square_images_turn_by_half_only(self):
+    x = jax.random.uniform(jax.random.key(0), (8, 4, 6, 1))
+    np.testing.assert_array_equal(
+        sampling.turned_images(_keys(8), x), np.rot90(x, 2, axes=(1, 2)))
+
+  def test_negative_latents_leave_z_for_image_styles(self):
+    z = _z()
+    np.testing.assert_array_equal(
+        sampling.negative_latents(_keys(), z, style='rotate', delta=_DELTA),
+        z)
+
+
 class SimplexWeightsTest(absltest.TestCase):
 
   def test_three_weights_follow_the_paper(self):
