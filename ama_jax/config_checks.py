@@ -342,6 +342,7 @@ FIELDS: dict[str, Rule] = {
     # --- sampling ---
     'sampling.style': Choice(sampling.NEGATIVE_STYLES),
     'sampling.radial_direction': Choice(sampling.RADIAL_DIRECTIONS),
+    'sampling.turns': Choice(sampling.TURNS),
     'sampling.delta': Float(min=0, min_open=True),
     'sampling.shell_radius': Choice(SHELL_RADII),
     'sampling.radius_quantile': Float(0, 1),

@@ -326,7 +326,8 @@ def draw(workdir, data, state, eval_ae, calibration, r_train, r_test,
         train.synthetic_negatives, eval_ae, style=config.sampling.style,
         delta=config.sampling.delta,
         radial_direction=config.sampling.radial_direction,
-        radius=radius))(ae_vars, x, keys)
+        radius=radius, turns=config.sampling.get('turns', 'all')))(
+            ae_vars, x, keys)
     figures.image_grid(str(workdir / 'negatives.png'), np.asarray(negatives),
                        n=len(x), title='Synthetic negatives '
                        f'({config.sampling.style})')

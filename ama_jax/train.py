@@ -128,7 +128,7 @@ def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
                         style: str, delta: float, radial_direction: str,
                         radius: Optional[jax.Array] = None,
                         axis_name: Optional[str] = None,
-                        return_latents: bool = False):
+                        return_latents: bool = False, turns: str = 'all'):
   """G(z_neg) for the rows of x, E and G in eval mode (paper Fig. 3); for
   style 'rotate', the rows turned (z_neg: their encodings).
 
@@ -136,7 +136,7 @@ def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
     ae_model, ae_vars: the autoencoder and its variables.
     x: [n, H, W, C] images whose encodings seed 'radial' / 'cube' styles.
     keys: [n] typed keys, one per row.
-    style, delta, radial_direction: `config.sampling` fields.
+    style, delta, radial_direction, turns: `config.sampling` fields.
     radius: the shell's reference radius for 'inward'/'outward' (default
       sqrt(d), the paper).
     axis_name: inside pmap, the axis over which 'cube' takes min |z|.
@@ -146,7 +146,7 @@ def synthetic_negatives(ae_model, ae_vars, x: jax.Array, keys: jax.Array, *,
     [n, H, W, C] synthetic negatives (and z_neg [n, latent] if asked).
   """
   if style in sampling.IMAGE_STYLES:  # The rows themselves, turned.
-    x_neg = sampling.turned_images(keys, x)
+    x_neg = sampling.turned_images(keys, x, turns)
     if not return_latents:
       return x_neg
     return x_neg, ae_model.apply(ae_vars, x_neg, train=False,
@@ -205,7 +205,7 @@ def _add_negatives(ae_model, ae: train_state.PlayerState, x: jax.Array,
   x_neg, z_neg = synthetic_negatives(
       ae_model, ae_vars, x_slots, keys, style=smp.style, delta=smp.delta,
       radial_direction=smp.radial_direction, radius=radius, axis_name=AXIS,
-      return_latents=True)
+      return_latents=True, turns=smp.get('turns', 'all'))
   on = valid & (weight > 0)
   x = x.at[rows].set(jnp.where(on[:, None, None, None],
                                lax.stop_gradient(x_neg), x_slots))

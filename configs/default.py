@@ -209,6 +209,8 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # from epoch 10.
   sampling.style = 'outward'
   sampling.radial_direction = 'inward'  # For 'radial': 'inward' | 'outward'.
+  # For 'rotate': 'all' (turns of 90, 180, 270 degrees) | 'quarter' (90, 270).
+  sampling.turns = 'all'
   sampling.delta = 0.5
   # Reference radius r of the 'inward'/'outward' shell [r - delta, r] /
   # [r, r + delta]: 'sqrt_d' (the paper's Gaussian-annulus radius) or

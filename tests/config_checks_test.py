@@ -123,6 +123,7 @@ class FieldRulesTest(parameterized.TestCase):
       ('loss.gp_inter', 'no', 'True or False'),
       ('sampling.style', 'sideways', r"one of 'inward', 'outward', 'radial'"),
       ('sampling.radial_direction', 'up', r"one of 'inward', 'outward'"),
+      ('sampling.turns', 'half', r"one of 'all', 'quarter'"),
       ('sampling.delta', 0.0, r'finite number > 0'),
       ('sampling.start_epoch', -1, r'integer >= 0'),
       ('sampling.fraction', 1.0, r'finite number in \[0, 1\)'),

@@ -117,6 +117,15 @@ class TurnedImagesTest(absltest.TestCase):
     self.assertFalse(np.array_equal(
         out, sampling.turned_images(_keys(seed=2), x)))
 
+  def test_quarter_turns_leave_out_the_half_turn(self):
+    x = jax.random.uniform(jax.random.key(0), (_B, 6, 6, 1))
+    out = np.asarray(sampling.turned_images(_keys(), x, 'quarter'))
+    seen = {i for row, turned in zip(np.asarray(x), out) for i in (1, 2, 3)
+            if np.array_equal(np.rot90(row, i, axes=(0, 1)), turned)}
+    self.assertEqual(seen, {1, 3})
+    with self.assertRaisesRegex(ValueError, "'all', 'quarter'"):
+      sampling.turned_images(_keys(), x, 'half')
+
   def test_non_square_images_turn_by_half_only(self):
     x = jax.random.uniform(jax.random.key(0), (8, 4, 6, 1))
     np.testing.assert_array_equal(
