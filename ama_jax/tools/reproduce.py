@@ -40,6 +40,10 @@ in the output; atypical selection then starts after `--start_epoch` (default,
 for the paper's recipe: the paper's 10% of training, at least one epoch; a
 1-epoch run starts it after 10% of its steps; the tuned recipe keeps its
 config's start: for OOD configs the last third, not before epoch 2).
+
+The console shows which run trains, each run's per-epoch validation line
+and the files written; library INFO logs (orbax's, per checkpoint) go to
+each run's `log.txt` only, and to the console with `--verbosity=0`.
 """
 import ast
 from collections.abc import Mapping, Sequence
@@ -57,6 +61,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from ama_jax import console
 from ama_jax import errors
 from ama_jax import json_safe
 from ama_jax import metrics
@@ -641,7 +646,7 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
       results = load_results(workdir, cand_config)
       if (results is None and not report_only
           and (i * len(candidates) + j) % num_shards == shard_index):
-        logging.info('Training %s %s -> %s', run, candidate, workdir)
+        console.say('Training %s %s -> %s', run, candidate, workdir)
         loop.train_and_evaluate(cand_config, str(workdir))
         results = load_results(workdir, cand_config)
       found.append((candidate, workdir, results))
@@ -707,7 +712,7 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
   (out / f'{name}.md').write_text(md)
   (out / f'{name}.json').write_text(
       json.dumps(report, indent=2, default=json_safe.to_json))
-  logging.info('Wrote %s.{md,json}', out / name)
+  console.say('Wrote %s.{md,json}', out / name)
   print(md, flush=True)
   return report
 
@@ -804,4 +809,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.run_main(main)
+  cli.run_main(cli.quiet_logging(main))
