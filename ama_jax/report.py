@@ -135,8 +135,9 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
         r_test, f_test = scorer.with_features(data.test.images)
         val_normal = data.val.labels == 0
         # Surrogate anomalies for the label-free rule (`pick`).
-        x_sur, names = surrogates.stacked(data.val.images[val_normal],
-                                          config.seed)
+        x_sur, names = surrogates.stacked(
+            data.val.images[val_normal], config.seed,
+            surrogates.held_out(config.sampling))
         r_sur, f_sur = (scorer.with_features(x_sur) if len(x_sur)
                         else (r_val[:0], f_val[:0]))
         knn_val, knn_test, knn_threshold, reference, knn_sur = _knn_scores(
@@ -186,13 +187,19 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
                  f' (feature kNN AUROC {test_metrics["knn_auroc"]:.4f} FPR80 '
                  f'{test_metrics["knn_fpr80"]:.4f}; validation '
                  f'{val_metrics["knn_auroc"]:.4f})')
+  return choose(results)
+
+
+def choose(results: dict[str, Any]) -> dict[str, Any]:
+  """Sets results['selection'] (what each rule picks) and ['chosen'] (the
+  config's `eval.selection`) from the stored metrics; returns `results`."""
   if results['model_selection']['criterion'] == scoring.SELECTION_AUROC:
     # (A validation split without anomalies has no AUROC to choose by.)
     results['score_chosen_on_validation'] = chosen_score(results)
   results['selection'] = {rule: detector(results, rule, *pick(results, rule))
                           for rule in scoring.SELECTIONS
                           if pick(results, rule) is not None}
-  rule = config.eval.get('selection', scoring.VAL_AUROC)
+  rule = results['config']['eval'].get('selection', scoring.VAL_AUROC)
   if rule not in results['selection']:
     rule = scoring.LABEL_FREE  # No validation anomalies: no AUROC.
   results['chosen'] = {'rule': rule, **results['selection'][rule]}
@@ -222,7 +229,9 @@ def pick(results: dict[str, Any], rule: str) -> Optional[tuple[str, str]]:
     sur = (results.get('surrogate') or {}).get('last')
     if sur is None:  # No validation normals to transform.
       return 'last', 'knn'
-    better = sur['calibrated']['mean'] > sur['knn']['mean']
+    sampling = results['config'].get('sampling', {})
+    better = (surrogates.held_out_mean(sur['calibrated'], sampling)
+              > surrogates.held_out_mean(sur['knn'], sampling))
     return 'last', 'calibrated' if better else 'knn'
   if rule != scoring.VAL_AUROC:
     raise ValueError(f'Unknown selection {rule!r}; expected one of '
@@ -251,7 +260,8 @@ def detector(results: dict[str, Any], rule: str, state: str,
                                  'fpr80')}}
   sur = (results.get('surrogate') or {}).get(state)
   if rule == scoring.LABEL_FREE and sur is not None:
-    out['surrogate_auroc'] = {s: sur[s]['mean'] for s in sur}
+    out['surrogate_auroc'] = {s: surrogates.held_out_mean(
+        sur[s], results['config'].get('sampling', {})) for s in sur}
   if score == 'calibrated':
     out['calibration'] = results['calibration'][state]
   else:

@@ -17,7 +17,11 @@ Transforms (`TRANSFORMS`), on images [N, H, W, C]:
   cutout: a square of side H // 3 set to the darkest value (-1) at a place
     drawn per image from `seed`.
 A class that is symmetric under a transform gives both scores a surrogate
-AUROC near 0.5 for it, which does not favour either.
+AUROC near 0.5 for it, which does not favour either. A transform the
+training itself used as negatives (`sampling.style='rotate'`: rot90 and,
+with all turns, rot180) is left out (`held_out`): the critic's features
+were trained to tell it apart, which says nothing about real anomalies and
+would favour the kNN score.
 """
 from typing import Sequence
 
@@ -26,6 +30,26 @@ import numpy as np
 from ama_jax import metrics
 
 TRANSFORMS = ('rot90', 'rot180', 'vflip', 'hflip', 'cutout')
+
+
+def held_out(sampling_config) -> tuple[str, ...]:
+  """`TRANSFORMS` less those the run's negatives were made with."""
+  if sampling_config.get('style') != 'rotate':
+    return TRANSFORMS
+  seen = ('rot90',) if sampling_config.get('turns') == 'quarter' else (
+      'rot90', 'rot180')
+  return tuple(t for t in TRANSFORMS if t not in seen)
+
+
+def held_out_mean(aurocs_of_score: dict[str, float], sampling_config
+                  ) -> float:
+  """Mean surrogate AUROC of one score over the `held_out` transforms it
+  was measured on (results stored with every transform are judged the same
+  way as new ones)."""
+  names = [t for t in held_out(sampling_config) if t in aurocs_of_score]
+  if not names:
+    return float(aurocs_of_score['mean'])
+  return float(np.mean([aurocs_of_score[t] for t in names]))
 
 
 def transform(images: np.ndarray, seed: int,
@@ -63,10 +87,12 @@ def transform(images: np.ndarray, seed: int,
           for k, v in out.items()}
 
 
-def stacked(images: np.ndarray, seed: int) -> tuple[np.ndarray, list[str]]:
-  """All transforms of `images` in one array (one scoring pass), and the
-  transform name of each block of len(images) rows."""
-  parts = transform(images, seed)
+def stacked(images: np.ndarray, seed: int,
+            names: Sequence[str] = TRANSFORMS
+            ) -> tuple[np.ndarray, list[str]]:
+  """The transforms `names` of `images` in one array (one scoring pass), and
+  the transform name of each block of len(images) rows."""
+  parts = transform(images, seed, names)
   return np.concatenate(list(parts.values())), list(parts)
 
 

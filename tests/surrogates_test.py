@@ -56,6 +56,16 @@ def test_stacked_and_aurocs():
   assert set(perfect) == set(names) | {'mean'}
 
 
+@pytest.mark.parametrize('style, turns, left_out', [
+    ('none', 'all', ()), ('outward', 'all', ()),
+    ('rotate', 'all', ('rot90', 'rot180')), ('rotate', 'quarter', ('rot90',))])
+def test_transforms_the_training_saw_are_held_out(style, turns, left_out):
+  names = surrogates.held_out({'style': style, 'turns': turns})
+  assert names == tuple(t for t in surrogates.TRANSFORMS if t not in left_out)
+  stacked, got = surrogates.stacked(_images(n=3), seed=0, names=names)
+  assert got == list(names) and len(stacked) == 3 * len(names)
+
+
 def test_unknown_transform_and_bad_shape_are_errors():
   with pytest.raises(ValueError, match='Unknown transform'):
     surrogates.transform(_images(), 0, names=['blur'])
@@ -93,3 +103,18 @@ def test_label_free_without_knn_is_calibrated():
   results = _results(0.5, 0.9)
   del results['test']['last']['knn_auroc']
   assert report.pick(results, 'label_free') == ('last', 'calibrated')
+
+
+def test_label_free_pick_leaves_out_the_transforms_trained_on():
+  # The kNN score wins on the turns the critic was trained to tell apart,
+  # the calibrated score on the held-out transforms: calibrated.
+  results = _results(0.0, 0.0)
+  results['config']['sampling'] = {'style': 'rotate', 'turns': 'all'}
+  results['surrogate']['last'] = {
+      'calibrated': {'rot90': 0.95, 'rot180': 0.95, 'vflip': 0.96,
+                     'hflip': 0.58, 'cutout': 0.90, 'mean': 0.868},
+      'knn': {'rot90': 0.99, 'rot180': 0.98, 'vflip': 0.97, 'hflip': 0.56,
+              'cutout': 0.89, 'mean': 0.878}}
+  assert report.pick(results, 'label_free') == ('last', 'calibrated')
+  results['config']['sampling']['style'] = 'outward'  # Nothing left out.
+  assert report.pick(results, 'label_free') == ('last', 'knn')
