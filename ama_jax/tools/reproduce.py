@@ -500,7 +500,10 @@ def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
              f'(chosen: {kinds.count("raw")} raw, {kinds.count("knn")} '
              f'feature kNN, {kinds.count("calibrated")} calibrated).',
       'label_free': ' AMA\'s detector chosen without labelled anomalies: '
-                    'the last state\'s feature kNN score.',
+                    'the last state and its score by `eval.label_free_'
+                    'score` (default: of the calibrated and feature kNN '
+                    'scores, the one with the higher surrogate AUROC, '
+                    'validation normals against their transforms).',
       'val_auroc': ' AMA\'s detector chosen by validation AUROC: the '
                    'best-validation state and, of the calibrated and '
                    'feature kNN scores, the one with the higher validation '
@@ -753,7 +756,8 @@ _SCORE = flags.DEFINE_enum(
     'score', 'calibrated', SCORES, "AMA's reported score: the paper's "
     "'calibrated' one, 'raw' R(x), 'knn' (the feature kNN score, not in the "
     "paper), 'val': per run, the one with the highest validation AUROC; or "
-    "a selection rule's detector: 'label_free' (last state, kNN score), "
+    "a selection rule's detector: 'label_free' (last state; its score by "
+    "eval.label_free_score), "
     "'val_auroc' (labelled validation), 'chosen' (the run's eval.selection).")
 _GRID = flags.DEFINE_multi_string(
     'grid', [], 'field=v1,v2,...: train each value for every run and report'
