@@ -17,20 +17,10 @@ from typing import Optional
 
 import ml_collections
 
-from configs import default
 from configs import mnist_oneclass
 
 
 def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   config = mnist_oneclass.get_config(arg)
   config.data.dataset = 'fashion_mnist'
-  if not default.parse_arg(arg)[0] & {'paper', 'runlocal'}:
-    # Tuned (not in the paper): negatives that are the batch's own normal
-    # images turned by 90, 180 or 270 degrees, from the first step
-    # (RESULTS.md, "One-class Fashion-MNIST"; `--config.sampling.style=none`
-    # trains without negatives, the one-class MNIST recipe).
-    config.sampling.style = 'rotate'
-    config.sampling.turns = 'all'
-    config.sampling.start_fraction = 0.0
-    config.sampling.earliest_start_epoch = 0
   return config
