@@ -20,10 +20,11 @@ NEGATIVE_STYLES = ('inward', 'outward', 'radial', 'cube', 'rotate', 'none')
 # Styles whose negatives are made from the batch's images themselves, not
 # decoded from latents.
 IMAGE_STYLES = ('rotate',)
-# Turns of 'rotate': 'all' (90, 180, 270 degrees), 'quarter' (90, 270 only:
-# a class that looks the same upside down, e.g. the digits 0, 1, 8, gets no
-# negatives that are normal images).
-TURNS = ('all', 'quarter')
+# Turns of 'rotate', in quarter turns of `jnp.rot90`: 'all' (90, 180, 270
+# degrees), 'quarter' (90, 270 only: a class that looks the same upside
+# down, e.g. the digits 0, 1, 8, gets no negatives that are normal images).
+QUARTER_TURNS = {'all': (1, 2, 3), 'quarter': (1, 3)}
+TURNS = tuple(QUARTER_TURNS)
 RADIAL_DIRECTIONS = ('inward', 'outward')
 # 'radial' outward divides by alpha ~ U[0, delta]; alpha = 0 is possible in
 # float32, so it is floored (the official code has no guard).
@@ -129,24 +130,22 @@ def turned_images(rngs: PRNGKey, x: Array, turns: str = 'all') -> Array:
   """Each row of x [B, H, W, C] turned by 90, 180 or 270 degrees.
 
   The turn of a row is drawn from its own key, uniform over the three
-  ('all') or over 90 and 270 ('quarter'); 180 degrees only when H != W. Not in the paper: the 'rotate' negatives
-  of `sampling.style` (a normal image turned keeps its pixels but not the
-  layout of its class; cf. the rotation pretext task of GEOM, Golan and
-  El-Yaniv 2018, and the shifted negatives of CSI, Tack et al. 2020).
+  ('all') or over 90 and 270 ('quarter'); 180 degrees only when H != W.
+  Not in the paper: the 'rotate' negatives of `sampling.style` (a normal
+  image turned keeps its pixels but not the layout of its class; cf. the
+  rotation pretext task of GEOM, Golan and El-Yaniv 2018, and the shifted
+  negatives of CSI, Tack et al. 2020).
   """
   batch = x.shape[0]
   rngs = _row_keys(rngs, batch)
   if turns not in TURNS:
     raise ValueError(f'Unknown turns {turns!r}; choose one of {TURNS}.')
-  if x.shape[1] != x.shape[2]:
-    ks = (2,)
-  else:
-    ks = (1, 2, 3) if turns == 'all' else (1, 3)
-  turns = [jnp.rot90(x, k, axes=(1, 2)) for k in ks]
-  pick = jax.vmap(lambda k: jax.random.randint(k, (), 0, len(turns)))(rngs)
-  out = turns[0]
-  for i, turned in enumerate(turns[1:], start=1):
-    out = jnp.where((pick == i)[:, None, None, None], turned, out)
+  ks = QUARTER_TURNS[turns] if x.shape[1] == x.shape[2] else (2,)
+  turned = [jnp.rot90(x, k, axes=(1, 2)) for k in ks]
+  pick = jax.vmap(lambda k: jax.random.randint(k, (), 0, len(turned)))(rngs)
+  out = turned[0]
+  for i, candidate in enumerate(turned[1:], start=1):
+    out = jnp.where((pick == i)[:, None, None, None], candidate, out)
   return out
 
 

@@ -28,16 +28,20 @@ from typing import Sequence
 import numpy as np
 
 from ama_jax import metrics
+from ama_jax import sampling
 
 TRANSFORMS = ('rot90', 'rot180', 'vflip', 'hflip', 'cutout')
 
 
 def held_out(sampling_config) -> tuple[str, ...]:
-  """`TRANSFORMS` less those the run's negatives were made with."""
-  if sampling_config.get('style') != 'rotate':
+  """`TRANSFORMS` less those the run's negatives were made with: rot90 for
+  a quarter turn either way, rot180 for a half turn
+  (`sampling.QUARTER_TURNS`)."""
+  if sampling_config.get('style') not in sampling.IMAGE_STYLES:
     return TRANSFORMS
-  seen = ('rot90',) if sampling_config.get('turns') == 'quarter' else (
-      'rot90', 'rot180')
+  ks = sampling.QUARTER_TURNS[sampling_config.get('turns', 'all')]
+  seen = {'rot90'} if {1, 3} & set(ks) else set()
+  seen |= {'rot180'} if 2 in ks else set()
   return tuple(t for t in TRANSFORMS if t not in seen)
 
 
