@@ -91,7 +91,7 @@ def _base_config(config: Union[str, ml_collections.ConfigDict]
 def _apply_overrides(config: ml_collections.ConfigDict,
                      overrides: Mapping[str, Any]) -> None:
   """Sets dotted fields ('model.width': 8), as `--config.<field>=` does."""
-  from ama_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from ama_jax.config import config_checks  # pylint: disable=g-import-not-at-top
   for path, value in overrides.items():
     node, parts = config, str(path).split('.')
     for i, part in enumerate(parts):
@@ -112,7 +112,7 @@ def _apply_overrides(config: ml_collections.ConfigDict,
 
 def _check_train_array(x: Any) -> np.ndarray:
   """The training images, checked as scoring checks its inputs."""
-  from ama_jax import inference  # pylint: disable=g-import-not-at-top
+  from ama_jax.scoring import inference  # pylint: disable=g-import-not-at-top
   x = np.asarray(x)
   if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
     raise DetectorError(
@@ -144,7 +144,7 @@ def _load_array_file(path: pathlib.Path) -> np.ndarray:
 def _link_flat(folder, images: pathlib.Path) -> None:
   """A flat folder of normals as `images/[<split>/]normal/` (symlinks)."""
   # pylint: disable-next=g-import-not-at-top
-  from ama_jax.datasets import image_folder
+  from ama_jax.data import image_folder
   for split in folder.files:
     source = folder.root if split == image_folder.ALL else folder.root / split
     target = (images if split == image_folder.ALL else images / split)
@@ -161,9 +161,9 @@ def _training_data(x: ImagesLike, workdir: pathlib.Path
   read where it is (a flat one through links from there).
   """
   # pylint: disable=g-import-not-at-top
-  from ama_jax import data_sources
-  from ama_jax.datasets import image_files
-  from ama_jax.datasets import image_folder
+  from ama_jax.data import data_sources
+  from ama_jax.data import image_files
+  from ama_jax.data import image_folder
   # pylint: enable=g-import-not-at-top
   images = workdir / IMAGES_DIR
   if isinstance(x, (str, os.PathLike)):
@@ -261,7 +261,7 @@ class AMADetector:
   def _make_config(self, dataset: str, classes: Optional[tuple],
                    shape: tuple[int, ...], workdir: pathlib.Path
                    ) -> ml_collections.ConfigDict:
-    from ama_jax import models  # pylint: disable=g-import-not-at-top
+    from ama_jax.models import nets  # pylint: disable=g-import-not-at-top
     name = self.config
     if name is None:
       colour = shape[2] == 3 and min(shape[:2]) >= 32
@@ -272,7 +272,7 @@ class AMADetector:
     if classes is not None:
       data.normal_classes = classes
     if data.get('image_size') is None:
-      data.image_size = models.input_size(config.model.arch)[0]
+      data.image_size = nets.input_size(config.model.arch)[0]
     data.data_dir = str(workdir / DATA_DIR)
     config.seed = int(self.seed)
     if self.epochs is not None:
@@ -293,8 +293,8 @@ class AMADetector:
       y: ignored (every image is normal); for scikit-learn's signature.
     """
     del y  # Unused.
-    from ama_jax import loop  # pylint: disable=g-import-not-at-top
-    from ama_jax import runtime  # pylint: disable=g-import-not-at-top
+    from ama_jax.training import loop  # pylint: disable=g-import-not-at-top
+    from ama_jax.process import runtime  # pylint: disable=g-import-not-at-top
     if self._cleanup is not None:  # The last fit's temporary folder.
       self._cleanup()
       self._detector = self._cleanup = None
@@ -325,7 +325,7 @@ class AMADetector:
   def _open(self, workdir: pathlib.Path) -> None:
     """Restores the run's chosen detector (`tools.score`'s)."""
     # pylint: disable=g-import-not-at-top
-    from ama_jax import inference
+    from ama_jax.scoring import inference
     from ama_jax.tools import score
     # pylint: enable=g-import-not-at-top
     with _quiet(self.verbose):
@@ -346,7 +346,7 @@ class AMADetector:
   def score_samples(self, x: ImagesLike) -> np.ndarray:
     """The chosen detector's score of each image, in input order (float32
     [N]); higher = more anomalous."""
-    from ama_jax import inference  # pylint: disable=g-import-not-at-top
+    from ama_jax.scoring import inference  # pylint: disable=g-import-not-at-top
     self._check_fitted('score_samples')
     model = self._detector.model
     if isinstance(x, (str, os.PathLike)):
@@ -386,7 +386,7 @@ class AMADetector:
            batch_size: int = 500, verbose: bool = False) -> 'AMADetector':
     """A detector saved by `save`, or any finished training workdir (or a
     folder of `python -m ama_jax.tools.export`)."""
-    from ama_jax import export  # pylint: disable=g-import-not-at-top
+    from ama_jax.scoring import export  # pylint: disable=g-import-not-at-top
     path = pathlib.Path(path).expanduser()
     if not path.is_dir():
       raise DetectorError(f'load: {path} is not a folder; pass a folder '

@@ -14,7 +14,7 @@ diverging loss, a full disk) end in one line `error: ...` on stderr and
 exit status 1; `--verbose` adds the traceback. SIGTERM, Ctrl-C, a
 preemption notice or `train.time_limit_s` stop training at the next step
 with a checkpoint of it, one line `stopped: ...` and exit status 75
-(`stops.EXIT_STOPPED`); the same command resumes (ama_jax/stops.py).
+(`stops.EXIT_STOPPED`); the same command resumes (ama_jax/process/stops.py).
 
 Console: warnings, a progress line on stderr (`--progress=auto|on|off`),
 the plan, one line per validation and the summary (stdout). The full log
@@ -42,9 +42,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from ama_jax import console
-from ama_jax import progress
-from ama_jax import stops
+from ama_jax.reporting import console
+from ama_jax.reporting import progress
+from ama_jax.process import stops
 from ama_jax.tools import cli
 
 FLAGS = flags.FLAGS
@@ -65,7 +65,7 @@ flags.DEFINE_enum('progress', 'auto', list(console.PROGRESS_MODES),
                   'unless --verbosity shows INFO logs.')
 flags.DEFINE_string('compilation_cache', None, 'Folder of JAX\'s persistent '
                     'compilation cache; default: a per-user folder '
-                    '(ama_jax/runtime.py); "off": none.')
+                    '(ama_jax/process/runtime.py); "off": none.')
 config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py[:arg]).',
     lock_config=True)
@@ -97,7 +97,7 @@ def main(argv):
   if console.is_quiet():  # TensorFlow's C++ INFO lines too.
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   stops.catch_early()  # SIGTERM / SIGINT before training: stop at step 0.
-  from ama_jax import runtime  # pylint: disable=g-import-not-at-top
+  from ama_jax.process import runtime  # pylint: disable=g-import-not-at-top
   # Before JAX computes: malloc, compilation cache, TF off the GPU.
   runtime.setup(FLAGS.compilation_cache)
   import jax  # pylint: disable=g-import-not-at-top
@@ -107,9 +107,9 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
-  from ama_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from ama_jax import loop  # pylint: disable=g-import-not-at-top
-  from ama_jax import report  # pylint: disable=g-import-not-at-top
+  from ama_jax.config import config_checks  # pylint: disable=g-import-not-at-top
+  from ama_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from ama_jax.reporting import report  # pylint: disable=g-import-not-at-top
   cleared = config_checks.apply_start_given(
       FLAGS.config, list(config_flags.get_override_values(FLAGS['config'])))
   if cleared:

@@ -129,7 +129,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # as a fraction of the number of normal training images.
   data.corruption_ratio = 0.0
   # Explicit conversion of every image to the model's input (28x28 for
-  # model.arch='mnist', 32x32 for 'cifar'; ama_jax/datasets/image_files.py):
+  # model.arch='mnist', 32x32 for 'cifar'; ama_jax/data/image_files.py):
   # image_size: target height = width in pixels, None: keep the images' own
   # (then they must all share it, and it must be the model's);
   # channels: 1 (grey) | 3 (RGB), None: keep the images' own (shared);
@@ -247,7 +247,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   optim.b1_generator = 0.0
   optim.b1_critic = 0.0
   optim.b2 = 0.999  # Paper: 0.999; official code: 0.9.
-  # Learning-rate schedule (ama_jax/schedules.py): 'step' (paper: lr x
+  # Learning-rate schedule (ama_jax/training/schedules.py): 'step' (paper: lr x
   # `decay` at `decay_at`), 'constant', or 'cosine' (from lr after the
   # warm-up down to lr x `final_lr_fraction` at the last step).
   optim.schedule = 'cosine'  # Paper: 'step'.
@@ -277,7 +277,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   train.halt_after_steps = placeholder(int)
   # Stop cleanly once this many seconds of wall time have passed since
   # training started (set-up included): at the next step boundary, with a
-  # checkpoint of that step and exit status 75 (ama_jax/stops.py), as on
+  # checkpoint of that step and exit status 75 (ama_jax/process/stops.py), as on
   # SIGTERM; the same command resumes. For schedulers with hard limits: set
   # it below the limit by the time of a validation and a checkpoint write.
   # None: no limit.
@@ -294,7 +294,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   evaluation.first_epoch = 1  # Validation-based selection from this epoch.
   evaluation.every_epochs = 1
   evaluation.threshold_fpr = 0.05  # Target false-positive rate of threshold.
-  # Calibrated score (ama_jax/scoring.py): 'two_sided' (the paper's A(x),
+  # Calibrated score (ama_jax/scoring/scoring.py): 'two_sided' (the paper's A(x),
   # eq. 7), 'one_sided' ((R - mu) / sigma: only a high R is anomalous), or
   # 'auto' (whichever has the higher validation AUROC, at every evaluation).
   evaluation.score = 'auto'  # Paper: 'two_sided'.
@@ -306,7 +306,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # Not in the paper: also report the feature kNN score (metrics prefixed
   # `knn_`): the distance from f(x, G(E(x))), the critic's penultimate
   # features of the reconstruction pair, to the k-th nearest training
-  # normal's in a memory bank (ama_jax/scoring.py). Computed at the final
+  # normal's in a memory bank (ama_jax/scoring/scoring.py). Computed at the final
   # evaluation, for the best-validation and the last state; it does not take
   # part in the per-epoch model selection or calibration. 0: off.
   evaluation.knn_k = 1
@@ -330,7 +330,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # The label-free rule's score: 'surrogate' (default): of the calibrated
   # and the feature kNN scores, the one that better tells the validation
   # normals from the same images turned, flipped and partly blanked out
-  # (mean surrogate AUROC, ama_jax/surrogates.py; results.json['surrogate'];
+  # (mean surrogate AUROC, ama_jax/scoring/surrogates.py; results.json['surrogate'];
   # RESULTS.md, "Detector selection without labelled anomalies"); or
   # always 'knn' or 'calibrated'. Nothing labelled is looked at.
   evaluation.label_free_score = 'surrogate'

@@ -10,7 +10,7 @@ Result and time depend on the images: 10 epochs of ~6,000 28x28 images take
 ~15 min on 2 CPU cores (one-class MNIST's figures, configs/mnist_oneclass.py,
 are what the same images give as a built-in dataset).
 
-The folder (README, "Your own images"; ama_jax/datasets/image_folder.py):
+The folder (README, "Your own images"; ama_jax/data/image_folder.py):
 
 * `/path/to/images/normal/` (+ optional `anomaly/`, known anomalies for
   validation): the default here (`data.normal_classes=('normal',)`);

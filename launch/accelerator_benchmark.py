@@ -71,7 +71,7 @@ print('python packages:', {m.__name__: getattr(m, '__version__', '?') for m in
       (jax, flax, optax, orbax.checkpoint, tensorflow_datasets, sklearn)})
 print('devices:', jax.devices())
 if sys.argv[1:] == ['prepare']:
-  from ama_jax.datasets import idx_images
+  from ama_jax.data import idx_images
   for name in ('mnist', 'fashion_mnist'):
     idx_images.prepare(name, data_dir=idx_images.DEFAULT_DATA_DIR,
                        raw_dir=idx_images.DEFAULT_RAW_DIR)

@@ -36,7 +36,7 @@ bash scripts/setup.sh  # Once, here: the nodes share the filesystem.
 status=0
 srun --kill-on-bad-exit=1 .venv/bin/python -m ama_jax.main \
   --config="$config" --workdir="$workdir" --multihost "$@" || status=$?
-if [[ $status -eq 75 ]]; then  # Stopped, resumable (ama_jax/stops.py).
+if [[ $status -eq 75 ]]; then  # Stopped, resumable (ama_jax/process/stops.py).
   scontrol requeue "$SLURM_JOB_ID"
 fi
 exit "$status"

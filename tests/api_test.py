@@ -15,9 +15,9 @@ import numpy as np
 from ama_jax import AMADetector
 from ama_jax import api
 from ama_jax import errors
-from ama_jax import inference
-from ama_jax.datasets import idx_images
-from ama_jax.datasets import image_folder
+from ama_jax.scoring import inference
+from ama_jax.data import idx_images
+from ama_jax.data import image_folder
 from ama_jax.tools import score
 
 CONFIG = 'fmnist_oneclass:runlocal'

@@ -22,9 +22,9 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
-from ama_jax import input_pipeline
-from ama_jax import tfds_source
-from ama_jax.datasets import archives
+from ama_jax.data import input_pipeline
+from ama_jax.data import tfds_source
+from ama_jax.data import archives
 from configs import cifar_svhn
 from configs import default
 

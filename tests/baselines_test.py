@@ -1,9 +1,9 @@
-"""Tests for ama_jax.baselines on small synthetic splits (seconds on a CPU)."""
+"""Tests for ama_jax.scoring.baselines on small synthetic splits (seconds on a CPU)."""
 from absl.testing import absltest
 import numpy as np
 
-from ama_jax import baselines
-from ama_jax import input_pipeline
+from ama_jax.scoring import baselines
+from ama_jax.data import input_pipeline
 
 METRIC_KEYS = {
     'auroc', 'auprc_anomaly', 'auprc_normal', 'fpr80', 'fpr95', 'num_normal',

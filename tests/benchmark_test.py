@@ -13,7 +13,7 @@ from absl.testing import absltest
 from absl.testing import flagsaver
 
 from ama_jax.tools import benchmark
-from ama_jax import config_checks
+from ama_jax.config import config_checks
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 

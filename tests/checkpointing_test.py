@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ama_jax import checkpoint_files
-from ama_jax import checkpoint_reading
-from ama_jax import checkpointing
+from ama_jax.checkpoints import checkpoint_files
+from ama_jax.checkpoints import checkpoint_reading
+from ama_jax.checkpoints import checkpointing
 from ama_jax import errors
-from ama_jax import json_safe
-from ama_jax import train_state
+from ama_jax.reporting import json_safe
+from ama_jax.training import train_state
 from configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -196,7 +196,7 @@ class CheckpointingTest(_StateTest):
     script = textwrap.dedent("""
         import os, signal, sys
         import numpy as np
-        from ama_jax import checkpointing
+        from ama_jax.checkpoints import checkpointing
         ckpts = checkpointing.CheckpointManagers(sys.argv[1])
         big = {'w': np.ones((512, 1024), np.float32)}
         ckpts.save_latest(1, big, {'step': 1})
@@ -399,8 +399,8 @@ class DamageTest(_StateTest):
     script = textwrap.dedent("""
         import os, signal, sys
         import numpy as np
-        from ama_jax import checkpoint_files
-        from ama_jax import checkpointing
+        from ama_jax.checkpoints import checkpoint_files
+        from ama_jax.checkpoints import checkpointing
         checkpoint_files.seal = lambda step_dir: os.kill(os.getpid(),
                                                          signal.SIGKILL)
         ckpts = checkpointing.CheckpointManagers(sys.argv[1])

@@ -24,7 +24,7 @@ _PROGRAM = textwrap.dedent("""
         raise errors.ConfigError('train.batch_size=-1: must be an integer '
                                  '>= 1.\\nSecond line joins the first.')
       elif what == 'data':
-        from ama_jax import input_pipeline
+        from ama_jax.data import input_pipeline
         raise input_pipeline.DataUnavailableError(
             'Could not load mnist/train: no network.')
       elif what == 'usage':

@@ -15,8 +15,8 @@ import jax
 from jax._src import dispatch  # pylint: disable=g-bad-import-order
 
 from configs import default
-from ama_jax import loop
-from ama_jax import train
+from ama_jax.training import loop
+from ama_jax.training import train
 
 # docs/REFERENCE.md ("Compilation") quotes this number; change both together.
 MAX_LOWERINGS = 11  # 10 before the feature kNN score (eval.knn_k) added one.

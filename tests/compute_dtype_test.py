@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from ama_jax import models
-from ama_jax import placement
-from ama_jax import schedules
-from ama_jax import train
-from ama_jax import train_state
+from ama_jax.models import nets
+from ama_jax.training import placement
+from ama_jax.training import schedules
+from ama_jax.training import train
+from ama_jax.training import train_state
 
 _SHAPE = (28, 28, 1)
 
@@ -34,7 +34,7 @@ class BFloat16StepTest(absltest.TestCase):
         placement.put_train_set(images, np.zeros(2 * batch, np.int32), 2,
                             schedule, devices),
         np.arange(2 * batch), settings.local_batch, 2, devices)
-    ae, critic = models.create_models(config.model, _SHAPE,
+    ae, critic = nets.create_models(config.model, _SHAPE,
                                       axis_name=placement.AXIS)
     # On the host: the step donates the state it is given.
     initial = jax.device_get(

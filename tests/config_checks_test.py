@@ -1,4 +1,4 @@
-"""Tests of the up-front config validation (`ama_jax.config_checks`)."""
+"""Tests of the up-front config validation (`ama_jax.config.config_checks`)."""
 import importlib
 import pathlib
 
@@ -6,9 +6,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import ml_collections
 
-from ama_jax import config_checks
+from ama_jax.config import config_checks
 from ama_jax import errors
-from ama_jax import schedules
+from ama_jax.training import schedules
 from configs import default
 
 _CONFIG_DIR = pathlib.Path(default.__file__).parent
@@ -64,7 +64,7 @@ class CoverageTest(absltest.TestCase):
     for name, config in _configs():
       with self.subTest(config=name):
         self.assertEqual(config_checks.fields_without_rules(config), [],
-                         'add a rule to ama_jax/config_checks.py FIELDS')
+                         'add a rule to ama_jax/config/config_checks.py FIELDS')
 
   def test_every_rule_names_a_field(self):
     stale = config_checks.rules_without_fields(default.get_config())
@@ -326,7 +326,7 @@ class CombinationsTest(parameterized.TestCase):
     # A tuned run stored before its recipe had negatives (style 'none',
     # start_fraction None) resumes with `--config.sampling.style=none`,
     # whatever the start fields now say; the style itself still counts.
-    from ama_jax import json_safe  # pylint: disable=g-import-not-at-top
+    from ama_jax.reporting import json_safe  # pylint: disable=g-import-not-at-top
     stored = json_safe.config_to_dict(default.get_config())
     stored['sampling'].update(style='none', start_fraction=None)
     config = default.get_config()

@@ -16,7 +16,7 @@ import tempfile
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from ama_jax import config_files
+from ama_jax.config import config_files
 from configs import default
 from configs import folder
 from configs import mnist_oneclass

@@ -5,8 +5,8 @@ import pathlib
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from ama_jax import json_safe
-from ama_jax import schedules
+from ama_jax.reporting import json_safe
+from ama_jax.training import schedules
 from configs import default
 
 _CONFIGS = {

@@ -12,7 +12,7 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from ama_jax import runtime  # pylint: disable=g-import-not-at-top
+from ama_jax.process import runtime  # pylint: disable=g-import-not-at-top
 
 runtime.use_compilation_cache()
 

@@ -1,4 +1,4 @@
-"""Tests for ama_jax.conv_layers: each convolution form and layer module
+"""Tests for ama_jax.models.conv_layers: each convolution form and layer module
 against the literal `lax.conv_general_dilated` composition (or PyTorch's
 scatter definition), values and gradients, and the `model.conv_impl`
 choice of forms."""
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ama_jax import conv_layers
+from ama_jax.models import conv_layers
 
 
 def _assert_close(actual, expected):

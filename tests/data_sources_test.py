@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ama_jax import data_common
-from ama_jax import tfds_source
-from ama_jax.datasets import idx_images
+from ama_jax.data import data_common
+from ama_jax.data import tfds_source
+from ama_jax.data import idx_images
 from configs import default
 
 

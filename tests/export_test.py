@@ -21,13 +21,13 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
-from ama_jax import export
-from ama_jax import inference
-from ama_jax import loop
-from ama_jax import report
-from ama_jax.datasets import idx_images
-from ama_jax.datasets import image_files
-from ama_jax.datasets import image_folder
+from ama_jax.scoring import export
+from ama_jax.scoring import inference
+from ama_jax.training import loop
+from ama_jax.reporting import report
+from ama_jax.data import idx_images
+from ama_jax.data import image_files
+from ama_jax.data import image_folder
 from ama_jax.tools import export as export_tool
 from ama_jax.tools import score
 from configs import folder as folder_config

@@ -23,7 +23,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from ama_jax import checkpoint_files
+from ama_jax.checkpoints import checkpoint_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = '--config=configs/fmnist_mnist.py:runlocal'
@@ -34,7 +34,7 @@ _ENV = dict(os.environ, PYTHONPATH=str(REPO))
 # SIGKILL: its files are written, the rename that commits it is not done.
 _KILL_MID_WRITE = textwrap.dedent("""
     import os, signal, sys
-    from ama_jax import checkpoint_files
+    from ama_jax.checkpoints import checkpoint_files
     from ama_jax.tools import cli
     from ama_jax import main as program
     seal = checkpoint_files.seal
@@ -49,7 +49,7 @@ _KILL_MID_WRITE = textwrap.dedent("""
     """)
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from ama_jax import workdir_lock
+    from ama_jax.process import workdir_lock
     workdir_lock.WorkdirLock(sys.argv[1]).acquire()
     print('locked', flush=True)
     time.sleep(600)

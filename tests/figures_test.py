@@ -1,4 +1,4 @@
-"""Tests for ama_jax.figures: each function writes one real, non-blank PNG."""
+"""Tests for ama_jax.reporting.figures: each function writes one real, non-blank PNG."""
 import os
 import tempfile
 
@@ -7,7 +7,7 @@ from absl.testing import parameterized
 import numpy as np
 from PIL import Image
 
-from ama_jax import figures
+from ama_jax.reporting import figures
 
 
 def _read_png(test: absltest.TestCase, path: str) -> np.ndarray:

@@ -8,7 +8,7 @@ from absl.testing import parameterized
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ama_jax.datasets import idx_images
+from ama_jax.data import idx_images
 
 RAW_DIR = idx_images.DEFAULT_RAW_DIR
 LABEL_COUNTS = {

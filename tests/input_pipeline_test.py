@@ -8,10 +8,10 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ama_jax import data_common
-from ama_jax import input_pipeline
-from ama_jax import tfds_source
-from ama_jax.datasets import idx_images
+from ama_jax.data import data_common
+from ama_jax.data import input_pipeline
+from ama_jax.data import tfds_source
+from ama_jax.data import idx_images
 from configs import default
 
 MNIST_TEST_PER_CLASS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -1,11 +1,11 @@
-"""Tests for ama_jax.losses: values by hand on tiny arrays, signs, masks."""
+"""Tests for ama_jax.training.losses: values by hand on tiny arrays, signs, masks."""
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ama_jax import losses
+from ama_jax.training import losses
 
 _REAL = jnp.array([1.0, 2.0, 3.0])
 _FAKE = jnp.array([0.5, 1.0, 4.0])

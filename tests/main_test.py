@@ -16,13 +16,13 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ama_jax import checkpoint_reading
+from ama_jax.checkpoints import checkpoint_reading
 from ama_jax import errors
-from ama_jax import input_pipeline
-from ama_jax import loop
-from ama_jax import metric_writers
-from ama_jax import metrics
-from ama_jax import tfds_source
+from ama_jax.data import input_pipeline
+from ama_jax.training import loop
+from ama_jax.reporting import metric_writers
+from ama_jax.scoring import metrics
+from ama_jax.data import tfds_source
 from configs import cifar_oneclass
 from configs import cifar_svhn
 from configs import default

@@ -1,9 +1,9 @@
-"""Tests for the glibc malloc settings (`ama_jax.malloc_tuning`)."""
+"""Tests for the glibc malloc settings (`ama_jax.process.malloc_tuning`)."""
 import platform
 
 import pytest
 
-from ama_jax import malloc_tuning
+from ama_jax.process import malloc_tuning
 
 
 def test_unknown_setting_names_the_choices(monkeypatch):

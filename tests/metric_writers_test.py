@@ -8,7 +8,7 @@ from unittest import mock
 from absl.testing import absltest
 import numpy as np
 
-from ama_jax import metric_writers
+from ama_jax.reporting import metric_writers
 
 
 class WriterTest(absltest.TestCase):

@@ -1,9 +1,9 @@
-"""Tests for ama_jax.metrics: metrics on hand-made scores, thresholds."""
+"""Tests for ama_jax.scoring.metrics: metrics on hand-made scores, thresholds."""
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from ama_jax import metrics
+from ama_jax.scoring import metrics
 
 # Three normals, two anomalies. Ranked by score (descending):
 # 0.9 A, 0.6 N, 0.5 A, 0.2 N, 0.1 N.

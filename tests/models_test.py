@@ -1,4 +1,4 @@
-"""Tests for ama_jax.models: shapes, variables, spectral norm, whole
+"""Tests for ama_jax.models.nets: shapes, variables, spectral norm, whole
 networks across `model.conv_impl` and `model.compute_dtype`, create_models.
 
 The convolution forms themselves are tested in conv_layers_test."""
@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ama_jax import losses
-from ama_jax import models
+from ama_jax.training import losses
+from ama_jax.models import nets
 
 _HW = {'mnist': 28, 'cifar': 32}
 _BATCH = 2
@@ -70,7 +70,7 @@ def _images(arch, channels, seed):
 def _autoencoder(arch, channels):
   """(model, variables, x, (x_rec, z)) in eval mode, built once."""
   x = _images(arch, channels, 0)
-  ae, _ = models.create_models(_config(arch), x.shape[1:])
+  ae, _ = nets.create_models(_config(arch), x.shape[1:])
   outputs, variables = ae.init_with_output(jax.random.key(1), x, False)
   return ae, variables, x, outputs
 
@@ -79,7 +79,7 @@ def _autoencoder(arch, channels):
 def _critic(arch, channels, spectral_norm=False):
   """(model, variables, x, (logits, features)) of D(x, y), built once."""
   x = _images(arch, channels, 0)
-  _, critic = models.create_models(_config(arch, spectral_norm), x.shape[1:])
+  _, critic = nets.create_models(_config(arch, spectral_norm), x.shape[1:])
   y = _images(arch, channels, 3)
   outputs, variables = critic.init_with_output(jax.random.key(2), x, y, False)
   return critic, variables, x, outputs
@@ -208,7 +208,7 @@ class ModelsTest(parameterized.TestCase):
     def build(conv_impl):
       config = _config(arch, spectral_norm=arch == 'cifar')
       config.update(width=width, conv_impl=conv_impl)
-      return models.create_models(config, x.shape[1:])
+      return nets.create_models(config, x.shape[1:])
 
     ae_vars, critic_vars = _fake_variables(*build('xla'), x)
 
@@ -248,7 +248,7 @@ class ModelsTest(parameterized.TestCase):
     def build(dtype):
       config = _config(arch, spectral_norm=arch == 'cifar')
       config.compute_dtype = dtype
-      return models.create_models(config, x.shape[1:])
+      return nets.create_models(config, x.shape[1:])
 
     (ae32, critic32), (ae16, critic16) = build('float32'), build('bfloat16')
     # The bf16 model's variables are the float32 model's, all float32.
@@ -289,14 +289,14 @@ class ModelsTest(parameterized.TestCase):
     config = _config('mnist')
     config.conv_impl = 'im2col'
     with self.assertRaisesRegex(ValueError, "'auto', 'xla', 'cpu_forms'"):
-      models.create_models(config, (28, 28, 1))
+      nets.create_models(config, (28, 28, 1))
     config.conv_impl = 'xla'
     config.compute_dtype = 'float16'
     with self.assertRaisesRegex(ValueError, "'bfloat16', 'float32'"):
-      models.create_models(config, (28, 28, 1))
+      nets.create_models(config, (28, 28, 1))
 
   def test_create_models_passes_axis_name_to_batch_norm(self):
-    ae, _ = models.create_models(_config('cifar'), (32, 32, 3), 'batch')
+    ae, _ = nets.create_models(_config('cifar'), (32, 32, 3), 'batch')
     self.assertEqual(ae.encoder.axis_name, 'batch')
     self.assertEqual(ae.generator.axis_name, 'batch')
 
@@ -308,8 +308,8 @@ class ModelsTest(parameterized.TestCase):
     def impls(arch, conv_impl, inference):
       config = _config(arch)
       config.conv_impl = conv_impl
-      ae, critic = models.create_models(
-          config, models.input_size(arch) + (1,), inference=inference)
+      ae, critic = nets.create_models(
+          config, nets.input_size(arch) + (1,), inference=inference)
       return {m.conv_impl for m in (ae.encoder, ae.generator, critic.network)
               if hasattr(m, 'conv_impl')}
 
@@ -320,13 +320,13 @@ class ModelsTest(parameterized.TestCase):
 
   def test_create_models_rejects_unknown_arch(self):
     with self.assertRaisesRegex(ValueError, r"'cifar', 'mnist'"):
-      models.create_models(_config('resnet'), (28, 28, 1))
+      nets.create_models(_config('resnet'), (28, 28, 1))
 
   @parameterized.parameters(('mnist', (32, 32, 3)), ('cifar', (28, 28, 1)),
                             ('mnist', (28, 28)))
   def test_create_models_rejects_wrong_image_shape(self, arch, shape):
     with self.assertRaisesRegex(ValueError, 'mnist: 28x28xC, cifar: 32x32xC'):
-      models.create_models(_config(arch), shape)
+      nets.create_models(_config(arch), shape)
 
 
 if __name__ == '__main__':

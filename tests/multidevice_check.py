@@ -14,11 +14,11 @@ import numpy as np
 import optax
 
 from configs import default
-from ama_jax import models
-from ama_jax import placement
-from ama_jax import schedules
-from ama_jax import train
-from ama_jax import train_state
+from ama_jax.models import nets
+from ama_jax.training import placement
+from ama_jax.training import schedules
+from ama_jax.training import train
+from ama_jax.training import train_state
 
 SHAPE = (28, 28, 1)
 
@@ -43,7 +43,7 @@ def run(devices, per_device_state, steps=3):
   labels = np.zeros(num_train, np.int32)
   labels[::7] = 1  # Some labelled anomalies (semi-supervised rows) too.
   state = train_state.create_train_state(jax.random.key(0), config, SHAPE)
-  ae, critic = models.create_models(config.model, SHAPE,
+  ae, critic = nets.create_models(config.model, SHAPE,
                                     axis_name=placement.AXIS)
   settings = train.StepSettings.from_config(
       config, local_batch=16 // len(devices), num_devices=len(devices))

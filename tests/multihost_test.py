@@ -29,10 +29,10 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from ama_jax import checkpoint_reading
-from ama_jax import loop
-from ama_jax import placement
-from ama_jax import train_state
+from ama_jax.checkpoints import checkpoint_reading
+from ama_jax.training import loop
+from ama_jax.training import placement
+from ama_jax.training import train_state
 from configs import default
 
 _REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -13,10 +13,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ama_jax import input_pipeline
-from ama_jax.datasets import idx_images
-from ama_jax.datasets import image_files
-from ama_jax.datasets import image_folder
+from ama_jax.data import input_pipeline
+from ama_jax.data import idx_images
+from ama_jax.data import image_files
+from ama_jax.data import image_folder
 from configs import default
 from configs import folder as folder_config
 

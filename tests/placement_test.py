@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from ama_jax import placement
-from ama_jax import schedules
-from ama_jax import train
+from ama_jax.training import placement
+from ama_jax.training import schedules
+from ama_jax.training import train
 
 _SHAPE = (28, 28, 1)
 

@@ -1,10 +1,10 @@
-"""Tests of the progress lines (`ama_jax/progress.py`)."""
+"""Tests of the progress lines (`ama_jax/reporting/progress.py`)."""
 import io
 
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from ama_jax import progress
+from ama_jax.reporting import progress
 
 
 class _Clock:

@@ -51,7 +51,7 @@ class TableTest(absltest.TestCase):
   def test_paper_recipe_of_one_epoch_starts_negatives_at_ten_percent(self):
     # No later epoch to start in: 10% of the run's steps, and a config
     # that passes its checks (an epoch-1 start would never run).
-    from ama_jax import config_checks  # pylint: disable=g-import-not-at-top
+    from ama_jax.config import config_checks  # pylint: disable=g-import-not-at-top
     config = reproduce.build_config(
         reproduce.Run('fmnist_mnist', '', 'full', 0, 'paper'), epochs=1,
         start_epoch=None, calibration_size=None, overrides={})
@@ -129,7 +129,7 @@ class TableTest(absltest.TestCase):
     kwargs = dict(epochs=2, start_epoch=None, calibration_size=None,
                   overrides={})
     config = reproduce.build_config(run, **kwargs)
-    from ama_jax import json_safe  # pylint: disable=g-import-not-at-top
+    from ama_jax.reporting import json_safe  # pylint: disable=g-import-not-at-top
     with tempfile.TemporaryDirectory() as d:
       workdir = pathlib.Path(d)
       self.assertIsNone(reproduce.load_results(workdir, config))
@@ -223,8 +223,8 @@ class ShardTest(absltest.TestCase):
 
   def test_each_shard_trains_only_its_runs(self):
     """Workers i/n together train every run of the table exactly once."""
-    from ama_jax import json_safe  # pylint: disable=g-import-not-at-top
-    from ama_jax import loop  # pylint: disable=g-import-not-at-top
+    from ama_jax.reporting import json_safe  # pylint: disable=g-import-not-at-top
+    from ama_jax.training import loop  # pylint: disable=g-import-not-at-top
     trained = []
 
     def fake_train(config, workdir):
@@ -276,8 +276,8 @@ class GridTest(absltest.TestCase):
         reproduce.parse_grid([bad])
 
   def test_each_value_trains_and_the_best_on_validation_is_reported(self):
-    from ama_jax import json_safe  # pylint: disable=g-import-not-at-top
-    from ama_jax import loop  # pylint: disable=g-import-not-at-top
+    from ama_jax.reporting import json_safe  # pylint: disable=g-import-not-at-top
+    from ama_jax.training import loop  # pylint: disable=g-import-not-at-top
     trained = []
 
     def fake_train(config, workdir):

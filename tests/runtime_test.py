@@ -1,9 +1,9 @@
-"""Tests for the process set-up (`ama_jax.runtime`)."""
+"""Tests for the process set-up (`ama_jax.process.runtime`)."""
 import os
 import subprocess
 import sys
 
-from ama_jax import runtime
+from ama_jax.process import runtime
 
 _OPTION = 'xla_cpu_experimental_ynn_fusion_type'
 
@@ -38,7 +38,7 @@ def test_this_jaxlib_takes_the_cpu_flags():
   code = """
 import jax, jax.numpy as jnp
 from jax import lax
-from ama_jax import runtime
+from ama_jax.process import runtime
 runtime.cpu_tuning()
 x = jnp.ones((2, 8, 8, 4)); w = jnp.ones((3, 3, 4, 4)) / 9
 conv = lambda x, w: lax.conv_general_dilated(

@@ -1,4 +1,4 @@
-"""Tests for ama_jax.sampling: negative latents, simplex weights, masks."""
+"""Tests for ama_jax.training.sampling: negative latents, simplex weights, masks."""
 import math
 
 from absl.testing import absltest
@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ama_jax import sampling
+from ama_jax.training import sampling
 
 _B, _D, _DELTA = 64, 8, 0.5
 

@@ -3,7 +3,7 @@ from absl.testing import absltest
 import numpy as np
 
 from configs import default
-from ama_jax import schedules
+from ama_jax.training import schedules
 
 
 def _config(**fields):

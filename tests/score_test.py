@@ -19,14 +19,14 @@ import jax
 import numpy as np
 from PIL import Image
 
-from ama_jax import checkpointing
-from ama_jax import inference
-from ama_jax import input_pipeline
-from ama_jax import json_safe
-from ama_jax import metrics
-from ama_jax import models
-from ama_jax import scoring
-from ama_jax import train_state
+from ama_jax.checkpoints import checkpointing
+from ama_jax.scoring import inference
+from ama_jax.data import input_pipeline
+from ama_jax.reporting import json_safe
+from ama_jax.scoring import metrics
+from ama_jax.models import nets
+from ama_jax.scoring import scoring
+from ama_jax.training import train_state
 from ama_jax.tools import score
 from configs import default
 
@@ -75,7 +75,7 @@ class ScoreTest(parameterized.TestCase):
     state = _random_state(config)
     rng = np.random.default_rng(1)
     cls.pixels = rng.integers(0, 256, (NUM_IMAGES, 28, 28), np.uint8)
-    ae_model, critic_model = models.create_models(config.model, SHAPE,
+    ae_model, critic_model = nets.create_models(config.model, SHAPE,
                                                   inference=True)
     scorer = scoring.scorer_from_state(state, ae_model, critic_model)
     cls.r = scorer(cls.pixels[..., None].astype(np.float32) / 127.5 - 1.0)
@@ -198,7 +198,7 @@ class ScoreTest(parameterized.TestCase):
     # settings, computed once and cached; a damaged cache is recomputed.
     data = input_pipeline.load_protocol(self.config.data, self.config.seed,
                                         input_size=(28, 28))
-    ae_model, critic_model = models.create_models(self.config.model, SHAPE,
+    ae_model, critic_model = nets.create_models(self.config.model, SHAPE,
                                                   inference=True)
     scorer = scoring.scorer_from_state(self.state, ae_model, critic_model)
     bank = scorer.with_features(data.train.images[data.train.labels == 0])[1]

@@ -3,9 +3,9 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from ama_jax import models
-from ama_jax import scoring
-from ama_jax import train_state
+from ama_jax.models import nets
+from ama_jax.scoring import scoring
+from ama_jax.training import train_state
 from configs import default
 
 _SHAPE = (28, 28, 1)
@@ -19,7 +19,7 @@ class ScoringTest(absltest.TestCase):
     config = default.get_config('runlocal')
     state = jax.device_get(train_state.create_train_state(
         jax.random.key(0), config, _SHAPE))
-    cls.ae, cls.critic = models.create_models(config.model, _SHAPE)
+    cls.ae, cls.critic = nets.create_models(config.model, _SHAPE)
     cls.state = state
     cls.images = np.random.default_rng(0).uniform(
         -1, 1, (23, *_SHAPE)).astype(np.float32)

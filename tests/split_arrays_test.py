@@ -7,9 +7,9 @@ from absl.testing import absltest
 import ml_collections
 import numpy as np
 
-from ama_jax import tfds_source
-from ama_jax.datasets import idx_images
-from ama_jax.datasets import split_arrays
+from ama_jax.data import tfds_source
+from ama_jax.data import idx_images
+from ama_jax.data import split_arrays
 
 
 class Decoder:

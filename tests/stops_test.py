@@ -30,8 +30,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ama_jax import checkpoint_files
-from ama_jax import checkpoint_reading
+from ama_jax.checkpoints import checkpoint_files
+from ama_jax.checkpoints import checkpoint_reading
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = ('--config=configs/fmnist_mnist.py:runlocal',
@@ -47,7 +47,7 @@ _ENV = dict(os.environ, PYTHONPATH=str(REPO))
 #   SIGNAL_IN_STOP_SAVE=1: signals itself again while the stop is saved.
 _PROGRAM = textwrap.dedent("""
     import os, signal, subprocess, sys, time
-    from ama_jax import checkpointing, loop
+    from ama_jax.checkpoints import checkpointing, loop
     from ama_jax.tools import cli
     from ama_jax import main as program
     env = os.environ

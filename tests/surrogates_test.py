@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ama_jax import report
-from ama_jax import surrogates
+from ama_jax.reporting import report
+from ama_jax.scoring import surrogates
 
 
 def _images(n=6, h=8, w=8, c=1, seed=0):

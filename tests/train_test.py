@@ -10,11 +10,11 @@ import jax
 import numpy as np
 
 from configs import default
-from ama_jax import models
-from ama_jax import placement
-from ama_jax import schedules
-from ama_jax import train
-from ama_jax import train_state
+from ama_jax.models import nets
+from ama_jax.training import placement
+from ama_jax.training import schedules
+from ama_jax.training import train
+from ama_jax.training import train_state
 
 _SHAPE = (28, 28, 1)
 
@@ -53,7 +53,7 @@ class TrainStepTest(absltest.TestCase):
     traced = chex.assert_max_traces(train.train_steps, n=1)
     finals = []
     with absltest.mock.patch.object(train, 'train_steps', traced):
-      ae, critic = models.create_models(config.model, _SHAPE,
+      ae, critic = nets.create_models(config.model, _SHAPE,
                                         axis_name=placement.AXIS)
       state, settings, data, devices = _setup(config)
       initial = jax.device_get(state)  # Same pytree (incl. static fields).
@@ -74,7 +74,7 @@ class TrainStepTest(absltest.TestCase):
 
   def test_scan_of_steps_equals_single_steps(self):
     config = _tiny_config()
-    ae, critic = models.create_models(config.model, _SHAPE,
+    ae, critic = nets.create_models(config.model, _SHAPE,
                                       axis_name=placement.AXIS)
     rng = jax.random.key(1)
     state, settings, data, devices = _setup(config)
@@ -95,7 +95,7 @@ class TrainStepTest(absltest.TestCase):
     for anchors in ('first', 'all'):
       config = _tiny_config()
       config.loss.inter_anchors = anchors
-      ae, critic = models.create_models(config.model, _SHAPE,
+      ae, critic = nets.create_models(config.model, _SHAPE,
                                         axis_name=placement.AXIS)
       state, settings, data, devices = _setup(config)
       p_step = train.make_p_train_step(ae, critic, settings, devices=devices)

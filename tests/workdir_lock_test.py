@@ -1,4 +1,4 @@
-"""Tests of the per-process workdir lock (`ama_jax.workdir_lock`)."""
+"""Tests of the per-process workdir lock (`ama_jax.process.workdir_lock`)."""
 import os
 import pathlib
 import signal
@@ -10,14 +10,14 @@ import textwrap
 from absl.testing import absltest
 
 from ama_jax import errors
-from ama_jax import workdir_lock
+from ama_jax.process import workdir_lock
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # A process that takes the lock of process index argv[2] on workdir argv[1],
 # says so, and sleeps until it is killed.
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from ama_jax import workdir_lock
+    from ama_jax.process import workdir_lock
     workdir_lock.WorkdirLock(sys.argv[1], int(sys.argv[2])).acquire()
     print('locked', flush=True)
     time.sleep(600)

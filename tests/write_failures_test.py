@@ -5,7 +5,7 @@ import pathlib
 
 from absl.testing import absltest
 
-from ama_jax import write_failures
+from ama_jax.process import write_failures
 
 
 class WriteFailuresTest(absltest.TestCase):

@@ -1,13 +1,13 @@
 """The command-line programs, each `python -m ama_jax.tools.<program>`.
 
   score        scores new images with a trained model and writes a CSV
-               (library: `ama_jax.inference`);
+               (library: `ama_jax.scoring.inference`);
   export       writes a trained model as a self-contained StableHLO scorer
-               (library: `ama_jax.export`);
+               (library: `ama_jax.scoring.export`);
   benchmark    times one training iteration and scoring (one JSON line);
   reproduce    trains and reports one of the paper's tables end to end;
   baselines    kNN, PCA and OC-SVM on raw pixels, on AMA's exact split
-               (library: `ama_jax.baselines`);
+               (library: `ama_jax.scoring.baselines`);
   idx_to_pngs  writes MNIST / Fashion-MNIST IDX files as a PNG folder;
   cli          (no program) `run_main`, the wrapper every program, and
                `ama_jax.main`, runs under: known errors end in one line.

@@ -1,4 +1,4 @@
-r"""Runs the raw-pixel baselines (`ama_jax.baselines`) on a config's split.
+r"""Runs the raw-pixel baselines (`ama_jax.scoring.baselines`) on a config's split.
 
   python -m ama_jax.tools.baselines --config=configs/default.py \
       --methods=knn,pca,ocsvm --output=/tmp/baselines.json
@@ -19,9 +19,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from ama_jax import baselines
+from ama_jax.scoring import baselines
 from ama_jax import errors
-from ama_jax import input_pipeline
+from ama_jax.data import input_pipeline
 from ama_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config.')

@@ -71,16 +71,16 @@ from absl import logging
 import jax
 import numpy as np
 
-from ama_jax import config_checks
-from ama_jax import conv_layers
+from ama_jax.config import config_checks
+from ama_jax.models import conv_layers
 from ama_jax import errors
-from ama_jax import models
-from ama_jax import placement
-from ama_jax import runtime
-from ama_jax import schedules
-from ama_jax import scoring
-from ama_jax import train
-from ama_jax import train_state
+from ama_jax.models import nets
+from ama_jax.training import placement
+from ama_jax.process import runtime
+from ama_jax.training import schedules
+from ama_jax.scoring import scoring
+from ama_jax.training import train
+from ama_jax.training import train_state
 from ama_jax.tools import cli
 from configs import default
 
@@ -94,7 +94,7 @@ flags.DEFINE_integer('steps_per_call', 1, 'Training steps per call (scan).')
 flags.DEFINE_integer('score_batches', 5, 'Timed scoring batches (0: no '
                      'scoring).')
 flags.DEFINE_bool('paper_inter', False, 'Interpolation gradients reach E, G.')
-flags.DEFINE_enum('compute_dtype', 'float32', sorted(models.COMPUTE_DTYPES),
+flags.DEFINE_enum('compute_dtype', 'float32', sorted(nets.COMPUTE_DTYPES),
                   'model.compute_dtype: the layers\' arithmetic.')
 flags.DEFINE_enum('conv_impl', 'auto', list(conv_layers.CONV_IMPLS),
                   'model.conv_impl: convolution forms.')
@@ -256,7 +256,7 @@ def run_ours(measure_warm: bool) -> dict:
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (num_train, *image_shape)).astype(np.float32)
   state = train_state.create_train_state(jax.random.key(0), config, image_shape)
-  ae_model, critic_model = models.create_models(config.model, image_shape,
+  ae_model, critic_model = nets.create_models(config.model, image_shape,
                                                 axis_name=placement.AXIS)
   config.sampling.start_step = 0  # Negatives on from the first step.
   settings = train.StepSettings.from_config(
@@ -292,7 +292,7 @@ def run_ours(measure_warm: bool) -> dict:
 
   score_img_per_s = None
   if FLAGS.score_batches:
-    eval_ae, eval_critic = models.create_models(config.model, image_shape,
+    eval_ae, eval_critic = nets.create_models(config.model, image_shape,
                                                 inference=True)
     scorer = scoring.scorer_from_state(state, eval_ae, eval_critic,
                                        batch_size=FLAGS.batch,

@@ -35,11 +35,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from ama_jax import config_files
-from ama_jax import console
+from ama_jax.config import config_files
+from ama_jax.reporting import console
 from ama_jax import errors
-from ama_jax import progress
-from ama_jax import stops
+from ama_jax.reporting import progress
+from ama_jax.process import stops
 
 VERBOSE_ENV = 'AMA_JAX_VERBOSE'
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130

@@ -11,7 +11,7 @@ scores with the same), or the given score of a checkpoint, as a scorer into the 
 every platform in `--platforms`), `scorer.json`, a loader that needs only
 jax and numpy, and with `--savedmodel` a TensorFlow SavedModel; what each
 holds and how its scores compare with `ama_jax.tools.score` is in the
-docstring of `ama_jax.export`, which does the work.
+docstring of `ama_jax.scoring.export`, which does the work.
 
 Known problems (no workdir or checkpoint, a damaged checkpoint, unknown
 platforms, an output that is not a folder) end in one line `error: ...` on
@@ -24,8 +24,8 @@ from absl import app
 from absl import flags
 
 from ama_jax import errors
-from ama_jax import export
-from ama_jax import train_state
+from ama_jax.scoring import export
+from ama_jax.training import train_state
 from ama_jax.tools import cli
 
 
@@ -51,7 +51,7 @@ def main(argv: Sequence[str],
   """Runs the command on parsed `flag_values`; returns the exit status."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from ama_jax import runtime  # pylint: disable=g-import-not-at-top
+  from ama_jax.process import runtime  # pylint: disable=g-import-not-at-top
   runtime.setup()
   fv = flag_values
   try:

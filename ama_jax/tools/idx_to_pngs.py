@@ -16,8 +16,8 @@ from absl import app
 from absl import flags
 
 from ama_jax import errors
-from ama_jax.datasets import idx_images
-from ama_jax.datasets import image_folder
+from ama_jax.data import idx_images
+from ama_jax.data import image_folder
 from ama_jax.tools import cli
 
 _DATASET = flags.DEFINE_enum('dataset', 'mnist', list(idx_images.CLASS_NAMES),

@@ -29,7 +29,7 @@ re-reported with `--report_only`. A workdir holding a different config is
 an error, never overwritten. `--grid=field=v1,v2` trains every value for
 each run (a value other than the config's own in `..._s<seed>_<field>=<v>/`)
 and reports, per run, the one with the best validation AUROC. The raw-pixel
-baselines of `ama_jax.baselines` (kNN, PCA, OC-SVM, each hyper-parameter
+baselines of `ama_jax.scoring.baselines` (kNN, PCA, OC-SVM, each hyper-parameter
 chosen on validation) run on exactly the same split (same data config and
 seed) and are cached beside the runs.
 
@@ -61,11 +61,11 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from ama_jax import console
+from ama_jax.reporting import console
 from ama_jax import errors
-from ama_jax import json_safe
-from ama_jax import metrics
-from ama_jax.datasets import archives
+from ama_jax.reporting import json_safe
+from ama_jax.scoring import metrics
+from ama_jax.data import archives
 from ama_jax.tools import cli
 
 PAPER_EPOCHS = 100
@@ -225,7 +225,7 @@ def build_config(run: Run, *, epochs: Optional[int],
     config.eval.calibration_size = calibration_size
   for key, value in {**VARIANTS[run.variant], **overrides}.items():
     _set(config, key, value)
-  from ama_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from ama_jax.config import config_checks  # pylint: disable=g-import-not-at-top
   config_checks.apply_start_given(
       config, [*overrides, *(['sampling.start_epoch'] if start_epoch is not None
                              else [])])
@@ -323,7 +323,7 @@ def val_auroc(results: Mapping[str, Any], score: str) -> float:
 def selection(results: Mapping[str, Any], rule: str) -> tuple[str, str]:
   """(state, score) of a selection rule (`SELECTION_SCORES`) for a run;
   runs stored before results.json recorded it are judged the same way."""
-  from ama_jax import report  # pylint: disable=g-import-not-at-top
+  from ama_jax.reporting import report  # pylint: disable=g-import-not-at-top
   if rule == 'chosen':
     if 'chosen' in results:
       return results['chosen']['state'], results['chosen']['score']
@@ -341,7 +341,7 @@ def load_results(workdir: pathlib.Path,
   if not path.exists():
     return None
   results = json.loads(path.read_text())
-  from ama_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from ama_jax.config import config_checks  # pylint: disable=g-import-not-at-top
   # Fields only one side has (stored before they existed) are not compared.
   diff = [f'{field}: {stored!r} (stored) vs {requested!r} (requested)'
           for field, stored, requested in config_checks.config_differences(
@@ -357,8 +357,8 @@ def load_results(workdir: pathlib.Path,
 def run_baselines_cached(out: pathlib.Path, config: ml_collections.ConfigDict,
                          row_dir: str) -> dict[str, Any]:
   """Baselines on the run's split; cached per (row, data config, seed)."""
-  from ama_jax import baselines  # pylint: disable=g-import-not-at-top
-  from ama_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from ama_jax.scoring import baselines  # pylint: disable=g-import-not-at-top
+  from ama_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   path = out / row_dir / f'baselines_s{config.seed}.json'
   key = json_safe.to_json({'data': config.data, 'seed': config.seed,
                            'methods': BASELINES})
@@ -625,7 +625,7 @@ def reproduce(table: str, *, base: str, seeds: Sequence[int],
 
   Returns the JSON report; writes `<out>/<name>.md` and `<out>/<name>.json`.
   """
-  from ama_jax import loop  # pylint: disable=g-import-not-at-top
+  from ama_jax.training import loop  # pylint: disable=g-import-not-at-top
   runs = table_runs(table, base, seeds, classes, recipes)
   records, run_info, missing, baseline_rows = [], [], [], {}
   shard_index, num_shards = check_shard(*shard)
@@ -791,7 +791,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'--table is required; one of {TABLES}.')
   if _SEEDS.value < 1 or (_EPOCHS.value is not None and _EPOCHS.value < 1):
     raise app.UsageError('--seeds and --epochs must be at least 1.')
-  from ama_jax import runtime  # pylint: disable=g-import-not-at-top
+  from ama_jax.process import runtime  # pylint: disable=g-import-not-at-top
   runtime.setup()  # As in `ama_jax.main`: before JAX computes.
   try:
     reproduce(_TABLE.value, base=_BASE.value, seeds=range(_SEEDS.value),

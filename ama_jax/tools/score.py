@@ -26,7 +26,7 @@ Inputs (`--input`):
   is read as [-1, 1] data, and a warning says so).
 - A folder of PNG/JPEG/BMP files, scored in file-name order (read in
   chunks); every non-hidden entry must be such an image. Files are read as
-  in training (`ama_jax/datasets/image_files.py`).
+  in training (`ama_jax/data/image_files.py`).
 - A single PNG/JPEG/BMP file, or an uncompressed IDX image file (magic
   2051, e.g. `t10k-images-idx3-ubyte`).
 
@@ -70,7 +70,7 @@ there on first use.
 
 Progress: with `--progress=auto` (default) inputs of at least 10,000 images
 show a progress line on stderr (updated in place on a terminal, every 10%
-otherwise; `ama_jax/progress.py`).
+otherwise; `ama_jax/reporting/progress.py`).
 
 Problems with the inputs (missing workdir or checkpoint, a damaged
 checkpoint, unreadable or non-image files, wrong image size or channels,
@@ -91,9 +91,9 @@ from absl import logging
 import numpy as np
 
 from ama_jax import errors
-from ama_jax import inference
-from ama_jax import progress as progress_lib
-from ama_jax import scoring
+from ama_jax.scoring import inference
+from ama_jax.reporting import progress as progress_lib
+from ama_jax.scoring import scoring
 from ama_jax.tools import cli
 
 PROGRESS_MIN_IMAGES = 10000  # --progress=auto shows it from this many.
@@ -271,8 +271,8 @@ def main(argv: Sequence[str],
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   fv = flag_values
-  from ama_jax import malloc_tuning  # pylint: disable=g-import-not-at-top
-  from ama_jax import runtime  # pylint: disable=g-import-not-at-top
+  from ama_jax.process import malloc_tuning  # pylint: disable=g-import-not-at-top
+  from ama_jax.process import runtime  # pylint: disable=g-import-not-at-top
   # Scoring streams small batches: glibc's own malloc keeps resident memory
   # bounded (a 200,000-image .npy peaked at 1.18 GB, against 1.74 GB with
   # the training step's 'fast' setting, which never returns freed memory).

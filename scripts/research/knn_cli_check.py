@@ -2,7 +2,7 @@
 compares the AUROC with the run's results.json (feature kNN, best state)."""
 import json, pathlib, subprocess, sys, time
 import numpy as np
-from ama_jax import input_pipeline, json_safe, metrics, models
+from ama_jax.data import input_pipeline, json_safe, metrics, models
 workdir = pathlib.Path(sys.argv[1]); out = pathlib.Path(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
 results = json.loads((workdir / 'results.json').read_text())

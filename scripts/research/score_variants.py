@@ -5,7 +5,7 @@ usage: PYTHONPATH=. python scripts/research/score_variants.py WORKDIR [best|late
 import json, pathlib, sys
 import jax, jax.numpy as jnp, numpy as np
 from sklearn.metrics import roc_auc_score
-from ama_jax import inference, input_pipeline, json_safe, train_state
+from ama_jax.scoring import inference, input_pipeline, json_safe, train_state
 
 wd = pathlib.Path(sys.argv[1]); kind = sys.argv[2] if len(sys.argv) > 2 else 'best'
 meta = inference.read_checked_meta(wd, kind, None)

@@ -1,0 +1,1 @@
+"""Orbax checkpoints of a run: writing, reading, damage checks."""

@@ -1,0 +1,1 @@
+"""Experiment configs: loading and validation."""

@@ -1,0 +1,1 @@
+"""Data: sources, TFDS builders, the paper's splits as arrays."""

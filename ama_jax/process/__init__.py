@@ -1,0 +1,1 @@
+"""Process set-up: runtime flags, malloc, signals, workdir lock, failed writes."""

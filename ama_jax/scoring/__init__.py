@@ -1,0 +1,1 @@
+"""Scores of images: features, calibration, kNN, metrics, export."""

@@ -1,0 +1,1 @@
+"""The training step, its state, losses, draws, schedules and loop."""
