@@ -268,6 +268,21 @@ class ResumeTest(absltest.TestCase):
     chex.assert_trees_all_equal(resumed.critic.params, full.critic.params)
     chex.assert_trees_all_equal(resumed.ae.opt_state, full.ae.opt_state)
 
+    # A finished run started again (as after a crash in its final
+    # evaluation) redoes that evaluation from its checkpoints: the same
+    # calibration in its meta and the same test metrics.
+    results = json.loads((pathlib.Path(full_dir) / 'results.json').read_text())
+    first_meta = checkpoint_reading.read_meta(full_dir, kind='latest')
+    (pathlib.Path(full_dir) / 'results.json').unlink()
+    again = jax.device_get(loop.train_and_evaluate(config, full_dir))
+    chex.assert_trees_all_equal(again.ae.params, full.ae.params)
+    meta = checkpoint_reading.read_meta(full_dir, kind='latest')
+    for key in ('mu', 'sigma', 'threshold', 'val_auroc'):
+      self.assertEqual(meta[key], first_meta[key])
+    again_results = json.loads(
+        (pathlib.Path(full_dir) / 'results.json').read_text())
+    self.assertEqual(again_results['test'], results['test'])
+
   def test_resume_with_another_config_is_refused(self):
     config = mnist_oneclass.get_config('1,runlocal')
     workdir = self.create_tempdir().full_path

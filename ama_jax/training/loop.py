@@ -220,6 +220,14 @@ def set_up(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   return run, state, meta
 
 
+def _calibration_of(meta: Optional[dict]) -> Optional[scoring.Calibration]:
+  """The calibration a checkpoint's meta holds, or None (none yet)."""
+  fields = [f.name for f in dataclasses.fields(scoring.Calibration)]
+  if not meta or any(meta.get(f) is None for f in fields[:-1]):
+    return None
+  return scoring.Calibration(**{f: meta[f] for f in fields if f in meta})
+
+
 class Trainer:
   """The training phases of a run and the state they advance."""
 
@@ -230,8 +238,11 @@ class Trainer:
     self.requests = requests or stops.StopRequests()
     self.step = int(jax.device_get(state.step))
     self.validated_step = (meta or {}).get('validated_step')
-    self.calibration: Optional[scoring.Calibration] = None
-    self.val_auroc = -np.inf
+    # A resumed run keeps its last validation's calibration and AUROC, so
+    # that the checkpoints it writes carry them as an unbroken run's would.
+    self.calibration = _calibration_of(meta)
+    val = (meta or {}).get('val_auroc')
+    self.val_auroc = -np.inf if val is None else val
     best = (meta or {}).get('best_val_auroc')
     self.best_val_auroc = -np.inf if best is None else best
     self.pending: list[tuple[int, dict]] = []  # Metrics not yet read.
