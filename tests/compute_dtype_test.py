@@ -10,6 +10,7 @@ from configs import default
 from ama_jax.models import nets
 from ama_jax.training import placement
 from ama_jax.training import schedules
+from ama_jax.training import step_settings
 from ama_jax.training import train
 from ama_jax.training import train_state
 
@@ -27,7 +28,7 @@ class BFloat16StepTest(absltest.TestCase):
     batch = config.train.batch_size
     images = np.random.default_rng(0).uniform(
         -1, 1, (2 * batch, *_SHAPE)).astype(np.float32)
-    settings = train.StepSettings.from_config(
+    settings = step_settings.StepSettings.from_config(
         config, local_batch=batch // len(devices), num_devices=len(devices))
     schedule = schedules.make_schedule(config, 2, 100)
     data = placement.epoch_data(

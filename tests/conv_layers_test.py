@@ -1,7 +1,7 @@
-"""Tests for ama_jax.models.conv_layers: each convolution form and layer module
-against the literal `lax.conv_general_dilated` composition (or PyTorch's
-scatter definition), values and gradients, and the `model.conv_impl`
-choice of forms."""
+"""Tests for ama_jax.models.conv_kernels and conv_layers: each convolution
+form and layer module against the literal `lax.conv_general_dilated`
+composition (or PyTorch's scatter definition), values and gradients, and the
+`model.conv_impl` choice of forms."""
 import functools
 from unittest import mock
 
@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ama_jax.models import conv_kernels
 from ama_jax.models import conv_layers
 
 
@@ -42,7 +43,7 @@ class ConvLayersTest(parameterized.TestCase):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
     kernel = rng.normal(size=(4, 4, 3, 2)).astype(np.float32)
-    y = conv_layers.conv_transpose_4x4_s2(jnp.asarray(x),
+    y = conv_kernels.conv_transpose_4x4_s2(jnp.asarray(x),
                                           jnp.asarray(kernel), impl)
     self.assertEqual(y.shape, (2, 10, 8, 2))
     np.testing.assert_allclose(y, _numpy_conv_transpose(x, kernel),
@@ -57,7 +58,7 @@ class ConvLayersTest(parameterized.TestCase):
     params = layer('xla').init(jax.random.key(1), x)
     self.assertEqual(params['params']['kernel'].shape, (4, 4, 5, features))
     kernel, bias = params['params']['kernel'], params['params']['bias']
-    y_ref = conv_layers.conv_transpose_4x4_s2(x, kernel, 'dilated') + bias
+    y_ref = conv_kernels.conv_transpose_4x4_s2(x, kernel, 'dilated') + bias
 
     def value_and_grads(f):
       return jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))),
@@ -73,7 +74,7 @@ class ConvLayersTest(parameterized.TestCase):
 
     def value_and_grads(impl):
       f = lambda k, x: jnp.sum(jnp.sin(
-          conv_layers.conv_transpose_4x4_s2(x, k, impl)))
+          conv_kernels.conv_transpose_4x4_s2(x, k, impl)))
       return jax.value_and_grad(f, argnums=(0, 1))(kernel, x)
 
     jax.tree.map(_assert_close, value_and_grads('subpixel'),
@@ -107,16 +108,16 @@ class ConvLayersTest(parameterized.TestCase):
     expected = value_and_grads(reference)
     for impl in ('lax', 'im2col'):
       with self.subTest(impl):
-        f = functools.partial(conv_layers.conv_4x4_s2, impl=impl)
+        f = functools.partial(conv_kernels.conv_4x4_s2, impl=impl)
         _assert_close(f(x, kernel), y_ref)
         jax.tree.map(_assert_close, value_and_grads(f), expected)
 
   # The gradient penalty differentiates the critic's input gradient (for
   # 'rowgrad', its custom backward pass).
-  @parameterized.parameters((conv_layers.conv_4x4_s2, 4, 'im2col'),
-                            (conv_layers.conv_same, 3, 'rowgrad'),
-                            (conv_layers.conv_same, 3, 'im2col'),
-                            (conv_layers.conv_same, 3, 'col2im'))
+  @parameterized.parameters((conv_kernels.conv_4x4_s2, 4, 'im2col'),
+                            (conv_kernels.conv_same, 3, 'rowgrad'),
+                            (conv_kernels.conv_same, 3, 'im2col'),
+                            (conv_kernels.conv_same, 3, 'col2im'))
   def test_matmul_forms_match_lax_second_derivatives(self, conv, k, impl):
     x = jax.random.normal(jax.random.key(0), (2, 14, 14, 16))
     kernel = jax.random.normal(jax.random.key(1), (k, k, 16, 8)) / (2 * k)
@@ -148,7 +149,7 @@ class ConvLayersTest(parameterized.TestCase):
       return (jax.value_and_grad(loss, argnums=(0, 1))(p, k),
               jax.grad(penalty)(k))
 
-    jax.tree.map(_assert_close, derivatives(conv_layers._patch_matmul),
+    jax.tree.map(_assert_close, derivatives(conv_kernels._patch_matmul),
                  derivatives(jnp.dot))
 
   def test_conv4x4s2_matches_nn_conv_variables_values_and_gradients(self):
@@ -200,7 +201,7 @@ class ConvLayersTest(parameterized.TestCase):
 
     def value_and_grads(impl):
       return jax.value_and_grad(
-          lambda x, w: jnp.sum(g * jnp.sin(conv_layers.conv_same(x, w, impl))),
+          lambda x, w: jnp.sum(g * jnp.sin(conv_kernels.conv_same(x, w, impl))),
           argnums=(0, 1))(x, kernel)
 
     expected = value_and_grads('lax')
@@ -228,9 +229,9 @@ class ConvLayersTest(parameterized.TestCase):
     # Same names, shapes and (same keys) initial values as nn.Conv.
     jax.tree.map(np.testing.assert_array_equal,
                  layer('auto').init(jax.random.key(1), x), params)
-    y = ref.apply(params, conv_layers._upsample2(x) if resample == 'up' else x)
+    y = ref.apply(params, conv_kernels.upsample2(x) if resample == 'up' else x)
     if resample == 'pool':
-      y = conv_layers._avg_pool2(y)
+      y = conv_kernels.avg_pool2(y)
     _assert_close(layer('literal').apply(params, x), y)
 
     def value_and_grads(impl):
@@ -252,22 +253,22 @@ class ConvLayersTest(parameterized.TestCase):
   def test_upsample_forms_equal_conv3_of_upsampling(self):
     x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 2))
-    expected = conv_layers.conv_same(conv_layers._upsample2(x), kernel, 'lax')
-    _assert_close(conv_layers.conv_transpose_4x4_s2(
-        x, conv_layers.upsample_conv_kernel(kernel), 'dilated'), expected)
-    _assert_close(conv_layers.upsample2_conv3x3(x, kernel), expected)
+    expected = conv_kernels.conv_same(conv_kernels.upsample2(x), kernel, 'lax')
+    _assert_close(conv_kernels.conv_transpose_4x4_s2(
+        x, conv_kernels.upsample_conv_kernel(kernel), 'dilated'), expected)
+    _assert_close(conv_kernels.upsample2_conv3x3(x, kernel), expected)
 
   def test_forms_and_layers_reject_unknown_impls_and_bad_kernels(self):
     x = jnp.zeros((1, 4, 4, 2))
     with self.assertRaisesRegex(ValueError, 'subpixel'):
-      conv_layers.conv_transpose_4x4_s2(x, jnp.zeros((4, 4, 2, 3)), 'fft')
+      conv_kernels.conv_transpose_4x4_s2(x, jnp.zeros((4, 4, 2, 3)), 'fft')
     with self.assertRaisesRegex(ValueError, 'im2col'):
-      conv_layers.conv_4x4_s2(x, jnp.zeros((4, 4, 2, 3)), 'fft')
+      conv_kernels.conv_4x4_s2(x, jnp.zeros((4, 4, 2, 3)), 'fft')
     with self.assertRaisesRegex(ValueError, 'odd square kernel'):
-      conv_layers.conv_same(x, jnp.zeros((2, 2, 2, 3)), 'lax')
+      conv_kernels.conv_same(x, jnp.zeros((2, 2, 2, 3)), 'lax')
     with self.assertRaisesRegex(ValueError,
                                 "choose 'lax', 'rowgrad', 'im2col'"):
-      conv_layers.conv_same(x, jnp.zeros((3, 3, 2, 3)), 'fft')
+      conv_kernels.conv_same(x, jnp.zeros((3, 3, 2, 3)), 'fft')
     with self.assertRaisesRegex(ValueError, "choose 'none', 'up' or 'pool'"):
       conv_layers.ConvSame(3, 3, resample='down').init(jax.random.key(0), x)
     with self.assertRaisesRegex(ValueError, "'cpu_forms', 'literal'"):

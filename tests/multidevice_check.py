@@ -17,6 +17,7 @@ from configs import default
 from ama_jax.models import nets
 from ama_jax.training import placement
 from ama_jax.training import schedules
+from ama_jax.training import step_settings
 from ama_jax.training import train
 from ama_jax.training import train_state
 
@@ -45,7 +46,7 @@ def run(devices, per_device_state, steps=3):
   state = train_state.create_train_state(jax.random.key(0), config, SHAPE)
   ae, critic = nets.create_models(config.model, SHAPE,
                                     axis_name=placement.AXIS)
-  settings = train.StepSettings.from_config(
+  settings = step_settings.StepSettings.from_config(
       config, local_batch=16 // len(devices), num_devices=len(devices))
   p_step = train.make_p_train_step(ae, critic, settings, devices=devices,
                                    per_device_state=per_device_state)

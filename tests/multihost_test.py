@@ -7,8 +7,8 @@ coordinator on a free loopback port) and 1 process x 4 CPU devices, both
 steps, global batch 16, synthetic negatives from the second epoch, gradient
 penalty and simplex interpolation on), all three processes at once.
 
-Every random term is keyed per example: by the step and the example's row
-in the global batch, never by the device or the process (`train._row_keys`:
+Every random term is keyed per example: by the step and the example's row in
+the global batch, never by the device or the process (`step_draws.row_keys`:
 negatives, simplex weights, interpolation partners, gradient-penalty
 mixing), and each epoch's data order is drawn from the config seed on every
 process (`placement.epoch_order`). Both layouts thus compute the same global

@@ -13,6 +13,7 @@ from configs import default
 from ama_jax.models import nets
 from ama_jax.training import placement
 from ama_jax.training import schedules
+from ama_jax.training import step_settings
 from ama_jax.training import train
 from ama_jax.training import train_state
 
@@ -26,7 +27,7 @@ def _setup(config, num_train=64, devices=None):
   labels = np.zeros(num_train, np.int32)
   state = train_state.create_train_state(jax.random.key(config.seed), config,
                                    _SHAPE)
-  settings = train.StepSettings.from_config(
+  settings = step_settings.StepSettings.from_config(
       config, local_batch=config.train.batch_size // len(devices),
       num_devices=len(devices))
   steps = num_train // config.train.batch_size

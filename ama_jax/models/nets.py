@@ -24,7 +24,8 @@ Two fields choose how the same function is computed (`create_models`; its
 
 * `model.conv_impl` (`conv_layers.CONV_IMPLS`): XLA's convolutions
   ('xla'), exact matmul forms faster on CPU ('cpu_forms'), or 'auto'; the
-  same function up to float rounding. The layers are in `conv_layers`.
+  same function up to float rounding. The layers are in `conv_layers`
+  (convolutions) and `torch_layers` (PyTorch's layer settings).
 * `model.compute_dtype` (`COMPUTE_DTYPES`): the dtype of the layers'
   arithmetic. Variables stay float32 whatever it is (flax `param_dtype`;
   BatchNorm statistics and spectral-norm vectors in float32), and every
@@ -43,9 +44,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from ama_jax.models import conv_layers
+from ama_jax.models import torch_layers
 
 Array = jax.Array
-Initializer = Any
 Dtype = Any
 
 # `model.compute_dtype` values.
@@ -54,47 +55,9 @@ COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 _LEAK = 0.2  # LeakyReLU slope of the paper and the official code.
 
 
-def _xavier(gain: float) -> Initializer:
-  """`torch.nn.init.xavier_uniform_(w, gain)` as a flax initializer."""
-  return nn.initializers.variance_scaling(gain**2, 'fan_avg', 'uniform')
-
-
 def _float32(x: Array) -> Array:
   """A network output in float32 (losses and scores are float32)."""
   return conv_layers.cast(jnp.float32, x)[0]
-
-
-def _layer(layer: nn.Module, x: Array, *, spectral_norm: bool,
-           train: bool) -> Array:
-  """Applies `layer`, spectral-normalized if asked (critic layers only).
-
-  One power iteration per call, as the official code; `u`/`sigma` live in
-  `batch_stats` and advance only when `train` (then it must be mutable).
-  """
-  if spectral_norm:
-    return nn.SpectralNorm(layer, name=f'{layer.name}_sn')(
-        x, update_stats=train
-    )
-  return layer(x)
-
-
-def _batch_norm(
-    train: bool, axis_name: Optional[str], name: str,
-    dtype: Dtype = jnp.float32,
-) -> nn.BatchNorm:
-  # momentum 0.9 == PyTorch's momentum 0.1; axis_name makes batch statistics
-  # global across devices inside pmap. (PyTorch's running variance is the
-  # unbiased one; flax keeps the biased one: a negligible difference.) Flax
-  # reduces in float32 and keeps the running statistics in float32; `dtype`
-  # is the output's.
-  return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      axis_name=axis_name,
-      dtype=dtype,
-      name=name,
-  )
 
 
 # ---------------------------------------------------------------------------
@@ -113,11 +76,11 @@ class ResBlockUp(nn.Module):
     def conv(k, gain, name, resample='none'):
       # Official Gblock: biases start at zero, xavier gains sqrt(2) and 1.
       return conv_layers.ConvSame(
-          self.features, k, kernel_init=_xavier(gain),
+          self.features, k, kernel_init=torch_layers.xavier(gain),
           bias_init=nn.initializers.zeros, resample=resample,
           impl=self.conv_impl, dtype=self.dtype, name=name)
 
-    bn = functools.partial(_batch_norm, train, self.axis_name,
+    bn = functools.partial(torch_layers.batch_norm, train, self.axis_name,
                            dtype=self.dtype)
     h = nn.relu(bn('bn1')(x))
     h = conv(3, math.sqrt(2), 'conv1', 'up')(h)  # conv3(up(h)).
@@ -147,10 +110,11 @@ class ResBlockDown(nn.Module):
     def conv(h, k, gain, name, resample='none'):
       # Official Block/Dblock: biases start at zero, xavier gains sqrt(2), 1.
       layer = conv_layers.ConvSame(
-          self.features, k, kernel_init=_xavier(gain),
+          self.features, k, kernel_init=torch_layers.xavier(gain),
           bias_init=nn.initializers.zeros, resample=resample,
           impl=self.conv_impl, dtype=self.dtype, name=name)
-      return _layer(layer, h, spectral_norm=self.spectral_norm, train=train)
+      return torch_layers.apply_layer(
+          layer, h, spectral_norm=self.spectral_norm, train=train)
 
     # 'pool' = the conv then a 2x2 average pool (the official order; the
     # first block pools before its shortcut conv, the same function).
@@ -166,28 +130,6 @@ class ResBlockDown(nn.Module):
 # ---------------------------------------------------------------------------
 # mnist architecture (Table 4).
 # ---------------------------------------------------------------------------
-def _torch_conv(features: int, c_in: int, name: str, *,
-                zero_bias: bool = False, impl: str = 'auto',
-                dtype: Dtype = jnp.float32) -> conv_layers.Conv4x4S2:
-  """PyTorch `Conv2d(c_in, features, 4, 2, 1)` with PyTorch's default init."""
-  return conv_layers.Conv4x4S2(
-      features, kernel_init=conv_layers.TORCH_KERNEL_INIT,
-      bias_init=(nn.initializers.zeros if zero_bias
-                 else conv_layers.torch_bias_init(16 * c_in)),
-      impl=impl, dtype=dtype, name=name)
-
-
-def _torch_dense(features: int, fan_in: int, name: str, *,
-                 zero_bias: bool = False,
-                 dtype: Dtype = jnp.float32) -> nn.Dense:
-  """PyTorch `Linear(fan_in, features)` with PyTorch's default init."""
-  return nn.Dense(
-      features, kernel_init=conv_layers.TORCH_KERNEL_INIT,
-      bias_init=(nn.initializers.zeros if zero_bias
-                 else conv_layers.torch_bias_init(fan_in)),
-      dtype=dtype, name=name)
-
-
 class MnistEncoder(nn.Module):
   """x [B, 28, 28, C] -> z [B, latent]: conv(w)-conv(2w)-dense(16w)-dense."""
 
@@ -199,9 +141,9 @@ class MnistEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     del train  # No normalization layers.
-    conv = functools.partial(_torch_conv, impl=self.conv_impl,
+    conv = functools.partial(torch_layers.torch_conv, impl=self.conv_impl,
                              dtype=self.dtype)
-    dense = functools.partial(_torch_dense, dtype=self.dtype)
+    dense = functools.partial(torch_layers.torch_dense, dtype=self.dtype)
     (x,) = conv_layers.cast(self.dtype, x)
     h = nn.relu(conv(self.width, x.shape[-1], 'conv1')(x))
     h = nn.relu(conv(2 * self.width, self.width, 'conv2')(h))
@@ -222,7 +164,7 @@ class MnistGenerator(nn.Module):
   def __call__(self, z: Array, train: bool) -> Array:
     del train  # No normalization layers.
     w = self.width
-    dense = functools.partial(_torch_dense, dtype=self.dtype)
+    dense = functools.partial(torch_layers.torch_dense, dtype=self.dtype)
     deconv = functools.partial(conv_layers.ConvTranspose4x4,
                                impl=self.conv_impl, dtype=self.dtype)
     (z,) = conv_layers.cast(self.dtype, z)
@@ -249,20 +191,22 @@ class MnistCritic(nn.Module):
   def __call__(self, xy: Array, train: bool) -> tuple[Array, Array]:
     # Official SN layers start biases at zero (torch_ref.SNConv2d/SNLinear).
     sn = dict(spectral_norm=self.spectral_norm, train=train)
-    conv = functools.partial(_torch_conv, zero_bias=True, impl=self.conv_impl,
-                             dtype=self.dtype)
+    conv = functools.partial(torch_layers.torch_conv, zero_bias=True,
+                             impl=self.conv_impl, dtype=self.dtype)
     w = self.width
     (xy,) = conv_layers.cast(self.dtype, xy)
-    h = _layer(conv(w, xy.shape[-1], 'conv1'), xy, **sn)
+    h = torch_layers.apply_layer(conv(w, xy.shape[-1], 'conv1'), xy, **sn)
     h = nn.leaky_relu(h, _LEAK)
-    h = _layer(conv(2 * w, w, 'conv2'), h, **sn)
+    h = torch_layers.apply_layer(conv(2 * w, w, 'conv2'), h, **sn)
     h = nn.leaky_relu(h, _LEAK)
     h = h.reshape(h.shape[0], -1)
-    h = _layer(_torch_dense(16 * w, h.shape[-1], 'fc', zero_bias=True,
-                            dtype=self.dtype), h, **sn)
+    h = torch_layers.apply_layer(
+        torch_layers.torch_dense(16 * w, h.shape[-1], 'fc', zero_bias=True,
+                                 dtype=self.dtype), h, **sn)
     features = _float32(nn.leaky_relu(h, _LEAK))
-    logits = _layer(_torch_dense(1, 16 * w, 'out', zero_bias=True), features,
-                    **sn)
+    logits = torch_layers.apply_layer(
+        torch_layers.torch_dense(1, 16 * w, 'out', zero_bias=True), features,
+        **sn)
     return logits[:, 0], features
 
 
@@ -288,7 +232,8 @@ class CifarEncoder(nn.Module):
                   padding=((1, 1), (1, 1)), use_bias=False,
                   kernel_init=conv_layers.TORCH_KERNEL_INIT, dtype=self.dtype,
                   name=f'conv{i + 1}')(h)
-      h = _batch_norm(train, self.axis_name, f'bn{i + 1}', self.dtype)(h)
+      h = torch_layers.batch_norm(train, self.axis_name, f'bn{i + 1}',
+                                  self.dtype)(h)
       h = nn.leaky_relu(h, _LEAK)
     h = nn.Conv(self.latent_dim, (4, 4), padding='VALID', use_bias=False,
                 kernel_init=conv_layers.TORCH_KERNEL_INIT, dtype=self.dtype,
@@ -308,16 +253,17 @@ class CifarGenerator(nn.Module):
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
     (z,) = conv_layers.cast(self.dtype, z)
-    h = nn.Dense(4 * 4 * self.width, kernel_init=_xavier(1.0),
+    h = nn.Dense(4 * 4 * self.width, kernel_init=torch_layers.xavier(1.0),
                  bias_init=conv_layers.torch_bias_init(z.shape[-1]),
                  dtype=self.dtype, name='fc')(z)
     h = h.reshape(h.shape[0], 4, 4, self.width)
     for i in range(3):  # 4 -> 8 -> 16 -> 32
       h = ResBlockUp(self.width, self.axis_name, self.conv_impl, self.dtype,
                      name=f'block{i + 1}')(h, train)
-    h = nn.relu(_batch_norm(train, self.axis_name, 'bn', self.dtype)(h))
+    h = nn.relu(torch_layers.batch_norm(train, self.axis_name, 'bn',
+                                        self.dtype)(h))
     h = conv_layers.ConvSame(
-        self.channels, 3, kernel_init=_xavier(1.0),
+        self.channels, 3, kernel_init=torch_layers.xavier(1.0),
         bias_init=conv_layers.torch_bias_init(9 * self.width),
         impl=self.conv_impl, dtype=self.dtype, name='conv')(h)
     return jnp.tanh(_float32(h))
@@ -347,9 +293,11 @@ class CifarCritic(nn.Module):
     h = ResBlockDown(downsample=False, name='block3', **kw)(h, train)
     h = ResBlockDown(downsample=False, name='block4', **kw)(h, train)
     features = jnp.sum(_float32(nn.relu(h)), axis=(1, 2))
-    out = nn.Dense(1, use_bias=False, kernel_init=_xavier(1.0), name='out')
-    logits = _layer(out, features, spectral_norm=self.spectral_norm,
-                    train=train)
+    out = nn.Dense(1, use_bias=False, kernel_init=torch_layers.xavier(1.0),
+                   name='out')
+    logits = torch_layers.apply_layer(out, features,
+                                      spectral_norm=self.spectral_norm,
+                                      train=train)
     return logits[:, 0], features
 
 

@@ -148,7 +148,7 @@ def plan(config, local_batch: int, num_devices: int, num_local: int,
 
 
 def training_bar(run, step: int) -> progress.Progress:
-  """The loop's progress line over the steps of `run` (a `loop.Run`) from
+  """The loop's progress line over the steps of `run` (a `run_setup.Run`) from
   `step`, on process 0."""
   shown = _STATE.progress == 'on' or (_STATE.progress == 'auto'
                                       and _STATE.quiet)
@@ -165,6 +165,7 @@ def validation(epoch: int, step: int, metrics: dict, score: str) -> None:
       else ' -- no anomalies in validation: the last state is kept')
 
 
-# Log records name the caller of these (loop.py), not this file.
+# Log records name the caller of these (loop.py, run_setup.py), not this
+# file.
 for _name in ('say', 'plan', 'validation'):
   logging.ABSLLogger.register_frame_to_skip(__file__, _name)

@@ -24,7 +24,7 @@ from ama_jax.reporting import metric_writers
 from ama_jax.scoring import metrics
 from ama_jax.scoring import scoring
 from ama_jax.scoring import surrogates
-from ama_jax.training import train
+from ama_jax.training import step_draws
 from ama_jax.training import train_state
 
 
@@ -333,7 +333,7 @@ def draw(workdir, data, state, eval_ae, calibration, r_train, r_test,
                            config.sampling.radius_quantile)
     keys = jax.random.split(jax.random.key(config.seed), len(x))
     negatives = jax.jit(functools.partial(
-        train.synthetic_negatives, eval_ae, style=config.sampling.style,
+        step_draws.synthetic_negatives, eval_ae, style=config.sampling.style,
         delta=config.sampling.delta,
         radial_direction=config.sampling.radial_direction,
         radius=radius, turns=config.sampling.get('turns', 'all')))(

@@ -79,6 +79,7 @@ from ama_jax.training import placement
 from ama_jax.process import runtime
 from ama_jax.training import schedules
 from ama_jax.scoring import scoring
+from ama_jax.training import step_settings
 from ama_jax.training import train
 from ama_jax.training import train_state
 from ama_jax.tools import cli
@@ -259,7 +260,7 @@ def run_ours(measure_warm: bool) -> dict:
   ae_model, critic_model = nets.create_models(config.model, image_shape,
                                                 axis_name=placement.AXIS)
   config.sampling.start_step = 0  # Negatives on from the first step.
-  settings = train.StepSettings.from_config(
+  settings = step_settings.StepSettings.from_config(
       config, local_batch=FLAGS.batch // len(devices),
       num_devices=len(devices))
   schedule = schedules.make_schedule(config, 8, 10**6)
