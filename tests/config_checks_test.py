@@ -7,6 +7,7 @@ from absl.testing import parameterized
 import ml_collections
 
 from ama_jax.config import config_checks
+from ama_jax.config import rules
 from ama_jax import errors
 from ama_jax.training import schedules
 from configs import default
@@ -50,7 +51,7 @@ def _runlocal(**overrides):
 
 def _problems(config, num_devices=2):
   return config_checks.problems(
-      config, config_checks.Context(num_devices=num_devices))
+      config, rules.Context(num_devices=num_devices))
 
 
 class CoverageTest(absltest.TestCase):
@@ -60,11 +61,13 @@ class CoverageTest(absltest.TestCase):
     self.assertEqual(files, set(_VARIANTS))
 
   def test_every_field_of_every_config_has_a_rule(self):
-    # A field added to configs/*.py needs a rule in config_checks.FIELDS.
+    # A field added to configs/*.py needs a rule in the FIELDS of the
+    # config_rules.py of the room that reads it.
     for name, config in _configs():
       with self.subTest(config=name):
         self.assertEqual(config_checks.fields_without_rules(config), [],
-                         'add a rule to ama_jax/config/config_checks.py FIELDS')
+                         'add a rule to the FIELDS of ama_jax/<room>/'
+                         'config_rules.py, the room that reads the field')
 
   def test_every_rule_names_a_field(self):
     stale = config_checks.rules_without_fields(default.get_config())
