@@ -1,4 +1,5 @@
-"""Tests of the reproduction entry point (`ama_jax.tools.reproduce`)."""
+"""Tests of the reproduction entry point (`ama_jax.tools.reproduce`) and of
+the runs and tables it reproduces (`reproduce_runs`, `reproduce_tables`)."""
 import json
 import pathlib
 import tempfile
@@ -7,66 +8,70 @@ from unittest import mock
 from absl.testing import absltest
 
 from ama_jax.tools import reproduce
+from ama_jax.tools import reproduce_runs
+from ama_jax.tools import reproduce_tables
 
 
 class TableTest(absltest.TestCase):
 
   def test_runs_of_each_table(self):
-    runs = reproduce.table_runs('mnist_oneclass', 'fmnist_mnist', [0, 1])
+    runs = reproduce_runs.table_runs('mnist_oneclass', 'fmnist_mnist', [0, 1])
     self.assertLen(runs, 40)  # Both recipes.
-    self.assertEqual(runs[0], reproduce.Run('mnist_oneclass', '0', 'full', 0))
-    self.assertEqual(runs[20], reproduce.Run('mnist_oneclass', '0', 'full', 0,
-                                             'paper'))
+    self.assertEqual(runs[0],
+                     reproduce_runs.Run('mnist_oneclass', '0', 'full', 0))
+    self.assertEqual(runs[20], reproduce_runs.Run('mnist_oneclass', '0',
+                                                  'full', 0, 'paper'))
     self.assertEqual(runs[20].method, 'paper/full')
-    self.assertEqual(reproduce.split_method('paper/no_neg'),
+    self.assertEqual(reproduce_tables.split_method('paper/no_neg'),
                      ('paper', 'no_neg'))
-    runs = reproduce.table_runs('mnist_oneclass', 'fmnist_mnist', [0, 1],
-                                recipes=['tuned'])
+    runs = reproduce_runs.table_runs('mnist_oneclass', 'fmnist_mnist', [0, 1],
+                                     recipes=['tuned'])
     self.assertLen(runs, 20)
     self.assertEqual(runs[0].row_dir, 'mnist_oneclass_0')
-    runs = reproduce.table_runs('ablation', 'fmnist_mnist', [0],
-                                recipes=['tuned'])
+    runs = reproduce_runs.table_runs('ablation', 'fmnist_mnist', [0],
+                                     recipes=['tuned'])
     self.assertEqual([r.variant for r in runs],
                      ['full', 'no_inter', 'no_neg', 'neither'])
     self.assertEqual(runs[0].row_dir, 'fmnist_mnist')
-    runs = reproduce.table_runs('atypical_vs_sipple', 'fmnist_mnist', [0])
+    runs = reproduce_runs.table_runs('atypical_vs_sipple', 'fmnist_mnist', [0])
     self.assertIn('sipple_no_inter', [r.variant for r in runs])
-    self.assertLen(reproduce.table_runs('cifar_oneclass', '', [0], ['3']), 2)
+    self.assertLen(
+        reproduce_runs.table_runs('cifar_oneclass', '', [0], ['3']), 2)
 
   def test_bad_tables_and_classes(self):
     with self.assertRaisesRegex(ValueError, 'Unknown table'):
-      reproduce.table_runs('table9', 'fmnist_mnist', [0])
+      reproduce_runs.table_runs('table9', 'fmnist_mnist', [0])
     with self.assertRaisesRegex(ValueError, 'not a base table'):
-      reproduce.table_runs('ablation', 'ablation', [0])
+      reproduce_runs.table_runs('ablation', 'ablation', [0])
     with self.assertRaisesRegex(ValueError, 'digits 0-9'):
-      reproduce.table_runs('mnist_oneclass', '', [0], ['12'])
+      reproduce_runs.table_runs('mnist_oneclass', '', [0], ['12'])
     with self.assertRaisesRegex(ValueError, 'recipes'):
-      reproduce.table_runs('fmnist_mnist', '', [0], recipes=['fast'])
+      reproduce_runs.table_runs('fmnist_mnist', '', [0], recipes=['fast'])
 
   def test_start_epoch_scales_with_epochs(self):
-    self.assertEqual(reproduce.default_start_epoch(100), 10)
-    self.assertEqual(reproduce.default_start_epoch(30), 3)
-    self.assertEqual(reproduce.default_start_epoch(2), 1)
+    self.assertEqual(reproduce_runs.default_start_epoch(100), 10)
+    self.assertEqual(reproduce_runs.default_start_epoch(30), 3)
+    self.assertEqual(reproduce_runs.default_start_epoch(2), 1)
 
   def test_paper_recipe_of_one_epoch_starts_negatives_at_ten_percent(self):
     # No later epoch to start in: 10% of the run's steps, and a config
     # that passes its checks (an epoch-1 start would never run).
     from ama_jax.config import config_checks  # pylint: disable=g-import-not-at-top
-    config = reproduce.build_config(
-        reproduce.Run('fmnist_mnist', '', 'full', 0, 'paper'), epochs=1,
+    config = reproduce_runs.build_config(
+        reproduce_runs.Run('fmnist_mnist', '', 'full', 0, 'paper'), epochs=1,
         start_epoch=None, calibration_size=None, overrides={})
     self.assertEqual(config.sampling.start_fraction, 0.1)
     self.assertEqual(config.sampling.style, 'outward')
     config_checks.validate(config)
-    two = reproduce.build_config(
-        reproduce.Run('fmnist_mnist', '', 'full', 0, 'paper'), epochs=2,
+    two = reproduce_runs.build_config(
+        reproduce_runs.Run('fmnist_mnist', '', 'full', 0, 'paper'), epochs=2,
         start_epoch=None, calibration_size=None, overrides={})
     self.assertEqual(two.sampling.start_epoch, 1)
     self.assertIsNone(two.sampling.start_fraction)
 
   def test_build_config_applies_variant_and_overrides(self):
-    run = reproduce.Run('fmnist_mnist', '', 'neither', 2, 'paper')
-    config = reproduce.build_config(
+    run = reproduce_runs.Run('fmnist_mnist', '', 'neither', 2, 'paper')
+    config = reproduce_runs.build_config(
         run, epochs=4, start_epoch=None, calibration_size=500,
         overrides=reproduce.parse_overrides(['loss.lambda_gp=0',
                                              'sampling.delta=0.25']))
@@ -78,29 +83,29 @@ class TableTest(absltest.TestCase):
     self.assertEqual(config.sampling.style, 'none')
     self.assertEqual(config.loss.lambda_gp, 0.0)
     self.assertEqual(config.sampling.delta, 0.25)
-    one_class = reproduce.build_config(
-        reproduce.Run('mnist_oneclass', '7', 'full', 0, 'paper'),
+    one_class = reproduce_runs.build_config(
+        reproduce_runs.Run('mnist_oneclass', '7', 'full', 0, 'paper'),
         epochs=None, start_epoch=None, calibration_size=None, overrides={})
     self.assertEqual(tuple(one_class.data.normal_classes), (7,))
     self.assertEqual(one_class.train.num_epochs, 100)
     self.assertEqual(one_class.sampling.start_epoch, 10)
     self.assertEqual(one_class.optim.schedule, 'step')  # The paper's.
     # The tuned recipe keeps its own start of atypical selection.
-    tuned = reproduce.build_config(
-        reproduce.Run('mnist_oneclass', '7', 'full', 0), epochs=4,
+    tuned = reproduce_runs.build_config(
+        reproduce_runs.Run('mnist_oneclass', '7', 'full', 0), epochs=4,
         start_epoch=None, calibration_size=None, overrides={})
-    default_start = reproduce.build_config(
-        reproduce.Run('mnist_oneclass', '7', 'full', 0), epochs=None,
+    default_start = reproduce_runs.build_config(
+        reproduce_runs.Run('mnist_oneclass', '7', 'full', 0), epochs=None,
         start_epoch=None, calibration_size=None, overrides={})
     self.assertEqual(tuned.sampling.start_epoch,
                      default_start.sampling.start_epoch)
     # --start_epoch replaces the tuned recipe's start (2/3 of the run).
-    fm = reproduce.Run('fmnist_mnist', '', 'full', 0)
-    self.assertEqual(reproduce.build_config(
+    fm = reproduce_runs.Run('fmnist_mnist', '', 'full', 0)
+    self.assertEqual(reproduce_runs.build_config(
         fm, epochs=3, start_epoch=None, calibration_size=None,
         overrides={}).sampling.start_fraction, 2 / 3)
-    late = reproduce.build_config(fm, epochs=3, start_epoch=2,
-                                  calibration_size=None, overrides={})
+    late = reproduce_runs.build_config(fm, epochs=3, start_epoch=2,
+                                       calibration_size=None, overrides={})
     self.assertEqual((late.sampling.start_epoch,
                       late.sampling.start_fraction), (2, None))
 
@@ -110,42 +115,42 @@ class TableTest(absltest.TestCase):
     self.assertEqual(reproduce.parse_overrides(['sampling.style=cube']),
                      {'sampling.style': 'cube'})
     with self.assertRaisesRegex(ValueError, 'Unknown config field'):
-      reproduce.build_config(
-          reproduce.Run('fmnist_mnist', '', 'full', 0), epochs=1,
+      reproduce_runs.build_config(
+          reproduce_runs.Run('fmnist_mnist', '', 'full', 0), epochs=1,
           start_epoch=None, calibration_size=None,
           overrides={'loss.lambda_nope': 1.0})
 
   def test_settings_note_names_start_epoch_and_overrides(self):
-    self.assertEqual(reproduce.settings_note({}, None), '')
-    note = reproduce.settings_note({'sampling.style': 'outward'}, 2)
+    self.assertEqual(reproduce_tables.settings_note({}, None), '')
+    note = reproduce_tables.settings_note({'sampling.style': 'outward'}, 2)
     self.assertEqual(note, ' Set for every run: --start_epoch=2, '
                      '--override=sampling.style=outward.')
-    md = reproduce.markdown('fmnist_mnist', 'fmnist_mnist', 3, [0], {}, [],
-                            grid_note=note)
+    md = reproduce_tables.markdown('fmnist_mnist', 'fmnist_mnist', 3, [0], {},
+                                   [], grid_note=note)
     self.assertIn('--override=sampling.style=outward', md)
 
   def test_stored_results_with_another_config_is_an_error(self):
-    run = reproduce.Run('fmnist_mnist', '', 'full', 0)
+    run = reproduce_runs.Run('fmnist_mnist', '', 'full', 0)
     kwargs = dict(epochs=2, start_epoch=None, calibration_size=None,
                   overrides={})
-    config = reproduce.build_config(run, **kwargs)
+    config = reproduce_runs.build_config(run, **kwargs)
     from ama_jax.reporting import json_safe  # pylint: disable=g-import-not-at-top
     with tempfile.TemporaryDirectory() as d:
       workdir = pathlib.Path(d)
-      self.assertIsNone(reproduce.load_results(workdir, config))
+      self.assertIsNone(reproduce_runs.load_results(workdir, config))
       (workdir / 'results.json').write_text(json.dumps(
           {'config': json_safe.config_to_dict(config), 'test': {}}))
-      self.assertIsNotNone(reproduce.load_results(workdir, config))
-      other = reproduce.build_config(run, **{**kwargs, 'epochs': 3})
+      self.assertIsNotNone(reproduce_runs.load_results(workdir, config))
+      other = reproduce_runs.build_config(run, **{**kwargs, 'epochs': 3})
       with self.assertRaisesRegex(ValueError,
                                   r'train.num_epochs: 2 \(stored\) vs 3'):
-        reproduce.load_results(workdir, other)
+        reproduce_runs.load_results(workdir, other)
       # A run stored before a field existed still loads.
       stored = json_safe.config_to_dict(config)
       del stored['train']['allow_resume_changes']
       (workdir / 'results.json').write_text(json.dumps(
           {'config': stored, 'test': {}}))
-      self.assertIsNotNone(reproduce.load_results(workdir, config))
+      self.assertIsNotNone(reproduce_runs.load_results(workdir, config))
 
 
 class ScoreTest(absltest.TestCase):
@@ -155,20 +160,20 @@ class ScoreTest(absltest.TestCase):
     results = {'test': {'best': {**_metrics(0.7), **raw},
                         'last': _metrics(0.1)},
                'val': {'best': {'auroc': 0.8, 'raw_auroc': 0.85}}}
-    test, kind = reproduce.pick_score(results, 'calibrated')
+    test, kind = reproduce_runs.pick_score(results, 'calibrated')
     self.assertEqual((test['auroc'], kind), (0.7, 'calibrated'))
-    test, kind = reproduce.pick_score(results, 'raw')
+    test, kind = reproduce_runs.pick_score(results, 'raw')
     self.assertEqual((test['auroc'], test['fpr80'], kind),
                      (0.9, _metrics(0.9)['fpr80'], 'raw'))
-    _, kind = reproduce.pick_score(results, 'val')  # Raw wins validation.
+    _, kind = reproduce_runs.pick_score(results, 'val')  # Raw wins validation.
     self.assertEqual(kind, 'raw')
     results['val']['best']['raw_auroc'] = 0.8  # A tie keeps the paper's.
-    test, kind = reproduce.pick_score(results, 'val')
+    test, kind = reproduce_runs.pick_score(results, 'val')
     self.assertEqual((test['auroc'], kind), (0.7, 'calibrated'))
     with self.assertRaisesRegex(ValueError, 'Unknown score'):
-      reproduce.pick_score(results, 'test')
+      reproduce_runs.pick_score(results, 'test')
     with self.assertRaisesRegex(ValueError, 'has no knn score'):
-      reproduce.pick_score(results, 'knn')
+      reproduce_runs.pick_score(results, 'knn')
 
   def test_pick_score_knn(self):
     knn = {f'knn_{k}': v for k, v in _metrics(0.95).items()}
@@ -177,14 +182,14 @@ class ScoreTest(absltest.TestCase):
                         'last': _metrics(0.1)},
                'val': {'best': {'auroc': 0.8, 'raw_auroc': 0.85,
                                 'knn_auroc': 0.9}}}
-    test, kind = reproduce.pick_score(results, 'knn')
+    test, kind = reproduce_runs.pick_score(results, 'knn')
     self.assertEqual((test['auroc'], test['fpr80'], kind),
                      (0.95, _metrics(0.95)['fpr80'], 'knn'))
-    self.assertEqual(reproduce.pick_score(results, 'val')[1], 'knn')
-    self.assertEqual(reproduce.val_auroc(results, 'val'), 0.9)
-    self.assertEqual(reproduce.val_auroc(results, 'knn'), 0.9)
+    self.assertEqual(reproduce_runs.pick_score(results, 'val')[1], 'knn')
+    self.assertEqual(reproduce_runs.val_auroc(results, 'val'), 0.9)
+    self.assertEqual(reproduce_runs.val_auroc(results, 'knn'), 0.9)
     results['val']['best']['knn_auroc'] = 0.85  # Ties: raw before knn.
-    self.assertEqual(reproduce.pick_score(results, 'val')[1], 'raw')
+    self.assertEqual(reproduce_runs.pick_score(results, 'val')[1], 'raw')
 
   def test_selection_rules(self):
     knn = lambda a: {f'knn_{k}': v for k, v in _metrics(a).items()}
@@ -196,20 +201,21 @@ class ScoreTest(absltest.TestCase):
         'val': {'best': {'auroc': 0.9, 'knn_auroc': 0.8},
                 'last': {'auroc': 0.6, 'knn_auroc': 0.7}}}
     # Label-free: the last state's kNN score, whatever validation says.
-    test, kind = reproduce.pick_score(results, 'label_free')
+    test, kind = reproduce_runs.pick_score(results, 'label_free')
     self.assertEqual((test['auroc'], kind), (0.85, 'last/knn'))
-    self.assertEqual(reproduce.val_auroc(results, 'label_free'), 0.7)
+    self.assertEqual(reproduce_runs.val_auroc(results, 'label_free'), 0.7)
     # Labelled: the best state, the score with the higher validation AUROC.
-    test, kind = reproduce.pick_score(results, 'val_auroc')
+    test, kind = reproduce_runs.pick_score(results, 'val_auroc')
     self.assertEqual((test['auroc'], kind), (0.7, 'best/calibrated'))
     # 'chosen': the run's own rule (from its config for older results).
-    self.assertEqual(reproduce.pick_score(results, 'chosen')[1], 'last/knn')
+    self.assertEqual(reproduce_runs.pick_score(results, 'chosen')[1],
+                     'last/knn')
     results['chosen'] = {'state': 'best', 'score': 'knn'}
-    test, kind = reproduce.pick_score(results, 'chosen')
+    test, kind = reproduce_runs.pick_score(results, 'chosen')
     self.assertEqual((test['auroc'], kind), (0.8, 'best/knn'))
     # Without validation anomalies there is no AUROC: label-free.
     results['model_selection']['criterion'] = 'last_state'
-    self.assertEqual(reproduce.pick_score(results, 'val_auroc')[1],
+    self.assertEqual(reproduce_runs.pick_score(results, 'val_auroc')[1],
                      'last/knn')
 
 
@@ -343,7 +349,7 @@ class SummaryTest(absltest.TestCase):
         {'row': '0', 'method': 'baseline:knn', 'seed': 0,
          'test': _metrics(0.5)},
     ]
-    summary = reproduce.summarize(records)
+    summary = reproduce_tables.summarize(records)
     self.assertAlmostEqual(summary[('0', 'full')]['auroc']['mean'], 0.85)
     # Sample std (ddof=1) of [0.9, 0.8].
     self.assertAlmostEqual(summary[('0', 'full')]['auroc']['std'],
@@ -353,20 +359,21 @@ class SummaryTest(absltest.TestCase):
     self.assertAlmostEqual(summary[('mean', 'full')]['fpr80']['mean'], 0.25)
     # kNN lacks row 1: no mean row for it rather than a partial one.
     self.assertNotIn(('mean', 'baseline:knn'), summary)
-    md = reproduce.markdown('mnist_oneclass', 'mnist_oneclass', 2, [0, 1],
-                            summary, ['mnist_oneclass_2/full/seed 0'])
+    md = reproduce_tables.markdown('mnist_oneclass', 'mnist_oneclass', 2,
+                                   [0, 1], summary,
+                                   ['mnist_oneclass_2/full/seed 0'])
     self.assertIn('| 0 | 0.986 | 0.850 ± 0.071 | 0.500 |', md)
     self.assertIn('| **mean** | 0.938 | 0.750 ± 0.071 | – |', md)
     self.assertIn('kNN (raw pixels)', md)
     self.assertIn('Not yet run (1)', md)
 
   def test_ood_table_shows_paper_row(self):
-    summary = reproduce.summarize(
+    summary = reproduce_tables.summarize(
         [{'row': '', 'method': 'full', 'seed': 0, 'test': _metrics(0.98)},
          {'row': '', 'method': 'paper/full', 'seed': 0,
           'test': _metrics(0.96)}])
-    md = reproduce.markdown('fmnist_mnist', 'fmnist_mnist', 2, [0], summary,
-                            [])
+    md = reproduce_tables.markdown('fmnist_mnist', 'fmnist_mnist', 2, [0],
+                                   summary, [])
     self.assertEqual(md.count('| paper: AMA | 0.987 | – | 0.999 | 0.001 |'),
                      1)
     self.assertIn('| AMA (ours), tuned recipe, 2 ep | 0.980 | 0.490 | 0.980 '
