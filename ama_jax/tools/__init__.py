@@ -5,7 +5,10 @@
   export       writes a trained model as a self-contained StableHLO scorer
                (library: `ama_jax.scoring.export`);
   benchmark    times one training iteration and scoring (one JSON line);
-  reproduce    trains and reports one of the paper's tables end to end;
+  reproduce    trains and reports one of the paper's tables end to end
+               (its runs: `reproduce_runs`; its tables: `reproduce_tables`);
+  compile_time a whole training run's programs and their compile seconds,
+               cold and warm (one JSON line);
   baselines    kNN, PCA and OC-SVM on raw pixels, on AMA's exact split
                (library: `ama_jax.scoring.baselines`);
   idx_to_pngs  writes MNIST / Fashion-MNIST IDX files as a PNG folder;
