@@ -24,8 +24,7 @@ def check_output(path: os.PathLike | str) -> pathlib.Path:
         f'{path / "scores.csv"}.')
   if not folder.is_dir():
     raise score_error.ScoreError(
-        f'Output folder {folder} does not exist; create it '
-        'first.')
+        f'Output folder {folder} does not exist; create it first.')
   if not os.access(folder, os.W_OK | os.X_OK) or (
       path.exists() and not os.access(path, os.W_OK)):
     raise score_error.ScoreError(

@@ -135,8 +135,7 @@ def read_checked_meta(workdir: pathlib.Path, kind: str,
     other = (checkpoint_files.LATEST if kind == checkpoint_files.BEST
              else checkpoint_files.BEST)
     raise score_error.ScoreError(
-        f'{errors.one_line(e).rstrip(".")}. Score another '
-        'checkpoint '
+        f'{errors.one_line(e).rstrip(".")}. Score another checkpoint '
         f'(--kind={other}, or --step=N).') from e
   except (FileNotFoundError, ValueError, OSError) as e:
     raise score_error.ScoreError(
@@ -157,9 +156,9 @@ def read_checked_meta(workdir: pathlib.Path, kind: str,
         'use --kind=best or a later --step.')
   if not (math.isfinite(meta['mu']) and math.isfinite(meta['sigma'])
           and meta['sigma'] > 0):
-    raise score_error.ScoreError(f'The {where} has an invalid calibration (mu='
-                     f'{meta["mu"]}, sigma={meta["sigma"]}); use another '
-                     'checkpoint.')
+    raise score_error.ScoreError(
+        f'The {where} has an invalid calibration (mu='
+        f'{meta["mu"]}, sigma={meta["sigma"]}); use another checkpoint.')
   return meta
 
 
@@ -267,8 +266,7 @@ def open_model(workdir: os.PathLike | str, *, kind: Optional[str] = None,
   if export_format.is_exported(workdir):
     if kind is not None or step is not None:
       raise score_error.ScoreError(
-          f'{workdir} is an exported scorer: it has no '
-          '--kind or --step.')
+          f'{workdir} is an exported scorer: it has no --kind or --step.')
     try:
       exported, meta = export_format.load(workdir)
     except export_format.ExportError as e:

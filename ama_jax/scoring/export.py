@@ -112,8 +112,7 @@ def scoring_function(ae_model, critic_model, ae_vars, critic_vars,
   threshold = np.float32(calibration.threshold)
   if calibration.score not in scoring.SCORES:
     raise export_format.ExportError(
-        f'Unknown score {calibration.score!r}; valid: '
-        f'{scoring.SCORES}.')
+        f'Unknown score {calibration.score!r}; valid: {scoring.SCORES}.')
 
   def scorer(images: jax.Array):
     r = scoring.raw_scores(ae_model, critic_model, ae_vars, critic_vars,

@@ -102,8 +102,7 @@ def _reference_features(config, scorer) -> dict[str, np.ndarray]:
   if not len(train) or not len(val_normal):
     raise score_error.ScoreError(
         'The run has no training or no validation normal '
-        'images: no feature kNN reference; score with '
-        '--score=calibrated.')
+        'images: no feature kNN reference; score with --score=calibrated.')
   logging.info('Computing the features of %d training and %d validation '
                'normal images (once per checkpoint; then cached).',
                len(train), len(val_normal))
@@ -157,9 +156,9 @@ def knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
               'fingerprint': _fingerprint(meta)}
     _write_knn_cache(path, cached)
   if not 1 <= k <= len(cached['train']):
-    raise score_error.ScoreError(f'--knn_k={k}: must be between 1 and the '
-                     f'{len(cached["train"])} training normals of the run\'s '
-                     'memory bank.')
+    raise score_error.ScoreError(
+        f'--knn_k={k}: must be between 1 and the '
+        f'{len(cached["train"])} training normals of the run\'s memory bank.')
   index = scoring.KnnIndex(cached['train'], k)
   threshold = metrics.threshold_at_fpr(index(cached['val_normal']),
                                        float(config.eval.threshold_fpr))

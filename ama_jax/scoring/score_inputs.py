@@ -263,12 +263,11 @@ def _load_idx(path: pathlib.Path) -> np.ndarray:
   try:
     images = idx_images.read_idx(path, ndim=3)
   except (OSError, ValueError) as e:
-    raise score_error.ScoreError(f'{path}: not a valid IDX image file: '
-                     f'{str(e).splitlines()[0]}') from e
+    raise score_error.ScoreError(
+        f'{path}: not a valid IDX image file: {str(e).splitlines()[0]}') from e
   if images.dtype != np.uint8:
     raise score_error.ScoreError(
-        f'{path}: IDX images must be uint8 pixels, got '
-        f'{images.dtype}.')
+        f'{path}: IDX images must be uint8 pixels, got {images.dtype}.')
   return images
 
 
@@ -288,14 +287,12 @@ def _read_image_file(path: pathlib.Path, image_shape: tuple[int, int, int],
     if not (pixels == pixels[..., :1]).all():
       raise score_error.ScoreError(
           f'{path}: colour image ({c} channels) but the model '
-          f'takes {channels} channel(s); convert it to '
-          'greyscale first.')
+          f'takes {channels} channel(s); convert it to greyscale first.')
     pixels = pixels[..., :1]
   if pixels.shape != tuple(image_shape):
     raise score_error.ScoreError(
         f'{path}: image is {_shape_str(pixels.shape)} (HxWxC) '
-        f'but the model expects {_shape_str(image_shape)}; '
-        'resize it first.')
+        f'but the model expects {_shape_str(image_shape)}; resize it first.')
   return pixels
 
 
@@ -309,9 +306,10 @@ def _file_inputs(paths: Sequence[pathlib.Path], image_shape, conv,
       except image_files.ImageError as e:
         raise score_error.ScoreError(str(e)) from e
       if (h, w) != tuple(image_shape[:2]):
-        raise score_error.ScoreError(f'{p}: image is {h}x{w}x{c} (HxWxC) '
-                         f'but the model expects {_shape_str(image_shape)}; '
-                         'resize it first.')
+        raise score_error.ScoreError(
+            f'{p}: image is {h}x{w}x{c} (HxWxC) '
+            f'but the model expects {_shape_str(image_shape)}; '
+            'resize it first.')
 
   def read(a: int, b: int) -> np.ndarray:
     pixels = np.stack([_read_image_file(p, image_shape, conv)
@@ -377,11 +375,10 @@ def open_inputs(path: os.PathLike | str, image_shape: Sequence[int],
         'images file (magic 2051).')
   elif head.startswith(_GZIP_MAGIC):
     raise score_error.ScoreError(
-        f'{path} is gzip-compressed; decompress it first '
-        f'(gunzip -k {path}).')
+        f'{path} is gzip-compressed; decompress it first (gunzip -k {path}).')
   else:
-    raise score_error.ScoreError(f'{path}: unrecognized input format; expected '
-                     f'{FORMATS}.')
+    raise score_error.ScoreError(
+        f'{path}: unrecognized input format; expected {FORMATS}.')
   return _array_inputs(array, image_shape, conv, str(path), chunk)
 
 
