@@ -25,7 +25,7 @@ architecture follows the images when no config is named: the CIFAR one
 (32x32) for colour images of at least 32x32 pixels, else the MNIST one
 (28x28); images are resized to it (`data.image_size`, `data.resize`).
 Problems with the inputs raise `errors.UserError`s whose message says what
-to fix: `DetectorError`, `NotFittedError`, or `inference.ScoreError` for
+to fix: `DetectorError`, `NotFittedError`, or `score_error.ScoreError` for
 the images to score.
 """
 import contextlib
@@ -112,7 +112,10 @@ def _apply_overrides(config: ml_collections.ConfigDict,
 
 def _check_train_array(x: Any) -> np.ndarray:
   """The training images, checked as scoring checks its inputs."""
-  from ama_jax.scoring import inference  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from ama_jax.scoring import score_error
+  from ama_jax.scoring import score_inputs
+  # pylint: enable=g-import-not-at-top
   x = np.asarray(x)
   if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
     raise DetectorError(
@@ -120,8 +123,8 @@ def _check_train_array(x: Any) -> np.ndarray:
         f'shape {x.shape}; pass a batch of images (x[None] for one image).')
   shape = x.shape[1:] + ((1,) if x.ndim == 3 else ())
   try:
-    inference.array_inputs(x, shape, source='x')
-  except inference.ScoreError as e:
+    score_inputs.array_inputs(x, shape, source='x')
+  except score_error.ScoreError as e:
     raise DetectorError(str(e)) from e
   return x
 
@@ -325,16 +328,16 @@ class AMADetector:
   def _open(self, workdir: pathlib.Path) -> None:
     """Restores the run's chosen detector (`tools.score`'s)."""
     # pylint: disable=g-import-not-at-top
-    from ama_jax.scoring import inference
+    from ama_jax.scoring import detectors
     from ama_jax.tools import score
     # pylint: enable=g-import-not-at-top
     with _quiet(self.verbose):
-      model, chosen = inference.open_detector(workdir, 'chosen',
+      model, chosen = detectors.open_detector(workdir, 'chosen',
                                               batch_size=self.batch_size)
       self._detector = score.Detector.build(model, chosen)
     self.threshold_ = float(self._detector.threshold)
     self.score_, self.image_shape_ = chosen, tuple(model.image_shape)
-    self.chosen_ = inference.chosen_detector(workdir)
+    self.chosen_ = detectors.chosen_detector(workdir)
     self.workdir_ = workdir
 
   def _check_fitted(self, what: str) -> None:
@@ -346,16 +349,18 @@ class AMADetector:
   def score_samples(self, x: ImagesLike) -> np.ndarray:
     """The chosen detector's score of each image, in input order (float32
     [N]); higher = more anomalous."""
-    from ama_jax.scoring import inference  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from ama_jax.scoring import score_inputs
     self._check_fitted('score_samples')
     model = self._detector.model
     if isinstance(x, (str, os.PathLike)):
-      inputs = inference.open_inputs(x, model.image_shape, model.conversion,
-                                     chunk=self.batch_size)
+      inputs = score_inputs.open_inputs(x, model.image_shape,
+                                        model.conversion,
+                                        chunk=self.batch_size)
     else:
-      inputs = inference.array_inputs(np.asarray(x), model.image_shape,
-                                      model.conversion, source='x',
-                                      chunk=self.batch_size)
+      inputs = score_inputs.array_inputs(np.asarray(x), model.image_shape,
+                                         model.conversion, source='x',
+                                         chunk=self.batch_size)
     return self._detector.scores(inputs, self.batch_size)[1]
 
   def decision_function(self, x: ImagesLike) -> np.ndarray:
@@ -386,12 +391,14 @@ class AMADetector:
            batch_size: int = 500, verbose: bool = False) -> 'AMADetector':
     """A detector saved by `save`, or any finished training workdir (or a
     folder of `python -m ama_jax.tools.export`)."""
-    from ama_jax.scoring import export  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from ama_jax.scoring import export_format
     path = pathlib.Path(path).expanduser()
     if not path.is_dir():
       raise DetectorError(f'load: {path} is not a folder; pass a folder '
                           'written by AMADetector.save or a training run.')
-    if not ((path / 'results.json').is_file() or export.is_exported(path)):
+    if not ((path / 'results.json').is_file()
+            or export_format.is_exported(path)):
       raise DetectorError(f'load: {path} has no results.json: not a saved '
                           'detector nor a finished training run (train it to '
                           'its end first).')

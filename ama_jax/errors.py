@@ -16,8 +16,8 @@ wrong (the field, value, file or step) and what to do about it.
   |- WorkdirError         the workdir cannot be created or written
   |  `- WorkdirLockedError another live process owns it
   |- NonFiniteLossError   training diverged (also a FloatingPointError)
-  |- (inference.ScoreError) bad inputs of the score command
-  `- (export.ExportError) bad inputs of the export command
+  |- (score_error.ScoreError) bad inputs of the score command
+  `- (export_format.ExportError) bad inputs of the export command
 
 New error kinds subclass `UserError` (or one of the above) where they are
 defined; `reraise_as` turns a library's documented exception (e.g. the

@@ -15,7 +15,7 @@ import numpy as np
 from ama_jax import AMADetector
 from ama_jax import api
 from ama_jax import errors
-from ama_jax.scoring import inference
+from ama_jax.scoring import score_error
 from ama_jax.data import idx_images
 from ama_jax.data import image_folder
 from ama_jax.tools import score
@@ -136,10 +136,10 @@ class AMADetectorTest(absltest.TestCase):
     for x, message in ((nan, 'NaN'), (floats[:, :20], '20x28x1'),
                        (floats[0, ..., 0], r'got shape \(28, 28\)')):
       with self.subTest(message):
-        with self.assertRaisesRegex(inference.ScoreError, message):
+        with self.assertRaisesRegex(score_error.ScoreError, message):
           self.detector.score_samples(x)
     self.assertTrue(issubclass(api.DetectorError, errors.UserError))
-    self.assertTrue(issubclass(inference.ScoreError, errors.UserError))
+    self.assertTrue(issubclass(score_error.ScoreError, errors.UserError))
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ama_jax.scoring import export
-from ama_jax.scoring import inference
+from ama_jax.scoring import score_error
 from ama_jax.training import loop
 from ama_jax.reporting import report
 from ama_jax.data import idx_images
@@ -137,7 +137,7 @@ class OwnFolderEndToEndTest(absltest.TestCase):
     # feature kNN score is refused there.
     calibrated = self.root / 'export_calibrated'
     export.run(self.workdir, calibrated, score='calibrated', platforms=['cpu'])
-    with self.assertRaisesRegex(inference.ScoreError,
+    with self.assertRaisesRegex(score_error.ScoreError,
                                 'exported scorer.*no training features'):
       score.run(calibrated, self.npy, self.root / 'knn.csv', score='knn')
     self.assertFalse((self.root / 'knn.csv').exists())

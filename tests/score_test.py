@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ama_jax.checkpoints import checkpointing
-from ama_jax.scoring import inference
+from ama_jax.scoring import knn_reference
 from ama_jax.data import input_pipeline
 from ama_jax.reporting import json_safe
 from ama_jax.scoring import metrics
@@ -207,7 +207,7 @@ class ScoreTest(parameterized.TestCase):
     val = scorer.with_features(data.val.images[data.val.labels == 0])[1]
     threshold = metrics.threshold_at_fpr(
         scoring.knn_distances(val, bank, 2), self.config.eval.threshold_fpr)
-    cache = self.workdir / inference.KNN_DIR / 'best_5.npz'
+    cache = self.workdir / knn_reference.KNN_DIR / 'best_5.npz'
     for attempt in ('computed', 'cached', 'damaged cache'):
       out = self.tmp / f'{attempt}.csv'
       status, stderr = self._main(workdir=self.workdir, input=self.npy,

@@ -1,8 +1,9 @@
 r"""Image files and the one conversion every input goes through.
 
-Training (`input_pipeline`, folder datasets), scoring (`ama_jax.scoring.inference`)
-and the exported scorer's documentation share these rules, so that an image
-is turned into the same pixels wherever it is read:
+Training (`input_pipeline`, folder datasets), scoring
+(`ama_jax.scoring.score_inputs`) and the exported scorer's documentation
+share these rules, so that an image is turned into the same pixels wherever
+it is read:
 
 * Files: PNG, JPEG or BMP (`IMAGE_SUFFIXES`), 8 bits per channel. Palette
   and 1-bit images are expanded, CMYK/YCbCr become RGB; an alpha channel is

@@ -205,7 +205,7 @@ def _read_split(rows: protocol_rows.Rows,
   for source, (source_images, source_classes) in raw.items():
     where = rows.sources == source
     if where.any():
-      # The same conversion as `ama_jax.scoring.inference`: x / 127.5 - 1.
+      # The same conversion as `ama_jax.scoring.score_inputs`: x / 127.5 - 1.
       images[where] = source_images[rows.indices[where]].astype(
           np.float32) / 127.5 - 1.0
       classes[where] = source_classes[rows.indices[where]]

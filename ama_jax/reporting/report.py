@@ -167,9 +167,10 @@ def final_evaluation(config, workdir: pathlib.Path, data, state, best,
       results.setdefault('surrogate', {})[name] = surrogate
     if reference is not None and meta is not None and (
         jax.process_index() == 0):
-      from ama_jax.scoring import inference  # pylint: disable=g-import-not-at-top
-      inference.write_knn_reference(workdir, CHECKPOINTS[name], meta,
-                                    *reference)
+      # pylint: disable-next=g-import-not-at-top
+      from ama_jax.scoring import knn_reference
+      knn_reference.write_knn_reference(workdir, CHECKPOINTS[name], meta,
+                                        *reference)
     results['test'][name] = test_metrics
     results.setdefault('val', {})[name] = val_metrics
     results.setdefault('calibration', {})[name] = calibration.to_dict()

@@ -1,7 +1,7 @@
 r"""Writes a trained model as a self-contained scorer: StableHLO via jax.export.
 
 The export command, `python -m ama_jax.tools.export`, calls `run`; `load`
-and `is_exported` read a folder it wrote (`ama_jax.scoring.inference`).
+and `is_exported` (`ama_jax.scoring.export_format`) read a folder it wrote.
 
 `run` writes a checkpoint of a training workdir into a folder DIR, which
 then holds
@@ -45,7 +45,8 @@ exported directory too. A serialized export is readable by later jax versions
 within `jax.export`'s compatibility window (see its documentation).
 
 Problems with the inputs (bad platforms, an output that is not a folder)
-raise `ExportError`; a missing or damaged checkpoint `inference.ScoreError`.
+raise `export_format.ExportError`; a missing or damaged checkpoint
+`score_error.ScoreError`.
 """
 import json
 import os
@@ -58,13 +59,12 @@ from jax import export as jax_export
 import jax.numpy as jnp
 import numpy as np
 
-from ama_jax import errors
 from ama_jax.reporting import json_safe
+from ama_jax.scoring import detectors
+from ama_jax.scoring import export_format
 from ama_jax.scoring import scoring
 from ama_jax.training import train_state
 
-FUNCTION_FILE, META_FILE = 'scorer.jaxexport', 'scorer.json'
-FORMAT = 'ama_jax.scoring.export/1'
 OUTPUTS = ('r', 'score', 'is_anomaly')
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 SCORES = ('chosen', 'calibrated', 'knn')  # What the export computes.
@@ -105,18 +105,14 @@ if __name__ == '__main__':
 '''
 
 
-class ExportError(errors.UserError):
-  """Bad inputs of the export command; the message says what to fix."""
-
-
 def scoring_function(ae_model, critic_model, ae_vars, critic_vars,
                      calibration: scoring.Calibration):
   """images [b, H, W, C] -> (r, score, is_anomaly), constants baked in."""
   mu, sigma = np.float32(calibration.mu), np.float32(calibration.sigma)
   threshold = np.float32(calibration.threshold)
   if calibration.score not in scoring.SCORES:
-    raise ExportError(f'Unknown score {calibration.score!r}; valid: '
-                      f'{scoring.SCORES}.')
+    raise export_format.ExportError(
+        f'Unknown score {calibration.score!r}; valid: {scoring.SCORES}.')
 
   def scorer(images: jax.Array):
     r = scoring.raw_scores(ae_model, critic_model, ae_vars, critic_vars,
@@ -148,15 +144,16 @@ def knn_scoring_function(ae_model, critic_model, ae_vars, critic_vars,
 
 def _detector(workdir: pathlib.Path, score: str, kind: Optional[str],
               step: Optional[int]):
-  """(model, score, chosen) of `inference.open_detector` for the export."""
-  from ama_jax.scoring import inference  # pylint: disable=g-import-not-at-top
+  """(model, score, chosen) of `detectors.open_detector` for the export."""
   if score not in SCORES:
-    raise ExportError(f'--score={score!r}: choose from {", ".join(SCORES)}.')
-  model, score = inference.open_detector(workdir, score, kind=kind,
+    raise export_format.ExportError(
+        f'--score={score!r}: choose from {", ".join(SCORES)}.')
+  model, score = detectors.open_detector(workdir, score, kind=kind,
                                          step=step)
   if model.kind == 'exported':
-    raise ExportError(f'{workdir} is already an exported scorer; export the '
-                      'training workdir it came from.')
+    raise export_format.ExportError(
+        f'{workdir} is already an exported scorer; export the '
+        'training workdir it came from.')
   return model, score
 
 
@@ -192,39 +189,14 @@ def write_savedmodel(path: os.PathLike | str, scorer,
       'serving_default': module.serve.get_concrete_function()})
 
 
-def is_exported(path: os.PathLike | str) -> bool:
-  """Whether `path` is a directory written by this program."""
-  path = pathlib.Path(path)
-  return (path / META_FILE).is_file() and (path / FUNCTION_FILE).is_file()
-
-
-def load(path: os.PathLike | str) -> tuple[jax_export.Exported, dict]:
-  """(exported function, meta) of an export directory.
-
-  Raises:
-    ExportError: missing or unreadable files, or another format.
-  """
-  path = pathlib.Path(path)
-  try:
-    meta = json.loads((path / META_FILE).read_text())
-    exported = jax_export.deserialize(bytearray(
-        (path / FUNCTION_FILE).read_bytes()))
-  except (OSError, ValueError, TypeError) as e:
-    raise ExportError(f'Cannot read the exported scorer in {path}: '
-                      f'{type(e).__name__}: {e}') from e
-  if meta.get('format') != FORMAT:
-    raise ExportError(f'{path / META_FILE} is not an {FORMAT} scorer '
-                      f'(format {meta.get("format")!r}).')
-  return exported, meta
-
-
 def write(output: os.PathLike | str, exported: jax_export.Exported,
           meta: dict[str, Any]) -> pathlib.Path:
   """Writes the function, its meta, the README and the loader."""
   output = pathlib.Path(output)
   output.mkdir(parents=True, exist_ok=True)
-  (output / FUNCTION_FILE).write_bytes(bytes(exported.serialize()))
-  (output / META_FILE).write_text(json.dumps(
+  (output / export_format.FUNCTION_FILE).write_bytes(
+      bytes(exported.serialize()))
+  (output / export_format.META_FILE).write_text(json.dumps(
       json_safe.to_json(meta, 'meta'), indent=2))
   (output / 'score_exported.py').write_text(LOADER)
   h, w, c = meta['image_shape']
@@ -258,23 +230,24 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
   baked in) of `kind` / `step`.
 
   Raises:
-    errors.UserError: ExportError (bad platforms or output),
-      inference.ScoreError (no usable checkpoint), input_pipeline.DataError
+    errors.UserError: export_format.ExportError (bad platforms or output),
+      score_error.ScoreError (no usable checkpoint), input_pipeline.DataError
       (a conversion this version does not know).
   """
-  from ama_jax.scoring import inference  # pylint: disable=g-import-not-at-top
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown or not platforms:
-    raise ExportError(f'--platforms={",".join(platforms)}: choose from '
-                      f'{",".join(PLATFORMS)}.')
+    raise export_format.ExportError(
+        f'--platforms={",".join(platforms)}: choose from '
+        f'{",".join(PLATFORMS)}.')
   output = pathlib.Path(output)
   if output.exists() and not output.is_dir():
-    raise ExportError(f'Output {output} exists and is not a folder.')
+    raise export_format.ExportError(
+        f'Output {output} exists and is not a folder.')
   workdir = pathlib.Path(workdir)
   model, score = _detector(workdir, score, kind, step)
   kind = model.kind
-  meta = inference.read_checked_meta(workdir, kind, model.step)
-  state, ae_model, critic_model = inference.restore_state(workdir, kind, meta)
+  meta = detectors.read_checked_meta(workdir, kind, model.step)
+  state, ae_model, critic_model = detectors.restore_state(workdir, kind, meta)
   ae_vars, critic_vars = train_state.scoring_variables(state)
   calibration = scoring.Calibration(
       mu=model.mu, sigma=model.sigma,
@@ -302,8 +275,8 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
   from ama_jax.data import data_common  # pylint: disable=g-import-not-at-top
   conv = data_common.conversion(data_config)
   out_meta = {
-      'format': FORMAT,
-      'function': FUNCTION_FILE,
+      'format': export_format.FORMAT,
+      'function': export_format.FUNCTION_FILE,
       'inputs': {'images': {
           'shape': ['batch', *image_shape], 'dtype': 'float32',
           'range': [-1.0, 1.0], 'from_uint8': 'x / 127.5 - 1'}},
@@ -325,7 +298,7 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
     if savedmodel:
       write_savedmodel(output / 'savedmodel', scorer, image_shape, platforms)
   except OSError as e:
-    raise ExportError(f'Cannot write {output}: {e}') from e
+    raise export_format.ExportError(f'Cannot write {output}: {e}') from e
   logging.info('Exported %s step %d of %s to %s (%s).', kind, meta['step'],
                workdir, output, ', '.join(platforms))
   return out_meta

@@ -1,7 +1,7 @@
 """The command-line programs, each `python -m ama_jax.tools.<program>`.
 
   score        scores new images with a trained model and writes a CSV
-               (library: `ama_jax.scoring.inference`);
+               (library: `ama_jax.scoring.detectors`, `score_inputs`);
   export       writes a trained model as a self-contained StableHLO scorer
                (library: `ama_jax.scoring.export`);
   benchmark    times one training iteration and scoring (one JSON line);

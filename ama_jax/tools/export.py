@@ -25,6 +25,7 @@ from absl import flags
 
 from ama_jax import errors
 from ama_jax.scoring import export
+from ama_jax.scoring import export_format
 from ama_jax.training import train_state
 from ama_jax.tools import cli
 
@@ -64,8 +65,8 @@ def main(argv: Sequence[str],
   print(f'exported the {meta["detector"]["score"]} score of the '
         f'{source["kind"]} checkpoint, step {source["step"]}, of '
         f'{source["workdir"]} to {pathlib.Path(fv.output)}: '
-        f'{export.FUNCTION_FILE} ({", ".join(meta["platforms"])}), '
-        f'{export.META_FILE}, score_exported.py'
+        f'{export_format.FUNCTION_FILE} ({", ".join(meta["platforms"])}), '
+        f'{export_format.META_FILE}, score_exported.py'
         + (', savedmodel/' if fv.savedmodel else ''), flush=True)
   return 0
 

@@ -91,8 +91,12 @@ from absl import logging
 import numpy as np
 
 from ama_jax import errors
-from ama_jax.scoring import inference
+from ama_jax.scoring import csv_output
+from ama_jax.scoring import detectors
+from ama_jax.scoring import knn_reference
 from ama_jax.reporting import progress as progress_lib
+from ama_jax.scoring import score_error
+from ama_jax.scoring import score_inputs
 from ama_jax.scoring import scoring
 from ama_jax.tools import cli
 
@@ -136,12 +140,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=1, flag_values=flag_values)
 
 
-def check_score(model: inference.Model, score: str,
+def check_score(model: detectors.Model, score: str,
                 workdir: os.PathLike | str) -> None:
   """Refuses `score` where `model` cannot give it (before any restore)."""
   if score == 'knn' and model.knn_reference is None and (
       model.detector_score != 'knn'):
-    raise inference.ScoreError(
+    raise score_error.ScoreError(
         f'{workdir} is an exported scorer of the calibrated score: it holds '
         'no training features for --score=knn; score with the training '
         'workdir, or with --score=calibrated.')
@@ -152,18 +156,18 @@ class Detector:
   """A checkpoint's (or export's) scorer, restored once, and its threshold.
 
   Attributes:
-    model: what `inference.open_detector` opened.
+    model: what `detectors.open_detector` opened.
     score: 'calibrated' or 'knn'.
     raw_scores: R(x) of a chunk (`model.build()`).
     knn: the feature kNN reference for 'knn' from a checkpoint, else None.
   """
-  model: inference.Model
+  model: detectors.Model
   score: str
   raw_scores: Callable[[np.ndarray], Any]
-  knn: Optional[inference.KnnReference]
+  knn: Optional[knn_reference.KnnReference]
 
   @classmethod
-  def build(cls, model: inference.Model, score: str,
+  def build(cls, model: detectors.Model, score: str,
             knn_k: Optional[int] = None) -> 'Detector':
     """Restores the networks (seconds) and, for 'knn', the reference."""
     raw_scores = model.build()
@@ -183,7 +187,7 @@ class Detector:
       return self.knn.threshold
     return self.model.threshold
 
-  def scores(self, inputs: inference.Inputs, batch_size: int,
+  def scores(self, inputs: score_inputs.Inputs, batch_size: int,
              bar: Optional[progress_lib.Progress] = None
              ) -> tuple[np.ndarray, np.ndarray]:
     """(raw R, the detector's score) of every input, in input order."""
@@ -217,9 +221,9 @@ def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
   """Scores `input_path` with a checkpoint (or export) of `workdir`.
 
   Args:
-    score: 'chosen' (the run's detector, `inference.chosen_detector`),
+    score: 'chosen' (the run's detector, `detectors.chosen_detector`),
       'calibrated' (columns r, score) or 'knn' (r, knn: the feature kNN
-      distance, see `inference.knn_reference`).
+      distance, see `knn_reference.knn_reference`).
     knn_k: with 'knn', which neighbour (None: the run's `eval.knn_k`).
     Others: as the command's flags.
 
@@ -228,32 +232,32 @@ def run(workdir: os.PathLike | str, input_path: os.PathLike | str,
     `threshold` (and with 'knn', `knn_reference`: the cached features).
 
   Raises:
-    inference.ScoreError: any problem with the inputs (the message says
+    score_error.ScoreError: any problem with the inputs (the message says
       what to fix).
   """
   for flag, value in (('workdir', workdir), ('input', input_path),
                       ('output', output)):
     if not value:
-      raise inference.ScoreError(f'--{flag} is required.')
+      raise score_error.ScoreError(f'--{flag} is required.')
   if score not in SCORES:
-    raise inference.ScoreError(f'--score={score!r}: expected one of '
-                               f'{", ".join(SCORES)}.')
+    raise score_error.ScoreError(f'--score={score!r}: expected one of '
+                                 f'{", ".join(SCORES)}.')
   if knn_k is not None and score != 'knn':
-    raise inference.ScoreError('--knn_k applies to --score=knn only.')
-  output = inference.check_output(output)
+    raise score_error.ScoreError('--knn_k applies to --score=knn only.')
+  output = csv_output.check_output(output)
   # Cheap checks first: metadata, then the images, then the model.
-  model, score = inference.open_detector(workdir, score, kind=kind,
+  model, score = detectors.open_detector(workdir, score, kind=kind,
                                          step=step, batch_size=batch_size)
   check_score(model, score, workdir)
-  inputs = inference.open_inputs(input_path, model.image_shape,
-                                 model.conversion, chunk=batch_size)
+  inputs = score_inputs.open_inputs(input_path, model.image_shape,
+                                    model.conversion, chunk=batch_size)
   detector = Detector.build(model, score, knn_k)
   bar = progress_lib.Progress(len(inputs), progress == 'on' or (
       progress == 'auto' and len(inputs) >= PROGRESS_MIN_IMAGES))
   r, scores = detector.scores(inputs, batch_size, bar)
   threshold, column, knn = detector.threshold, detector.column, detector.knn
   is_anomaly = scores > threshold
-  inference.write_csv(output, inputs.ids, r, scores, is_anomaly, column)
+  csv_output.write_csv(output, inputs.ids, r, scores, is_anomaly, column)
   summary = {'kind': model.kind, 'step': model.step, 'score': score,
              'num_images': len(r), 'num_anomalies': int(is_anomaly.sum()),
              'threshold': threshold}

@@ -5,11 +5,11 @@ usage: PYTHONPATH=. python scripts/research/score_variants.py WORKDIR [best|late
 import json, pathlib, sys
 import jax, jax.numpy as jnp, numpy as np
 from sklearn.metrics import roc_auc_score
-from ama_jax.scoring import inference, input_pipeline, json_safe, train_state
+from ama_jax.scoring import detectors, input_pipeline, json_safe, train_state
 
 wd = pathlib.Path(sys.argv[1]); kind = sys.argv[2] if len(sys.argv) > 2 else 'best'
-meta = inference.read_checked_meta(wd, kind, None)
-state, ae, critic = inference.restore_state(wd, kind, meta)
+meta = detectors.read_checked_meta(wd, kind, None)
+state, ae, critic = detectors.restore_state(wd, kind, meta)
 ae_vars, cr_vars = train_state.scoring_variables(state)
 config = json_safe.config_from_dict(meta['config'])
 data = input_pipeline.load_protocol(config.data, config.seed)
