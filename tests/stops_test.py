@@ -47,7 +47,8 @@ _ENV = dict(os.environ, PYTHONPATH=str(REPO))
 #   SIGNAL_IN_STOP_SAVE=1: signals itself again while the stop is saved.
 _PROGRAM = textwrap.dedent("""
     import os, signal, subprocess, sys, time
-    from ama_jax.checkpoints import checkpointing, loop
+    from ama_jax.checkpoints import checkpointing
+    from ama_jax.training import loop
     from ama_jax.tools import cli
     from ama_jax import main as program
     env = os.environ

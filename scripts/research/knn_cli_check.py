@@ -2,7 +2,10 @@
 compares the AUROC with the run's results.json (feature kNN, best state)."""
 import json, pathlib, subprocess, sys, time
 import numpy as np
-from ama_jax.data import input_pipeline, json_safe, metrics, models
+from ama_jax.data import input_pipeline
+from ama_jax.models import nets as models
+from ama_jax.reporting import json_safe
+from ama_jax.scoring import metrics
 workdir = pathlib.Path(sys.argv[1]); out = pathlib.Path(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
 results = json.loads((workdir / 'results.json').read_text())

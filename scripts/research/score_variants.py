@@ -5,7 +5,10 @@ usage: PYTHONPATH=. python scripts/research/score_variants.py WORKDIR [best|late
 import json, pathlib, sys
 import jax, jax.numpy as jnp, numpy as np
 from sklearn.metrics import roc_auc_score
-from ama_jax.scoring import detectors, input_pipeline, json_safe, train_state
+from ama_jax.data import input_pipeline
+from ama_jax.reporting import json_safe
+from ama_jax.scoring import detectors
+from ama_jax.training import train_state
 
 wd = pathlib.Path(sys.argv[1]); kind = sys.argv[2] if len(sys.argv) > 2 else 'best'
 meta = detectors.read_checked_meta(wd, kind, None)

@@ -1,6 +1,6 @@
 r"""Rescores trained runs with variants of the feature kNN score.
 
-  .venv/bin/python launch/score_ablation.py runs/quick_s0 runs/.../e10_s0
+  PYTHONPATH=. .venv/bin/python scripts/research/score_ablation.py runs/quick_s0 runs/.../e10_s0
 
 For each workdir, restores its last checkpoint (`ama_jax.scoring` reads the
 run's data settings and seed from the checkpoint's meta, so the splits are
@@ -31,13 +31,13 @@ from sklearn import metrics as sk_metrics
 
 from ama_jax.data import input_pipeline
 from ama_jax.models import nets
-from ama_jax.scoring import inference
+from ama_jax.scoring import detectors
 from ama_jax.scoring import scoring
 
 
 def ablation(workdir: str) -> dict:
   """{split: {variant: AUROC}} of one run's last checkpoint."""
-  scorer, meta = inference.load_scorer(workdir, kind='latest')
+  scorer, meta = detectors.load_scorer(workdir, kind='latest')
   config = ml_collections.ConfigDict(meta['config'])
   data = input_pipeline.load_protocol(
       config.data, config.seed, input_size=nets.input_size(config.model.arch))
