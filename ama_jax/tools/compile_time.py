@@ -12,7 +12,6 @@ number of distinct programs and the totals, then one JSON line (also
 appended to `--json_out`). The training step's own compile time beside its
 step time is `ama_jax.tools.benchmark`'s `compile_s`.
 """
-import collections
 import json
 import tempfile
 import time
@@ -22,6 +21,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from ama_jax.process import compile_log
 from ama_jax.process import runtime
 from ama_jax.tools import cli
 
@@ -30,56 +30,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 _JSON_OUT = flags.DEFINE_string('json_out', None,
                                 'File to append the JSON line to.')
 
-# jax.monitoring duration events, by what they time.
-_PHASES = {
-    '/jax/core/compile/jaxpr_trace_duration': 'trace',
-    '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
-    '/jax/core/compile/backend_compile_duration': 'compile',
-    '/jax/compilation_cache/cache_retrieval_time_sec': 'cache_read',
-}
-
-
-class CompileLog:
-  """Seconds per (program, phase) of the JAX compilation events it hears."""
-
-  def __init__(self):
-    self.seconds = collections.defaultdict(float)
-    self.counts = collections.Counter()
-
-  def __call__(self, event: str, duration: float, **kwargs) -> None:
-    phase = _PHASES.get(event)
-    if phase is None:
-      return
-    name = kwargs.get('fun_name', '?')
-    if phase == 'trace':  # Traces name the function, the rest its jit.
-      name = f'jit({name})'
-    self.seconds[name, phase] += duration
-    if phase == 'lower':
-      self.counts[name] += 1
-
-  def summary(self) -> dict:
-    programs = sorted({name for name, _ in self.seconds},
-                      key=lambda n: -sum(self.seconds[n, p]
-                                         for p in _PHASES.values()))
-    totals = {p: round(sum(s for (_, q), s in self.seconds.items()
-                           if q == p), 3) for p in _PHASES.values()}
-    return {'lowerings': sum(self.counts.values()),
-            'programs': len(self.counts),
-            'seconds': totals,
-            'compile_and_cache_s': round(totals['compile'] +
-                                         totals['cache_read'], 3),
-            'per_program': {n: {p: round(self.seconds[n, p], 3)
-                                for p in _PHASES.values()
-                                if self.seconds[n, p]} | {
-                                    'lowerings': self.counts[n]}
-                            for n in programs}}
-
-
 def timed_run(config, cache_dir: str) -> dict:
   """One training run of `config` in a temporary workdir; its summary."""
   import jax  # pylint: disable=g-import-not-at-top
   from ama_jax.training import loop  # pylint: disable=g-import-not-at-top
-  log = CompileLog()
+  log = compile_log.CompileLog()
   jax.monitoring.register_event_duration_secs_listener(log)
   start = time.perf_counter()
   try:
@@ -89,22 +44,6 @@ def timed_run(config, cache_dir: str) -> dict:
   finally:
     jax.monitoring.unregister_event_duration_listener(log)
   return log.summary() | {'wall_s': round(time.perf_counter() - start, 2)}
-
-
-def table(name: str, summary: dict) -> str:
-  """The run's programs as aligned text lines."""
-  lines = [f'{name}: {summary["programs"]} programs, '
-           f'{summary["lowerings"]} lowerings; trace '
-           f'{summary["seconds"]["trace"]:.2f} s, lower '
-           f'{summary["seconds"]["lower"]:.2f} s, XLA compile '
-           f'{summary["seconds"]["compile"]:.2f} s, cache reads '
-           f'{summary["seconds"]["cache_read"]:.2f} s; run '
-           f'{summary["wall_s"]:.1f} s']
-  for program, row in summary['per_program'].items():
-    cells = ', '.join(f'{k} {v:.2f} s' for k, v in row.items()
-                      if k != 'lowerings')
-    lines.append(f'  {program:36s} x{row["lowerings"]}  {cells}')
-  return '\n'.join(lines)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -120,10 +59,10 @@ def main(argv: Sequence[str]) -> None:
   jax.config.update('jax_enable_compilation_cache', True)
   with tempfile.TemporaryDirectory() as cache_dir:
     cold = timed_run(config, cache_dir)
-    print(table('cold (empty compilation cache)', cold))
+    print(compile_log.table('cold (empty compilation cache)', cold))
     jax.clear_caches()
     warm = timed_run(config, cache_dir)
-    print(table('warm (the cache of the cold run)', warm))
+    print(compile_log.table('warm (the cache of the cold run)', warm))
   line = json.dumps({'config': config.get('name') or None,
                      'backend': jax.default_backend(),
                      'device_kind': jax.devices()[0].device_kind,

@@ -1,15 +1,15 @@
-"""Tests of `ama_jax.tools.compile_time`'s record of compilation events."""
+"""Tests of the record of compilation events (`ama_jax.tools.compile_time`)."""
 from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 
-from ama_jax.tools import compile_time
+from ama_jax.process import compile_log
 
 
 class CompileLogTest(absltest.TestCase):
 
   def test_events_add_up_per_program_and_phase(self):
-    log = compile_time.CompileLog()
+    log = compile_log.CompileLog()
     log('/jax/core/compile/jaxpr_trace_duration', 0.5, fun_name='step')
     log('/jax/core/compile/jaxpr_to_mlir_module_duration', 0.25,
         fun_name='jit(step)')
@@ -29,11 +29,11 @@ class CompileLogTest(absltest.TestCase):
     self.assertEqual(summary['per_program']['jit(step)'],
                      {'trace': 0.5, 'lower': 0.25, 'compile': 3.0,
                       'lowerings': 1})
-    self.assertIn('jit(step)', compile_time.table('cold', summary | {
+    self.assertIn('jit(step)', compile_log.table('cold', summary | {
         'wall_s': 1.0}))
 
   def test_a_real_compilation_is_heard(self):
-    log = compile_time.CompileLog()
+    log = compile_log.CompileLog()
     jax.monitoring.register_event_duration_secs_listener(log)
     try:
       jax.jit(lambda x: jnp.sin(x) * 3.0)(jnp.arange(7.0)).block_until_ready()
