@@ -26,7 +26,6 @@ from absl import flags
 from ama_jax import errors
 from ama_jax.scoring import export
 from ama_jax.scoring import export_format
-from ama_jax.training import train_state
 from ama_jax.tools import cli
 
 
