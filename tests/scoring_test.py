@@ -121,6 +121,22 @@ class ScoringTest(absltest.TestCase):
     self.assertNotIn('knn_num_normal', m)
 
 
+class CalibrationDictTest(absltest.TestCase):
+
+  def test_from_dict_reads_what_to_dict_wrote_among_other_keys(self):
+    cal = scoring.Calibration(mu=1.5, sigma=0.25, threshold=3.0,
+                              threshold_fpr=0.05, score='one_sided')
+    meta = {'step': 8, 'val_auroc': 0.9, **cal.to_dict()}
+    self.assertEqual(scoring.Calibration.from_dict(meta), cal)
+    del meta['score']  # Older metas: the field's default.
+    self.assertEqual(scoring.Calibration.from_dict(meta).score, 'two_sided')
+
+  def test_from_dict_without_a_calibration_is_none(self):
+    self.assertIsNone(scoring.Calibration.from_dict({}))
+    self.assertIsNone(scoring.Calibration.from_dict(
+        {'mu': 1.0, 'sigma': None, 'threshold': 2.0, 'threshold_fpr': 0.05}))
+
+
 class KnnBankTest(absltest.TestCase):
 
   def test_small_sets_keep_every_row(self):

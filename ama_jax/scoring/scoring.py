@@ -209,6 +209,18 @@ class Calibration:
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> Optional['Calibration']:
+    """The calibration `to_dict` wrote into `d` (e.g. a checkpoint's meta,
+    which holds other keys too), or None when `d` holds none."""
+    values = {}
+    for f in dataclasses.fields(cls):
+      if d.get(f.name) is not None:
+        values[f.name] = d[f.name]
+      elif f.default is dataclasses.MISSING:
+        return None
+    return cls(**values)
+
   def scores(self, r: np.ndarray) -> np.ndarray:
     """The calibrated scores of raw R values."""
     return calibrated_scores(r, self.mu, self.sigma, self.score)

@@ -26,7 +26,6 @@ All processes join checkpoint saves and restores (orbax writes from process
 """
 import collections
 import contextlib
-import dataclasses
 import pathlib
 import time
 from typing import Any, Optional
@@ -56,8 +55,6 @@ from ama_jax.process import write_failures
 NonFiniteLossError = errors.NonFiniteLossError  # Raised by the loop.
 
 
-# Re-exported: the run's plan (`run_plan`).
-plan, itstime = run_plan.plan, run_plan.itstime
 
 
 class PhaseTimer:
@@ -81,14 +78,6 @@ def _finite(value) -> Optional[float]:
   return value if np.isfinite(value) else None
 
 
-def _calibration_of(meta: Optional[dict]) -> Optional[scoring.Calibration]:
-  """The calibration a checkpoint's meta holds, or None (none yet)."""
-  fields = [f.name for f in dataclasses.fields(scoring.Calibration)]
-  if not meta or any(meta.get(f) is None for f in fields[:-1]):
-    return None
-  return scoring.Calibration(**{f: meta[f] for f in fields if f in meta})
-
-
 class Trainer:
   """The training phases of a run and the state they advance."""
 
@@ -101,7 +90,7 @@ class Trainer:
     self.validated_step = (meta or {}).get('validated_step')
     # A resumed run keeps its last validation's calibration and AUROC, so
     # that the checkpoints it writes carry them as an unbroken run's would.
-    self.calibration = _calibration_of(meta)
+    self.calibration = scoring.Calibration.from_dict(meta or {})
     val = (meta or {}).get('val_auroc')
     self.val_auroc = -np.inf if val is None else val
     best = (meta or {}).get('best_val_auroc')
@@ -297,8 +286,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   for epoch in range(first, run.num_epochs):
     if not trainer.train_epoch(epoch):
       return trainer.state
-    if itstime(epoch + 1, every=config.eval.every_epochs,
-               first=config.eval.first_epoch, last=run.num_epochs):
+    if run_plan.itstime(epoch + 1, every=config.eval.every_epochs,
+                        first=config.eval.first_epoch, last=run.num_epochs):
       trainer.validate(epoch)
       stops.stop_if_due(trainer, epoch)
   trainer.save_latest(run.num_epochs - 1)
