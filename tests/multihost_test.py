@@ -30,8 +30,8 @@ import jax
 import numpy as np
 
 from ama_jax.checkpoints import checkpoint_reading
-from ama_jax.training import loop
 from ama_jax.training import placement
+from ama_jax.training import run_plan
 from ama_jax.training import train_state
 from configs import default
 
@@ -166,8 +166,8 @@ class PlanTest(absltest.TestCase):
     with self.assertRaisesRegex(
         ValueError, r'batch_size=18 .* 4 devices \(2 process\(es\) x 2 '
         r'device\(s\) each\).*multiple of 4, e.g. 16 or 20'):
-      loop.plan(config, num_train=128, num_devices=4, num_processes=2)
-    self.assertEqual(loop.plan(config, 128, num_devices=2), (9, 4))
+      run_plan.plan(config, num_train=128, num_devices=4, num_processes=2)
+    self.assertEqual(run_plan.plan(config, 128, num_devices=2), (9, 4))
 
 
 class DetectionTest(absltest.TestCase):
