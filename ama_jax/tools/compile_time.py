@@ -30,7 +30,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _JSON_OUT = flags.DEFINE_string('json_out', None,
                                 'File to append the JSON line to.')
 
-def timed_run(config, cache_dir: str) -> dict:
+
+def timed_run(config) -> dict:
   """One training run of `config` in a temporary workdir; its summary."""
   import jax  # pylint: disable=g-import-not-at-top
   from ama_jax.training import loop  # pylint: disable=g-import-not-at-top
@@ -39,7 +40,6 @@ def timed_run(config, cache_dir: str) -> dict:
   start = time.perf_counter()
   try:
     with tempfile.TemporaryDirectory() as workdir:
-      runtime.use_compilation_cache(cache_dir)
       loop.train_and_evaluate(config, workdir)
   finally:
     jax.monitoring.unregister_event_duration_listener(log)
@@ -54,16 +54,16 @@ def main(argv: Sequence[str]) -> None:
   if config is None:
     raise app.UsageError('--config is required (e.g. '
                          'configs/fmnist_mnist.py:runlocal).')
-  runtime.setup('off')  # CPU settings; the cache is set per run below.
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_enable_compilation_cache', True)
   with tempfile.TemporaryDirectory() as cache_dir:
-    cold = timed_run(config, cache_dir)
+    runtime.setup(cache_dir)  # CPU settings; an empty persistent cache.
+    import jax  # pylint: disable=g-import-not-at-top
+    cold = timed_run(config)
     print(compile_log.table('cold (empty compilation cache)', cold))
     jax.clear_caches()
-    warm = timed_run(config, cache_dir)
+    warm = timed_run(config)
     print(compile_log.table('warm (the cache of the cold run)', warm))
-  line = json.dumps({'config': config.get('name') or None,
+  line = json.dumps({'config': config_flags.get_config_filename(
+                         flags.FLAGS['config']),
                      'backend': jax.default_backend(),
                      'device_kind': jax.devices()[0].device_kind,
                      'cold': cold, 'warm': warm})
