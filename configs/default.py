@@ -315,6 +315,13 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # `scoring.knn_bank`); stored with the checkpoints and baked into an
   # export. None: all of them.
   evaluation.knn_bank_size = 10000
+  # The kNN distance is measured after whitening the features by the
+  # training normals' feature covariance, shrunk towards the identity by
+  # this fraction of its mean eigenvalue (ama_jax/scoring/whitening.py): a
+  # Mahalanobis-like distance in which directions that normal images barely
+  # vary in count as much as the large ones. None: the plain Euclidean
+  # distance (the score before this option).
+  evaluation.knn_shrinkage = 0.1
   # How the run picks its detector (state and score) at the end, which
   # `main`'s summary, `ama_jax.tools.score` and the export then use
   # (results.json['chosen']):

@@ -26,6 +26,7 @@ from ama_jax.reporting import json_safe
 from ama_jax.scoring import metrics
 from ama_jax.models import nets
 from ama_jax.scoring import scoring
+from ama_jax.scoring import whitening
 from ama_jax.training import train_state
 from ama_jax.tools import score
 from configs import default
@@ -203,10 +204,14 @@ class ScoreTest(parameterized.TestCase):
     scorer = scoring.scorer_from_state(self.state, ae_model, critic_model)
     bank = scorer.with_features(data.train.images[data.train.labels == 0])[1]
     images = self.pixels[..., None].astype(np.float32) / 127.5 - 1.0
-    want = scoring.knn_distances(scorer.with_features(images)[1], bank, 2)
+    # In the space of the run's whitening (eval.knn_shrinkage).
+    space = whitening.fit(bank, self.config.eval.knn_shrinkage)
+    self.assertIsNotNone(space)
+    index = scoring.KnnIndex(bank, 2, whitening=space)
+    want = index(scorer.with_features(images)[1])
     val = scorer.with_features(data.val.images[data.val.labels == 0])[1]
-    threshold = metrics.threshold_at_fpr(
-        scoring.knn_distances(val, bank, 2), self.config.eval.threshold_fpr)
+    threshold = metrics.threshold_at_fpr(index(val),
+                                         self.config.eval.threshold_fpr)
     cache = self.workdir / knn_reference.KNN_DIR / 'best_5.npz'
     for attempt in ('computed', 'cached', 'damaged cache'):
       out = self.tmp / f'{attempt}.csv'

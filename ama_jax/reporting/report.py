@@ -24,6 +24,7 @@ from ama_jax.reporting import metric_writers
 from ama_jax.scoring import metrics
 from ama_jax.scoring import scoring
 from ama_jax.scoring import surrogates
+from ama_jax.scoring import whitening
 from ama_jax.training import step_draws
 from ama_jax.training import train_state
 
@@ -77,12 +78,14 @@ def _knn_scores(config, data, f_train: np.ndarray, f_val: np.ndarray,
   """Feature kNN distances of validation, test and the surrogate anomalies
   against the memory bank (`scoring.knn_bank`), the threshold on the
   validation normals, and (bank, validation normals' features): what is
-  stored beside the checkpoint for `ama_jax.tools.score` and the export."""
-  rows = scoring.knn_bank(f_train, config.eval.get('knn_bank_size'),
-                          config.seed)
+  stored beside the checkpoint for `ama_jax.tools.score` and the export:
+  (bank, validation normals' features, whitening)."""
+  space = whitening.fit(f_train, config.eval.get('knn_shrinkage'))
+  rows = scoring.knn_bank(f_train if space is None else space(f_train),
+                          config.eval.get('knn_bank_size'), config.seed)
   bank = f_train[rows]
   # One index: the bank goes to the device once.
-  knn = scoring.KnnIndex(bank, config.eval.knn_k)(
+  knn = scoring.KnnIndex(bank, config.eval.knn_k, whitening=space)(
       np.concatenate([f_val, f_test, f_surrogate]))
   knn_val, knn_test, knn_surrogate = np.split(
       knn, [len(f_val), len(f_val) + len(f_test)])
@@ -92,7 +95,7 @@ def _knn_scores(config, data, f_train: np.ndarray, f_val: np.ndarray,
                if val_normal.any() else float('nan'))
   logging.info('Feature kNN memory bank: %d of %d training normals.',
                len(bank), len(f_train))
-  return (knn_val, knn_test, threshold, (bank, f_val[val_normal]),
+  return (knn_val, knn_test, threshold, (bank, f_val[val_normal], space),
           knn_surrogate)
 
 

@@ -11,6 +11,7 @@ FIELDS: dict[str, rules.Rule] = {
     'eval.calibration_size': rules.Int(min=2, optional=True),  # A Gaussian fit.
     'eval.knn_k': rules.Int(min=0),
     'eval.knn_bank_size': rules.Int(min=1, optional=True),
+    'eval.knn_shrinkage': rules.Float(min=0, optional=True),
     'eval.selection': rules.Choice(lambda: scoring.SELECTIONS),
     'eval.label_free_score': rules.Choice(lambda: scoring.LABEL_FREE_SCORES),
 }

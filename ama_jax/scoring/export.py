@@ -125,16 +125,22 @@ def scoring_function(ae_model, critic_model, ae_vars, critic_vars,
 
 
 def knn_scoring_function(ae_model, critic_model, ae_vars, critic_vars,
-                         bank: np.ndarray, k: int, threshold: float):
+                         bank: np.ndarray, k: int, threshold: float,
+                         space=None):
   """images [b, H, W, C] -> (r, kNN distance, is_anomaly): the feature kNN
-  score (`scoring.KnnIndex`) with the memory bank baked in."""
+  score (`scoring.KnnIndex`) with the memory bank and the whitening `space`
+  (`ama_jax.scoring.whitening`, or None) baked in."""
   bank = np.asarray(bank, np.float32)
+  if space is not None:
+    bank = space(bank)
   bank_sq = np.einsum('ij,ij->i', bank, bank)
   threshold = np.float32(threshold)
 
   def scorer(images: jax.Array):
     r, features = scoring.scores_and_features(ae_model, critic_model,
                                               ae_vars, critic_vars, images)
+    if space is not None:
+      features = space.traced(features)
     d = scoring.kth_sq_distance(features, bank, bank_sq, k, portable=True)
     score = jnp.sqrt(jnp.maximum(d, 0.0))
     return r, score, score > threshold
@@ -207,7 +213,8 @@ def write(output: os.PathLike | str, exported: jax_export.Exported,
       f'`images.npy`: uint8 [N, {h}, {w}' + (f', {c}' if c > 1 else '')
       + '] (0..255). Higher score = more anomalous; is_anomaly = score > '
       f'{meta["detector"]["threshold"]:.6g} ('
-      + (f'feature kNN distance, k={meta["detector"]["knn_k"]}, to a memory '
+      + (('whitened ' if meta['detector'].get('whitened') else '')
+         + f'feature kNN distance, k={meta["detector"]["knn_k"]}, to a memory '
          f'bank of {meta["detector"]["bank_size"]} training normals'
          if meta['detector']['score'] == 'knn' else
          f'{meta["calibration"]["score"]} calibrated score')
@@ -261,11 +268,14 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
     reference = model.knn_reference(scoring.scorer_from_state(
         state, ae_model, critic_model))
     bank = reference.index.bank
+    space = reference.index.whitening
     detector.update(threshold=reference.threshold, knn_k=reference.index.k,
-                    bank_size=len(bank))
+                    bank_size=len(bank), whitened=space is not None,
+                    knn_shrinkage=meta['config'].get('eval', {}).get(
+                        'knn_shrinkage'))
     scorer = knn_scoring_function(ae_model, critic_model, ae_vars,
                                   critic_vars, bank, reference.index.k,
-                                  reference.threshold)
+                                  reference.threshold, space)
   else:
     detector['threshold'] = calibration.threshold
     scorer = scoring_function(ae_model, critic_model, ae_vars, critic_vars,

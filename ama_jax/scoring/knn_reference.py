@@ -15,6 +15,7 @@ from ama_jax.scoring import metrics
 from ama_jax.models import nets
 from ama_jax.scoring import score_error
 from ama_jax.scoring import scoring
+from ama_jax.scoring import whitening
 
 
 KNN_DIR = 'knn_reference'  # <workdir>/knn_reference/<kind>_<step>.npz
@@ -31,7 +32,7 @@ class KnnReference:
       `eval.threshold_fpr`.
     path: the cached features' file.
   """
-  index: scoring.KnnIndex
+  index: scoring.KnnIndex  # With the run's whitening (`index.whitening`).
   threshold: float
   path: pathlib.Path
 
@@ -43,15 +44,17 @@ def _fingerprint(meta: dict) -> np.ndarray:
                   np.float64)
 
 
-def _read_knn_cache(path: pathlib.Path, meta: dict
+def _read_knn_cache(path: pathlib.Path, meta: dict, whitened: bool
                     ) -> Optional[dict[str, np.ndarray]]:
-  """The cached features, or None: missing, unreadable or of another
-  checkpoint (then recomputed)."""
+  """The cached features, or None: missing, unreadable, of another
+  checkpoint or without the whitening the run's config asks for
+  (`whitened`; then recomputed)."""
   if not path.is_file():
     return None
   try:
     with np.load(path, allow_pickle=False) as npz:
       cached = {k: npz[k] for k in ('train', 'val_normal', 'fingerprint')}
+      space = whitening.Whitening.from_arrays(npz)
   except (OSError, ValueError, KeyError, EOFError) as e:
     logging.warning('%s is unreadable (%s); computing the features again.',
                     path, errors.one_line(e))
@@ -65,6 +68,14 @@ def _read_knn_cache(path: pathlib.Path, meta: dict
     logging.warning('%s holds features of the wrong shape; computing them '
                     'again.', path)
     return None
+  if whitened != (space is not None) or (space is not None and (
+      space.matrix.shape[0] != cached['train'].shape[1])):
+    logging.warning('%s was written without the whitening of the run\'s '
+                    'eval.knn_shrinkage (or with another); computing the '
+                    'features again.', path)
+    return None
+  if space is not None:
+    cached.update(space.to_arrays())
   return cached
 
 
@@ -107,22 +118,26 @@ def _reference_features(config, scorer) -> dict[str, np.ndarray]:
                'normal images (once per checkpoint; then cached).',
                len(train), len(val_normal))
   features = scorer.with_features(train)[1]
-  # The run's memory bank: the same rows as at its final evaluation.
-  rows = scoring.knn_bank(features, config.eval.get('knn_bank_size'),
-                          config.seed)
+  # The run's whitening and memory bank: as at its final evaluation.
+  space = whitening.fit(features, config.eval.get('knn_shrinkage'))
+  rows = scoring.knn_bank(features if space is None else space(features),
+                          config.eval.get('knn_bank_size'), config.seed)
   return {'train': features[rows],
-          'val_normal': scorer.with_features(val_normal)[1]}
+          'val_normal': scorer.with_features(val_normal)[1],
+          **({} if space is None else space.to_arrays())}
 
 
 def write_knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
-                        bank: np.ndarray, val_normal: np.ndarray) -> None:
-  """Stores a checkpoint's memory bank and its validation normals'
-  features (what `knn_reference` reads), as the final evaluation used
-  them."""
+                        bank: np.ndarray, val_normal: np.ndarray,
+                        space: Optional[whitening.Whitening] = None) -> None:
+  """Stores a checkpoint's memory bank, its validation normals' features
+  and the whitening (what `knn_reference` reads), as the final evaluation
+  used them."""
   path = pathlib.Path(workdir) / KNN_DIR / f'{kind}_{int(meta["step"])}.npz'
   _write_knn_cache(path, {'train': np.asarray(bank, np.float32),
                           'val_normal': np.asarray(val_normal, np.float32),
-                          'fingerprint': _fingerprint(meta)})
+                          'fingerprint': _fingerprint(meta),
+                          **({} if space is None else space.to_arrays())})
 
 
 def knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
@@ -150,7 +165,8 @@ def knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
   config = json_safe.config_from_dict(meta['config'])
   k = k if k is not None else (config.eval.get('knn_k') or 1)
   path = pathlib.Path(workdir) / KNN_DIR / f'{kind}_{int(meta["step"])}.npz'
-  cached = _read_knn_cache(path, meta)
+  whitened = config.eval.get('knn_shrinkage') is not None
+  cached = _read_knn_cache(path, meta, whitened)
   if cached is None:
     cached = {**_reference_features(config, scorer),
               'fingerprint': _fingerprint(meta)}
@@ -159,7 +175,8 @@ def knn_reference(workdir: os.PathLike | str, kind: str, meta: dict,
     raise score_error.ScoreError(
         f'--knn_k={k}: must be between 1 and the '
         f'{len(cached["train"])} training normals of the run\'s memory bank.')
-  index = scoring.KnnIndex(cached['train'], k)
+  index = scoring.KnnIndex(cached['train'], k,
+                           whitening=whitening.Whitening.from_arrays(cached))
   threshold = metrics.threshold_at_fpr(index(cached['val_normal']),
                                        float(config.eval.threshold_fpr))
   return KnnReference(index, float(threshold), path)

@@ -18,10 +18,11 @@ deviation of R over the training set's normal images:
 AUROC (a choice on validation only).
 
 Not in the paper: the feature kNN score (`eval.knn_k` > 0; reported beside
-the calibrated one, prefix `knn_`) is the Euclidean distance from
-f(x, G(E(x))) -- the critic's penultimate features of the reconstruction
-pair, the second term of R -- to its k-th nearest neighbour among the
-training normals' features. The same networks and the same forward pass as
+the calibrated one, prefix `knn_`) is the distance from f(x, G(E(x))) --
+the critic's penultimate features of the reconstruction pair, the second
+term of R -- to its k-th nearest neighbour among the training normals'
+features, Euclidean after the whitening of `eval.knn_shrinkage`
+(`ama_jax.scoring.whitening`). The same networks and the same forward pass as
 R; only the comparison differs (a distance to the training set's features
 instead of a distance between the two pairs' features).
 """
@@ -270,29 +271,38 @@ _kth_sq_distance = jax.jit(kth_sq_distance, static_argnames='k')
 
 class KnnIndex:
   """The training normals' features on the device, once; `index(queries)`
-  is each query's Euclidean distance to its k-th nearest bank row.
+  is each query's Euclidean distance to its k-th nearest bank row, in the
+  space of `whitening` when given (`ama_jax.scoring.whitening`).
 
   Args:
     bank: [M, D] features of the training normals (M >= k).
     k: which neighbour (1 = the nearest).
     chunk: queries per call (the last call is padded: one compilation).
+    whitening: applied to the bank and to every query; None: the features
+      as they are.
   """
 
-  def __init__(self, bank: np.ndarray, k: int, chunk: int = 256):
+  def __init__(self, bank: np.ndarray, k: int, chunk: int = 256,
+               whitening=None):
     if not 1 <= k <= len(bank):
       raise ValueError(f'eval.knn_k={k}: must be between 1 and the number of '
                        f'training normals ({len(bank)}).')
-    bank = np.asarray(bank, np.float32)
+    self.bank = np.asarray(bank, np.float32)  # [M, D], on the host.
+    self.whitening = whitening
+    bank = self._space(self.bank)
     self.k, self.chunk = k, chunk
     # Norms on the host and device_put (not jnp ops or jnp.asarray, which
     # each lower a program per shape): see tests/compile_count_test.py.
     self._bank_sq = jax.device_put(np.einsum('ij,ij->i', bank, bank))
     self._bank = jax.device_put(bank)
-    self.bank = bank  # [M, D] float32, on the host.
+
+  def _space(self, features: np.ndarray) -> np.ndarray:
+    return (features if self.whitening is None
+            else self.whitening(features))
 
   def __call__(self, queries: np.ndarray) -> np.ndarray:
     """[N, D] -> [N] float32; higher = farther from the training normals."""
-    queries = np.asarray(queries, np.float32)
+    queries = self._space(np.asarray(queries, np.float32))
     out = []
     for start in range(0, len(queries), self.chunk):
       q = queries[start:start + self.chunk]

@@ -57,9 +57,10 @@ detector, which `chosen` uses. `--kind` / `--step` pick a checkpoint
 themselves: give them with `--score=calibrated` or `--score=knn`.
 
 `--score=knn` (a checkpoint only; not in the paper) writes the feature kNN
-score instead of `score`: column `knn`, the Euclidean distance from
-f(x, G(E(x))) to the `--knn_k`-th nearest training normal's features (the
-`knn_*` metrics of the run's final evaluation), and `is_anomaly` from a
+score instead of `score`: column `knn`, the distance from f(x, G(E(x)))
+to the `--knn_k`-th nearest training normal's features, whitened by the
+training normals' feature covariance as the run's `eval.knn_shrinkage`
+says (the `knn_*` metrics of the run's final evaluation), and `is_anomaly` from a
 threshold set, as the calibrated one, on the validation normals at the
 run's `eval.threshold_fpr`. The training normals' features are the run's
 memory bank (`eval.knn_bank_size`), stored by its final evaluation in

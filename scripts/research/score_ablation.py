@@ -6,8 +6,12 @@ For each workdir, restores its last checkpoint (`ama_jax.scoring` reads the
 run's data settings and seed from the checkpoint's meta, so the splits are
 the run's own), and prints one JSON line of validation and test AUROCs of:
 
-  feat        the feature kNN distance (k=1), the run's `knn` score;
-  feat5       the same with k=5;
+  feat        the feature kNN distance (k=1), Euclidean (the run's `knn`
+              score with `eval.knn_shrinkage=None`);
+  featw       the same after the whitening of `eval.knn_shrinkage=0.1`
+              (`ama_jax.scoring.whitening`; the `knn` score of a run with
+              the default);
+  feat5       the Euclidean one with k=5;
   pix         raw-pixel kNN distance (k=1) to the training normals;
   R           the paper's raw score R(x);
   a+b         sums of those scores, each standardised by the mean and
@@ -33,6 +37,7 @@ from ama_jax.data import input_pipeline
 from ama_jax.models import nets
 from ama_jax.scoring import detectors
 from ama_jax.scoring import scoring
+from ama_jax.scoring import whitening
 
 
 def ablation(workdir: str) -> dict:
@@ -43,6 +48,8 @@ def ablation(workdir: str) -> dict:
       config.data, config.seed, input_size=nets.input_size(config.model.arch))
   train = data.train.images[data.train.labels == 0]
   f_train = np.asarray(scorer.with_features(train)[1])
+  whitened = scoring.KnnIndex(f_train, 1,
+                              whitening=whitening.fit(f_train, 0.1))
   p_train = train.reshape(len(train), -1)
   raw = {}
   for split in ('val', 'test'):
@@ -51,6 +58,7 @@ def ablation(workdir: str) -> dict:
     f = np.asarray(f)
     raw[split] = {
         'feat': scoring.knn_distances(f, f_train, 1),
+        'featw': whitened(f),
         'feat5': scoring.knn_distances(f, f_train, 5),
         'pix': scoring.knn_distances(images.reshape(len(images), -1),
                                      p_train, 1),
@@ -64,7 +72,7 @@ def ablation(workdir: str) -> dict:
          for k, v in scores.items()}
     variants = dict(scores)
     for combo in (('feat', 'pix'), ('feat5', 'pix'), ('feat', 'R'),
-                  ('feat', 'pix', 'R')):
+                  ('feat', 'pix', 'R'), ('featw', 'pix')):
       variants['+'.join(combo)] = sum(z[k] for k in combo)
     labels = getattr(data, split).labels
     out[split] = {k: round(float(sk_metrics.roc_auc_score(labels, v)), 4)
