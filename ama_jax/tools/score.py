@@ -60,9 +60,9 @@ themselves: give them with `--score=calibrated` or `--score=knn`.
 score instead of `score`: column `knn`, the distance from f(x, G(E(x)))
 to the `--knn_k`-th nearest training normal's features, whitened by the
 training normals' feature covariance as the run's `eval.knn_shrinkage`
-says (the `knn_*` metrics of the run's final evaluation), and `is_anomaly` from a
-threshold set, as the calibrated one, on the validation normals at the
-run's `eval.threshold_fpr`. The training normals' features are the run's
+says (the `knn_*` metrics of the run's final evaluation), and
+`is_anomaly` from a threshold set, as the calibrated one, on the
+validation normals at the run's `eval.threshold_fpr`. The training normals' features are the run's
 memory bank (`eval.knn_bank_size`), stored by its final evaluation in
 `<workdir>/knn_reference/<kind>_<step>.npz` for the best and latest
 checkpoints; for another checkpoint the run's training data are read again
