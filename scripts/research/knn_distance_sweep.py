@@ -13,13 +13,14 @@ test AUROCs of the k=1 (and k=5) feature kNN distance measured:
   w<n>_s<s>     after whitening by the training normals' feature covariance
                 (float64 `np.cov`), its top n principal directions (n=0:
                 all), each divided by sqrt(eigenvalue + s * mean eigenvalue);
-  w0_s0.1+pix   that sum with a raw-pixel kNN distance, each standardised
+  w0_s0.1_k1+pix  that sum with a raw-pixel kNN distance, each standardised
                 on the validation normals.
 
 `eval.knn_shrinkage` (`ama_jax.scoring.whitening`) is w0_s<s>; this sweep
 chose s = 0.1. An analysis of stored runs, not a detector.
 """
 import json
+import os
 import sys
 
 from ama_jax.process import runtime
@@ -29,12 +30,14 @@ runtime.setup()
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections
 import numpy as np
-from sklearn import metrics as sk_metrics
 
 from ama_jax.data import input_pipeline
 from ama_jax.models import nets
 from ama_jax.scoring import detectors
 from ama_jax.scoring import scoring
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import score_ablation  # pylint: disable=g-bad-import-order
 
 WHITENINGS = ([(n, 0.0) for n in (16, 32, 64, 128, 256, 0)]
               + [(n, s) for s in (0.01, 0.1, 1.0) for n in (0, 128)])
@@ -79,19 +82,8 @@ def sweep(workdir: str) -> dict:
       q = space(f)
       for k in (1, 5):
         raw[split][f'{name}_k{k}'] = scoring.knn_distances(q, banks[name], k)
-  normal = data.val.labels == 0
-  stats = {k: (np.mean(v[normal]), np.std(v[normal]))
-           for k, v in raw['val'].items()}
-  out = {}
-  for split, scores in raw.items():
-    z = {k: (v - stats[k][0]) / stats[k][1] for k, v in scores.items()}
-    scores = dict(scores)
-    scores['w0_s0.1+pix'] = z['w0_s0.1_k1'] + z['pix']
-    labels = getattr(data, split).labels
-    out[split] = {k: round(float(sk_metrics.roc_auc_score(labels, v)), 4)
-                  for k, v in scores.items()}
-  return out
-
+  return score_ablation.standardised_aurocs(data, raw,
+                                            (('w0_s0.1_k1', 'pix'),))
 
 if __name__ == '__main__':
   for workdir_arg in sys.argv[1:]:

@@ -63,6 +63,15 @@ def ablation(workdir: str) -> dict:
         'pix': scoring.knn_distances(images.reshape(len(images), -1),
                                      p_train, 1),
         'R': np.asarray(r)}
+  return standardised_aurocs(
+      data, raw, (('feat', 'pix'), ('feat5', 'pix'), ('feat', 'R'),
+                  ('feat', 'pix', 'R'), ('featw', 'pix')))
+
+
+def standardised_aurocs(data, raw: dict, combos) -> dict:
+  """{split: {score or 'a+b' sum: AUROC}} of raw[split][score] [N] and of
+  the sums in `combos`, each score standardised by the mean and standard
+  deviation of the validation normals' (no anomaly label used)."""
   normal = data.val.labels == 0
   stats = {k: (np.mean(v[normal]), np.std(v[normal]))
            for k, v in raw['val'].items()}
@@ -71,14 +80,12 @@ def ablation(workdir: str) -> dict:
     z = {k: (np.asarray(v) - stats[k][0]) / stats[k][1]
          for k, v in scores.items()}
     variants = dict(scores)
-    for combo in (('feat', 'pix'), ('feat5', 'pix'), ('feat', 'R'),
-                  ('feat', 'pix', 'R'), ('featw', 'pix')):
+    for combo in combos:
       variants['+'.join(combo)] = sum(z[k] for k in combo)
     labels = getattr(data, split).labels
     out[split] = {k: round(float(sk_metrics.roc_auc_score(labels, v)), 4)
                   for k, v in variants.items()}
   return out
-
 
 if __name__ == '__main__':
   for workdir_arg in sys.argv[1:]:
