@@ -28,12 +28,8 @@ from ama_jax.process import runtime
 runtime.setup()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import ml_collections
 import numpy as np
 
-from ama_jax.data import input_pipeline
-from ama_jax.models import nets
-from ama_jax.scoring import detectors
 from ama_jax.scoring import scoring
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -59,11 +55,7 @@ def _l2(f: np.ndarray) -> np.ndarray:
 
 def sweep(workdir: str) -> dict:
   """{split: {variant: AUROC}} of one run's last checkpoint."""
-  scorer, meta = detectors.load_scorer(workdir, kind='latest')
-  config = ml_collections.ConfigDict(meta['config'])
-  data = input_pipeline.load_protocol(
-      config.data, config.seed, input_size=nets.input_size(config.model.arch))
-  train = data.train.images[data.train.labels == 0]
+  scorer, data, train = score_ablation.restore(workdir)
   f_train = np.asarray(scorer.with_features(train)[1], np.float64)
   spaces = {'euclid': lambda f: f.astype(np.float32), 'cosine': _l2}
   mu, sd = f_train.mean(0), f_train.std(0) + 1e-6

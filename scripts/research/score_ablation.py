@@ -40,13 +40,19 @@ from ama_jax.scoring import scoring
 from ama_jax.scoring import whitening
 
 
-def ablation(workdir: str) -> dict:
-  """{split: {variant: AUROC}} of one run's last checkpoint."""
+def restore(workdir: str):
+  """(scorer, protocol data, training normals) of a run's last checkpoint,
+  the splits read with the run's own data settings and seed."""
   scorer, meta = detectors.load_scorer(workdir, kind='latest')
   config = ml_collections.ConfigDict(meta['config'])
   data = input_pipeline.load_protocol(
       config.data, config.seed, input_size=nets.input_size(config.model.arch))
-  train = data.train.images[data.train.labels == 0]
+  return scorer, data, data.train.images[data.train.labels == 0]
+
+
+def ablation(workdir: str) -> dict:
+  """{split: {variant: AUROC}} of one run's last checkpoint."""
+  scorer, data, train = restore(workdir)
   f_train = np.asarray(scorer.with_features(train)[1])
   whitened = scoring.KnnIndex(f_train, 1,
                               whitening=whitening.fit(f_train, 0.1))
