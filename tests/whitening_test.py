@@ -87,6 +87,17 @@ class WhiteningTest(absltest.TestCase):
     self.assertTrue(np.all(np.isfinite(space.matrix)))
     np.testing.assert_allclose(space(f), 0.0)
 
+  def test_memory_bank_picks_its_coreset_in_the_whitened_space(self):
+    f = _features()
+    rows, space = scoring.memory_bank(f, 50, 0.1, seed=3)
+    np.testing.assert_array_equal(rows, scoring.knn_bank(space(f), 50, 3))
+    np.testing.assert_array_equal(space.matrix, whitening.fit(f, 0.1).matrix)
+    rows, space = scoring.memory_bank(f, 1000, 0.1, seed=3)  # No coreset.
+    np.testing.assert_array_equal(rows, np.arange(len(f)))
+    rows, space = scoring.memory_bank(f, 50, None, seed=3)
+    self.assertIsNone(space)
+    np.testing.assert_array_equal(rows, scoring.knn_bank(f, 50, 3))
+
   def test_arrays_round_trip(self):
     space = whitening.fit(_features(), 0.1)
     back = whitening.Whitening.from_arrays(space.to_arrays())

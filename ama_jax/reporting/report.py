@@ -24,7 +24,6 @@ from ama_jax.reporting import metric_writers
 from ama_jax.scoring import metrics
 from ama_jax.scoring import scoring
 from ama_jax.scoring import surrogates
-from ama_jax.scoring import whitening
 from ama_jax.training import step_draws
 from ama_jax.training import train_state
 
@@ -80,9 +79,9 @@ def _knn_scores(config, data, f_train: np.ndarray, f_val: np.ndarray,
   validation normals, and (bank, validation normals' features): what is
   stored beside the checkpoint for `ama_jax.tools.score` and the export:
   (bank, validation normals' features, whitening)."""
-  space = whitening.fit(f_train, config.eval.get('knn_shrinkage'))
-  rows = scoring.knn_bank(f_train if space is None else space(f_train),
-                          config.eval.get('knn_bank_size'), config.seed)
+  rows, space = scoring.memory_bank(
+      f_train, config.eval.get('knn_bank_size'),
+      config.eval.get('knn_shrinkage'), config.seed)
   bank = f_train[rows]
   # One index: the bank goes to the device once.
   knn = scoring.KnnIndex(bank, config.eval.knn_k, whitening=space)(

@@ -213,7 +213,8 @@ def write(output: os.PathLike | str, exported: jax_export.Exported,
       f'`images.npy`: uint8 [N, {h}, {w}' + (f', {c}' if c > 1 else '')
       + '] (0..255). Higher score = more anomalous; is_anomaly = score > '
       f'{meta["detector"]["threshold"]:.6g} ('
-      + (('whitened ' if meta['detector'].get('whitened') else '')
+      + (('whitened ' if meta['detector'].get('knn_shrinkage') is not None
+          else '')
          + f'feature kNN distance, k={meta["detector"]["knn_k"]}, to a memory '
          f'bank of {meta["detector"]["bank_size"]} training normals'
          if meta['detector']['score'] == 'knn' else
@@ -270,7 +271,7 @@ def run(workdir: os.PathLike | str, output: os.PathLike | str, *,
     bank = reference.index.bank
     space = reference.index.whitening
     detector.update(threshold=reference.threshold, knn_k=reference.index.k,
-                    bank_size=len(bank), whitened=space is not None,
+                    bank_size=len(bank),
                     knn_shrinkage=meta['config'].get('eval', {}).get(
                         'knn_shrinkage'))
     scorer = knn_scoring_function(ae_model, critic_model, ae_vars,

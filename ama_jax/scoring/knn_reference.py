@@ -119,9 +119,9 @@ def _reference_features(config, scorer) -> dict[str, np.ndarray]:
                len(train), len(val_normal))
   features = scorer.with_features(train)[1]
   # The run's whitening and memory bank: as at its final evaluation.
-  space = whitening.fit(features, config.eval.get('knn_shrinkage'))
-  rows = scoring.knn_bank(features if space is None else space(features),
-                          config.eval.get('knn_bank_size'), config.seed)
+  rows, space = scoring.memory_bank(
+      features, config.eval.get('knn_bank_size'),
+      config.eval.get('knn_shrinkage'), config.seed)
   return {'train': features[rows],
           'val_normal': scorer.with_features(val_normal)[1],
           **({} if space is None else space.to_arrays())}

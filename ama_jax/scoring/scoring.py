@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ama_jax.scoring import metrics
+from ama_jax.scoring import whitening
 from ama_jax.training import placement
 from ama_jax.training import train_state
 
@@ -360,6 +361,19 @@ def knn_bank(features: np.ndarray, size: Optional[int],
   low = jax.device_put(np.asarray(features, np.float32) @ proj)
   start = jax.device_put(np.int32(rng.integers(m)))
   return np.sort(np.asarray(_farthest_points(low, start, int(size))))
+
+
+def memory_bank(features: np.ndarray, size: Optional[int],
+                shrinkage: Optional[float], seed: int = 0):
+  """(rows, whitening) of the feature kNN score's memory bank: the
+  whitening fitted on all `features` (`whitening.fit`; None for
+  `shrinkage=None`) and `knn_bank`'s rows, a coreset chosen in the whitened
+  space (the features are whitened for it only when there is one)."""
+  space = whitening.fit(features, shrinkage)
+  needs_coreset = bool(size) and len(features) > size
+  rows = knn_bank(features if space is None or not needs_coreset
+                  else space(features), size, seed)
+  return rows, space
 
 
 def _metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:

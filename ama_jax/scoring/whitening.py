@@ -72,8 +72,9 @@ def fit(features: np.ndarray, shrinkage: Optional[float]
   """The whitening of `features` [N, D] with `shrinkage` (module
   docstring), or None for `shrinkage=None` (Euclidean distances).
 
-  Deterministic: the covariance as one float32 product (a training set of
-  60,000 rows takes about a second), its eigendecomposition in float64.
+  Deterministic: the covariance as one float32 product, its
+  eigendecomposition in float64 (59,500 x 1,024 features: 0.4 s on a
+  2-core AMD EPYC VM; whitening them all another 0.6 s).
   """
   if shrinkage is None:
     return None
