@@ -60,8 +60,12 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
     data.num_val_normal = 100
     data.num_val_anomaly = 10
   if not flags & {'paper', 'runlocal'}:
-    # One-class, tuned: no negatives (`default.set_one_class`). With
-    # protocol=ood, `--config.sampling.style=outward` gives the tuned OOD
-    # recipe's negatives in the last third of the run.
-    config.sampling.style = 'none'
+    # One-class, tuned: the normal images turned, from the first step
+    # (`default.set_one_class_negatives`). For a class that looks the same
+    # turned: `--config.sampling.style=none`. With protocol=ood,
+    # `--config.sampling.style=outward
+    # --config.sampling.start_fraction=0.6667
+    # --config.sampling.earliest_start_epoch=2` gives the tuned OOD recipe's
+    # negatives in the last third of the run.
+    default.set_one_class_negatives(config)
   return config

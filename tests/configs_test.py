@@ -77,20 +77,26 @@ class ConfigsTest(parameterized.TestCase):
 
   def test_tuned_negatives_follow_the_protocol(self):
     # OOD: the paper's direction, in the last third of the run only (none
-    # at the quick budget); one-class (and own folders): none.
+    # at the quick budget); one-class (and own folders): the normal images
+    # turned, from the first step; the paper's one-class recipe: its shell.
     for name, arg, style in (('fmnist_mnist', None, 'outward'),
                              ('fmnist_mnist', 'quick', 'none'),
                              ('cifar_svhn', None, 'inward'),
-                             ('mnist_oneclass', '3', 'none'),
-                             ('mnist_oneclass', '3,quick', 'none'),
-                             ('fmnist_oneclass', 'trouser', 'none'),
-                             ('cifar_oneclass', 'ship', 'none'),
-                             ('folder', None, 'none')):
+                             ('mnist_oneclass', '3', 'rotate'),
+                             ('mnist_oneclass', '3,quick', 'rotate'),
+                             ('mnist_oneclass', '3,paper', 'outward'),
+                             ('fmnist_oneclass', 'trouser', 'rotate'),
+                             ('cifar_oneclass', 'ship', 'rotate'),
+                             ('folder', None, 'rotate')):
       config = importlib.import_module(f'configs.{name}').get_config(arg)
       self.assertEqual(config.sampling.style, style, (name, arg))
-      if style != 'none':
-        self.assertEqual(schedules.negatives_start_step(config, 141),
-                         2 * 141 * config.train.num_epochs // 3, (name, arg))
+      start = schedules.negatives_start_step(config, 141)
+      if style == 'rotate':
+        self.assertEqual((config.sampling.turns, start), ('all', 0),
+                         (name, arg))
+      elif style != 'none' and 'paper' not in (arg or ''):
+        self.assertEqual(start, 2 * 141 * config.train.num_epochs // 3,
+                         (name, arg))
     # Not before epoch 2 (at or after the end of runs of 1 or 2 epochs:
     # none); 3 epochs: the third (as measured, RESULTS.md); 10 epochs: from
     # step 6193 of 9290.
