@@ -94,7 +94,9 @@ class ConfigsTest(parameterized.TestCase):
       if style == 'rotate':
         self.assertEqual((config.sampling.turns, start), ('all', 0),
                          (name, arg))
-      elif style != 'none' and 'paper' not in (arg or ''):
+      elif arg == '3,paper':  # The paper's epoch 10.
+        self.assertEqual(start, 10 * 141, (name, arg))
+      elif style != 'none':
         self.assertEqual(start, 2 * 141 * config.train.num_epochs // 3,
                          (name, arg))
     # Not before epoch 2 (at or after the end of runs of 1 or 2 epochs:
