@@ -344,9 +344,11 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
   # 'label_free' (default): no labelled anomalies needed. The last state
   #   (the full training schedule) with the feature kNN score (with
   #   eval.knn_k=0: the calibrated score).
-  # 'val_auroc' (the paper's, and `:paper`): the best-validation state and
-  #   whichever of the calibrated and feature kNN scores has the higher
-  #   validation AUROC there; needs anomalies in the validation split
+  # 'val_auroc' (the paper's, and `:paper`): of the best-validation state
+  #   (kept by the calibrated score during training) and the last state,
+  #   and of the calibrated and feature kNN scores, the pair with the
+  #   highest validation AUROC (the paper's calibrated score alone: its
+  #   best-validation state); needs anomalies in the validation split
   #   (without any, 'label_free' is used and the summary says so).
   # Both are reported in results.json['selection'].
   evaluation.selection = 'label_free'

@@ -204,9 +204,20 @@ class ScoreTest(absltest.TestCase):
     test, kind = reproduce_runs.pick_score(results, 'label_free')
     self.assertEqual((test['auroc'], kind), (0.85, 'last/knn'))
     self.assertEqual(reproduce_runs.val_auroc(results, 'label_free'), 0.7)
-    # Labelled: the best state, the score with the higher validation AUROC.
+    # Labelled: the (state, score) pair with the highest validation AUROC.
     test, kind = reproduce_runs.pick_score(results, 'val_auroc')
     self.assertEqual((test['auroc'], kind), (0.7, 'best/calibrated'))
+    # A later state's kNN score can beat the state kept by the calibrated
+    # score (rotation negatives: the calibrated score collapses).
+    results['val']['last']['knn_auroc'] = 0.95
+    test, kind = reproduce_runs.pick_score(results, 'val_auroc')
+    self.assertEqual((test['auroc'], kind), (0.85, 'last/knn'))
+    self.assertEqual(reproduce_runs.val_auroc(results, 'val_auroc'), 0.95)
+    # Ties: the calibrated score, then the best-validation state.
+    results['val']['last'] = {'auroc': 0.9, 'knn_auroc': 0.9}
+    self.assertEqual(reproduce_runs.pick_score(results, 'val_auroc')[1],
+                     'best/calibrated')
+    results['val']['last'] = {'auroc': 0.6, 'knn_auroc': 0.7}
     # 'chosen': the run's own rule (from its config for older results).
     self.assertEqual(reproduce_runs.pick_score(results, 'chosen')[1],
                      'last/knn')

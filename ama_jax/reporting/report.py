@@ -219,8 +219,11 @@ def pick(results: dict[str, Any], rule: str) -> Optional[tuple[str, str]]:
   always 'knn' / 'calibrated' (the calibrated score when the run has no
   kNN score): nothing labelled is looked at. Runs stored before the field
   existed used 'knn'.
-  'val_auroc': the best-validation state and, of the calibrated and kNN
-  scores, the one with the higher validation AUROC there (ties: calibrated).
+  'val_auroc': of the recorded states (the best-validation one, kept by
+  the calibrated score during training, and the last) and the calibrated
+  and kNN scores, the pair with the highest validation AUROC (ties: the
+  calibrated score, then the best-validation state). With the calibrated
+  score alone (the paper's) that is the best-validation state.
   """
   has_knn = 'knn_auroc' in results['test']['last']
   if rule == scoring.LABEL_FREE:
@@ -241,11 +244,17 @@ def pick(results: dict[str, Any], rule: str) -> Optional[tuple[str, str]]:
                      f'{scoring.SELECTIONS}.')
   if results['model_selection']['criterion'] != scoring.SELECTION_AUROC:
     return None
-  state = metrics.selected_state(results)
-  val = results['val'][state]
-  aurocs = {'calibrated': val['auroc'],
-            **({'knn': val['knn_auroc']} if has_knn else {})}
-  return state, max(aurocs, key=lambda s: (aurocs[s], s == 'calibrated'))
+  scores = ('calibrated', 'knn') if has_knn else ('calibrated',)
+  states = [s for s in ('best', 'last') if s in results['test']
+            and s in (results.get('val') or {})]
+
+  def val_auroc(pair: tuple[str, str]) -> tuple[float, bool, bool]:
+    state, score = pair
+    val = results['val'][state]
+    return (val.get('knn_auroc' if score == 'knn' else 'auroc', -1.0),
+            score == 'calibrated', state == 'best')
+
+  return max(((s, k) for s in states for k in scores), key=val_auroc)
 
 
 def detector(results: dict[str, Any], rule: str, state: str,

@@ -65,8 +65,8 @@ PAPER_TABLE5 = {  # AUROC, Table 5 (a) fmnist_mnist, (b) cifar_svhn.
 # `metrics.score_chosen_on_validation`, which every run also reports).
 # Or the detector a selection rule picks (`report.pick`): 'label_free' (the
 # last state's feature kNN score: nothing labelled looked at), 'val_auroc'
-# (the best-validation state and, of the calibrated and kNN scores, the
-# one with the higher validation AUROC there), or 'chosen' (the run's own
+# (of the best-validation and last states and the calibrated and kNN
+# scores, the pair with the highest validation AUROC), or 'chosen' (the run's own
 # `eval.selection`, results.json['chosen']).
 SELECTION_SCORES = ('label_free', 'val_auroc', 'chosen')
 SCORES = (*metrics.RUN_SCORES, 'val', *SELECTION_SCORES)
@@ -185,10 +185,10 @@ def markdown(table: str, base: str, epochs: int, seeds: Sequence[int],
                     'score` (default: of the calibrated and feature kNN '
                     'scores, the one with the higher surrogate AUROC, '
                     'validation normals against their transforms).',
-      'val_auroc': ' AMA\'s detector chosen by validation AUROC: the '
-                   'best-validation state and, of the calibrated and '
-                   'feature kNN scores, the one with the higher validation '
-                   'AUROC there.',
+      'val_auroc': ' AMA\'s detector chosen by validation AUROC: of the '
+                   'best-validation and the last state and the calibrated '
+                   'and feature kNN scores, the pair with the highest '
+                   'validation AUROC.',
       'chosen': ' AMA\'s detector: the one each run chose '
                 '(`eval.selection`, results.json["chosen"]).'}[score]
   if score in SELECTION_SCORES:
