@@ -7,8 +7,9 @@ r"""One-class MNIST: one digit normal, the other nine anomalous (Table 1).
 Result (`--config.train.num_epochs=10`, 2-core AMD EPYC VM, two runs at a
 time): mean test AUROC over the ten digits 0.972 with the label-free
 detector (default), 0.968 chosen on 1,000 labelled validation anomalies
-(`--config.eval.selection=val_auroc` in its earlier, best-state-only form); paper 0.938, best raw-pixel baseline
-(PCA) 0.958; 7.5-9.5 min a digit. Without the one-class recipe's rotation
+(`--config.eval.selection=val_auroc` in its earlier, best-state-only
+form); paper 0.938, best raw-pixel baseline (PCA) 0.958; 7.5-9.5 min a
+digit. Without the one-class recipe's rotation
 negatives (`--config.sampling.style=none`, `default.set_one_class_negatives`):
 0.963 (labelled 0.969). The default 100 epochs: ~2.5 h a digit.
 

@@ -251,7 +251,7 @@ def pick(results: dict[str, Any], rule: str) -> Optional[tuple[str, str]]:
   def val_auroc(pair: tuple[str, str]) -> tuple[float, bool, bool]:
     state, score = pair
     val = results['val'][state]
-    return (val.get('knn_auroc' if score == 'knn' else 'auroc', -1.0),
+    return (val.get(f'{metrics.RUN_SCORES[score]}auroc', -1.0),
             score == 'calibrated', state == 'best')
 
   return max(((s, k) for s in states for k in scores), key=val_auroc)
@@ -263,7 +263,7 @@ def detector(results: dict[str, Any], rule: str, state: str,
   (with the rule) and ['selection'][rule]."""
   test = metrics.run_score_metrics(results, score, state)
   val = results['val'][state]
-  val_auroc = val['knn_auroc' if score == 'knn' else 'auroc']
+  val_auroc = val[f'{metrics.RUN_SCORES[score]}auroc']
   out = {'state': state, 'checkpoint': CHECKPOINTS[state],
          'step': results['steps_of'][state], 'score': score,
          'threshold': results['thresholds'][state][score],
