@@ -64,7 +64,7 @@ def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
     # (`default.set_one_class_negatives`). For a class that looks the same
     # turned: `--config.sampling.style=none`. With protocol=ood,
     # `--config.sampling.style=outward
-    # --config.sampling.start_fraction=0.6667
+    # --config.sampling.start_fraction=0.6666666666666666
     # --config.sampling.earliest_start_epoch=2` gives the tuned OOD recipe's
     # negatives in the last third of the run.
     default.set_one_class_negatives(config)

@@ -43,6 +43,8 @@ _ENV = dict(os.environ, PYTHONPATH=str(REPO))
 #   WAIT_AT=N: prints 'waiting at N' after that call, waits for a signal;
 #   TIME_PASSES_AT=N: its wall clock jumps by a day in that call;
 #   READ_ONLY_AT=N: mounts READ_ONLY_DIR read-only over itself in that call;
+#   FILL_DISK_AT=N: after that call's checkpoints are committed, fills the
+#     filesystem of FILL_DISK_DIR with one file, FILL_DISK_DIR/fill;
 #   SIGNALS_IN_VALIDATION=K: signals itself K times in the first validation;
 #   SIGNAL_IN_STOP_SAVE=1: signals itself again while the stop is saved.
 _PROGRAM = textwrap.dedent("""
@@ -67,6 +69,17 @@ _PROGRAM = textwrap.dedent("""
         if subprocess.run(['mount', '--bind', '-o', 'ro', workdir,
                            workdir]).returncode:
           os._exit(3)  # Cannot mount here.
+      if env.get('FILL_DISK_AT') == end:
+        self.run.ckpts.wait_until_finished()
+        fd = os.open(os.path.join(env['FILL_DISK_DIR'], 'fill'),
+                     os.O_WRONLY | os.O_CREAT)
+        size = 1 << 20
+        while size:  # Down to the last byte: no page is left.
+          try:
+            os.write(fd, bytes(size))
+          except OSError:
+            size //= 2
+        os.close(fd)
       if env.get('TIME_PASSES_AT') == end:
         self.requests._t0 -= 86400
       if env.get('WAIT_AT') == end:
@@ -211,11 +224,12 @@ class StopsTest(absltest.TestCase):
   # --- Full disk. ---
 
   def test_full_disk_ends_in_one_line_keeping_the_last_good_checkpoint(self):
-    # A checkpoint takes about 4 MB: the second (best or latest) does not fit.
-    mount = self._tmpfs('6m')
+    # The disk fills up after step 7, its checkpoints of step 4 (latest and
+    # best) committed: the next write (the history or step 8) fails.
+    mount = self._tmpfs('64m')
     self.workdir = mount / 'run'
-    proc = _run(self.workdir)
-    # Usually the checkpoint of step 8 or the best one of step 4.
+    proc = _run(self.workdir, env={'FILL_DISK_AT': '7',
+                                   'FILL_DISK_DIR': str(mount)})
     self.assertLastLine(
         proc, 1, rf'^error: Cannot write .* \({self.workdir}(/\S+)?\): no '
         rf'space left on the device; the last good checkpoint, step 4 in '
@@ -228,9 +242,10 @@ class StopsTest(absltest.TestCase):
     self.assertIsNone(checkpoint_files.step_problem(
         self.workdir / 'checkpoints' / '4'))
     self.assertFalse((self.workdir / 'results.json').exists())
-    # The scoring program reads committed checkpoints only: the best one if
-    # it was written, else it says in one line that there is none (the
-    # latest step 4 predates the first calibration).
+    # The scoring program reads committed checkpoints only: the best one,
+    # of step 4's validation.
+    self.assertEqual(sorted(checkpoint_files.step_dirs(
+        self.workdir / 'best')), [4])
     images = mount.parent / 'images.npy'
     np.save(images, np.zeros((3, 28, 28), np.uint8))
     score = subprocess.run(
@@ -238,13 +253,8 @@ class StopsTest(absltest.TestCase):
          f'--workdir={self.workdir}', f'--input={images}',
          f'--output={mount.parent / "scores.csv"}'], cwd=REPO, env=_ENV,
         capture_output=True, text=True, timeout=600, check=False)
-    if checkpoint_files.step_dirs(self.workdir / 'best'):
-      self.assertEqual(score.returncode, 0, score.stderr[-3000:])
-    else:
-      self.assertLastLine(score, 1, r'^error: .*step 4 .* has no '
-                          'calibration')
-    subprocess.run(['mount', '-o', 'remount,size=64m', str(mount)],
-                   check=True)
+    self.assertEqual(score.returncode, 0, score.stderr[-3000:])
+    (mount / 'fill').unlink()
     self.assertFinishesAsUninterrupted(resumed_from=4)
 
   def test_workdir_made_read_only_mid_run_ends_in_one_line(self):
